@@ -1,0 +1,5 @@
+"""Allow ``python -m sxlab``."""
+
+from sxlab.cli import main
+
+raise SystemExit(main())

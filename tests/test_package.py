@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import pytest
+
+import sxlab
+from sxlab import cli
+
+
+def test_version():
+    assert sxlab.__version__.count(".") >= 2
+
+
+def test_cli_version(capsys):
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"sxlab {sxlab.__version__}"
+
+
+def test_cli_requires_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_python_m_sxlab():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sxlab", "version"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == f"sxlab {sxlab.__version__}"
+
+
+def test_submodules_are_lazy_attributes():
+    assert sxlab.cli is cli
+    assert "cli" in dir(sxlab)
+    assert not hasattr(sxlab, "no_such_module")
+    with pytest.raises(AttributeError, match="no_such_module"):
+        sxlab.no_such_module  # noqa: B018
