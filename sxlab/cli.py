@@ -9,7 +9,8 @@ from collections.abc import Sequence
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sxlab import demo
 
-    return demo.main() or 0
+    argv = ["--dataset", args.dataset] + (["--no-progress"] if args.no_progress else [])
+    return demo.main(argv) or 0
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on bundled synthetic data")
+    p.add_argument("--dataset", default="lysozyme-demo", help="registry name of the data set")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("version", help="print the sxlab version")

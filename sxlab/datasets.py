@@ -209,8 +209,8 @@ def load(name: str, *, progress: bool = True, registry: Path | None = None, file
     Returns
     -------
     Run
-        Lazy run; ``run.geometry`` is set for sxlab-written data; ``run.truth`` holds the
-        simulator's ground truth for generated and bundled sets.
+        Lazy run; ``run.geometry`` is set for sxlab-written data. The simulator's ground
+        truth of generated and bundled sets comes from :func:`truth`.
 
     Examples
     --------

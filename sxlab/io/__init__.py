@@ -1,0 +1,34 @@
+"""File formats: HDF5/NeXus frame readers, the NXmx writer, CrystFEL geometry files.
+
+Names are imported from their submodule on first access, so ``import sxlab.io`` stays
+light:
+
+>>> from sxlab.io import open_run, NXmxWriter  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FrameReadError": "hdf5",
+    "Run": "hdf5",
+    "open_run": "hdf5",
+    "NXmxWriter": "nxmx",
+    "read_nxmx_geometry": "nxmx",
+    "read_geom": "crystfel_geom",
+    "write_geom": "crystfel_geom",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

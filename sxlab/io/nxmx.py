@@ -1,0 +1,828 @@
+"""NeXus/NXmx files: an EIGER-like writer (master + data files) and a geometry reader.
+
+The layout follows the DECTRIS file writer as far as other programs (DIALS, XDS with
+Neggia, CrystFEL, sxlab) rely on it:
+
+* ``<prefix>_master.h5`` holds the NXmx metadata, the virtual dataset
+  ``/entry/data/data`` (``@signal="data"``) spanning all frames and external links
+  ``/entry/data/data_000001`` ... to the data files;
+* ``<prefix>_data_000001.h5`` ... hold up to ``frames_per_file`` frames each in
+  ``/entry/data/data``, one compressed chunk per frame, with the DECTRIS attributes
+  ``image_nr_low``/``image_nr_high`` (1-based, inclusive global frame numbers).
+
+Every panel of the :class:`~sxlab.geometry.Detector` becomes an ``NXdetector_module`` whose
+``fast_pixel_direction``/``slow_pixel_direction`` carry the panel's lab-frame unit vectors,
+the pixel size and the lab position of the corner of its first pixel. The CrystFEL lab
+frame and the NeXus (McStas) frame coincide (+z along the beam, +y up, right-handed), so
+vectors are written as they are. The exact geometry is also stored as CrystFEL geometry
+text in ``/entry/instrument/detector/crystfel_geometry``, which :func:`read_nxmx_geometry`
+prefers when present.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from sxlab.geometry import Beam, Detector, Panel
+
+__all__ = ["NXmxWriter", "data_file_name", "read_nxmx_geometry"]
+
+_DETECTOR = "/entry/instrument/detector"
+_TRANSLATION = f"{_DETECTOR}/transformations/translation"
+_GEOM_TEXT = "crystfel_geometry"
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+# Names already used inside the NXdetector group; a panel of that name gets a prefix.
+_RESERVED = {
+    "beam_center_x", "beam_center_y", "bit_depth_image", "bit_depth_readout", "count_time",
+    "crystfel_geometry", "depends_on", "description", "distance", "frame_time",
+    "pixel_mask", "saturation_value", "sensor_material", "sensor_thickness", "transformations",
+    "type", "underload_value", "x_pixel_size", "y_pixel_size",
+}
+
+_LENGTH_UNITS = {
+    "m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0,
+    "cm": 1e-2, "mm": 1e-3, "millimeter": 1e-3, "millimeters": 1e-3, "millimetre": 1e-3,
+    "um": 1e-6, "µm": 1e-6, "μm": 1e-6, "micron": 1e-6, "microns": 1e-6,
+    "micrometer": 1e-6, "micrometre": 1e-6, "nm": 1e-9, "nanometer": 1e-9,
+    "angstrom": 1e-10, "angstroms": 1e-10, "a": 1e-10, "å": 1e-10, "Å": 1e-10,
+}
+_ANGLE_UNITS = {
+    "rad": 1.0, "radian": 1.0, "radians": 1.0,
+    "deg": np.pi / 180, "degree": np.pi / 180, "degrees": np.pi / 180,
+}
+_ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "j": 1.0 / 1.602176634e-19}
+
+
+def _compression_kwargs(compression: str | None) -> dict:
+    if compression is None:
+        return {}
+    if compression == "bslz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if compression == "lz4":
+        return dict(hdf5plugin.LZ4())
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    raise ValueError(
+        f"unknown compression {compression!r}; use 'bslz4', 'lz4', 'gzip' or None"
+    )
+
+
+def data_file_name(master_path: str | os.PathLike, index: int) -> str:
+    """Name of data file ``index`` (1-based) belonging to a master file.
+
+    ``run_master.h5`` -> ``run_data_000001.h5``; a master not ending in ``_master.h5``
+    uses its stem as prefix.
+
+    Examples
+    --------
+    >>> data_file_name("/data/run7_master.h5", 2)
+    '/data/run7_data_000002.h5'
+    """
+    master = os.fspath(master_path)
+    prefix = master[: -len("_master.h5")] if master.endswith("_master.h5") else (
+        os.path.splitext(master)[0]
+    )
+    return f"{prefix}_data_{index:06d}.h5"
+
+
+def _utc_now() -> str:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _iso(t: _dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _set_attrs(obj, **attrs) -> None:
+    for k, v in attrs.items():
+        obj.attrs[k] = v
+
+
+def _group(parent, name: str, nx_class: str, **kwargs):
+    g = parent.require_group(name) if not kwargs else parent.create_group(name, **kwargs)
+    g.attrs["NX_class"] = nx_class
+    return g
+
+
+class NXmxWriter:
+    """Write frames as an EIGER-like NXmx master file plus compressed data files.
+
+    Parameters
+    ----------
+    master_path : str or path-like
+        Master file, conventionally ``<prefix>_master.h5``; data files are named
+        ``<prefix>_data_000001.h5`` ... next to it (see :func:`data_file_name`).
+    detector : Detector
+        Geometry; frames have shape ``detector.data_shape`` (``(ss, fs)`` or
+        ``(module, ss, fs)`` for stacked detectors).
+    n_frames : int, optional
+        Number of frames to expect. When given, the master (with a virtual dataset
+        covering all frames) is written at once, so readers can open it while frames
+        arrive; if fewer frames are written it is rewritten on :meth:`close`. Otherwise the
+        master is written on :meth:`close`.
+    frames_per_file : int
+        Frames per data file.
+    dtype : str or numpy dtype
+        Stored pixel type (e.g. ``"uint16"``, ``"uint32"``, ``"int32"``, ``"float32"``).
+    compression : {"bslz4", "lz4", "gzip", None}
+        Chunk filter: bitshuffle + LZ4 (HDF5 filter 32008, as written by EIGER
+        detectors), LZ4 (32004), gzip, or none.
+    pixel_mask : array_like, optional
+        NXmx ``pixel_mask`` of shape ``detector.data_shape``: 0 for good pixels, NXmx bit
+        flags otherwise (a boolean array sets bit 0 where True). Default: bit 0 set
+        where ``detector.bad_pixel_mask()`` is True.
+    saturation_value : number, optional
+        Default: the smallest finite ``max_adu`` of the panels, else ``2**bits - 3`` for
+        unsigned and ``2**(bits-1) - 1`` for signed integer data.
+    count_time, frame_time : float, optional
+        Exposure time and frame period in seconds.
+    sample_name : str
+        ``/entry/sample/name``.
+    extra_attrs : mapping, optional
+        Additional attributes set on ``/entry`` of the master file.
+    embed_geometry : bool
+        Store the exact geometry as CrystFEL text in
+        ``/entry/instrument/detector/crystfel_geometry``.
+
+    Notes
+    -----
+    ``detector/distance`` and the detector translation are the z of the first panel;
+    each module's offset is its first-pixel corner relative to that translation. Camera
+    lengths that come from file headers (NaN ``clen``) are written as 0; the embedded
+    CrystFEL text keeps the header reference.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger4m")
+    >>> d = tempfile.mkdtemp()
+    >>> with NXmxWriter(os.path.join(d, "run1_master.h5"), det, frames_per_file=2,
+    ...                 embed_geometry=False) as w:
+    ...     w.write_many(np.zeros((3, *det.data_shape), np.uint16))
+    >>> sorted(os.listdir(d))
+    ['run1_data_000001.h5', 'run1_data_000002.h5', 'run1_master.h5']
+    """
+
+    def __init__(
+        self,
+        master_path: str | os.PathLike,
+        detector: Detector,
+        *,
+        n_frames: int | None = None,
+        frames_per_file: int = 1000,
+        dtype="uint16",
+        compression: str | None = "bslz4",
+        pixel_mask=None,
+        saturation_value=None,
+        count_time: float | None = None,
+        frame_time: float | None = None,
+        sample_name: str = "",
+        extra_attrs: Mapping | None = None,
+        embed_geometry: bool = True,
+    ):
+        self.master_path = os.fspath(master_path)
+        self.detector = detector
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in "uifb":
+            raise ValueError(f"unsupported pixel dtype {self.dtype}")
+        if int(frames_per_file) < 1:
+            raise ValueError(f"frames_per_file must be >= 1, got {frames_per_file}")
+        if n_frames is not None and int(n_frames) < 0:
+            raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+        self.frames_per_file = int(frames_per_file)
+        self.n_frames = None if n_frames is None else int(n_frames)
+        self.compression = compression
+        self._filter = _compression_kwargs(compression)
+        self.frame_shape = tuple(detector.data_shape)
+        self.pixel_mask = self._make_pixel_mask(pixel_mask)
+        self.saturation_value = saturation_value
+        self.count_time = count_time
+        self.frame_time = frame_time
+        self.sample_name = sample_name
+        self.extra_attrs = dict(extra_attrs or {})
+        self.embed_geometry = embed_geometry
+        self._geometry_text = None
+        if embed_geometry:
+            from sxlab.io.crystfel_geom import write_geom
+
+            self._geometry_text = write_geom(detector)
+        self._start = _dt.datetime.now(_dt.timezone.utc)
+        self.n_written = 0
+        self.data_paths: list[str] = []
+        self._counts: list[int] = []
+        self._file: h5py.File | None = None
+        self._dset = None
+        self._closed = False
+        self._master_counts: list[int] | None = None
+        if self.n_frames is not None:
+            self._write_master(self._planned_counts())
+
+    # ----------------------------------------------------------------- helpers
+    def _make_pixel_mask(self, pixel_mask) -> np.ndarray:
+        if pixel_mask is None:
+            return self.detector.bad_pixel_mask().astype(np.uint32)
+        pm = np.asarray(pixel_mask)
+        if pm.shape != self.frame_shape:
+            raise ValueError(
+                f"pixel_mask shape {pm.shape} does not match detector data shape "
+                f"{self.frame_shape}"
+            )
+        if pm.dtype == bool:
+            return pm.astype(np.uint32)
+        if pm.dtype.kind not in "ui" or (pm.dtype.kind == "i" and pm.size and pm.min() < 0):
+            raise ValueError("pixel_mask must be boolean or non-negative integer flags")
+        return pm.astype(np.uint32)
+
+    def _planned_counts(self) -> list[int]:
+        n, fpf = self.n_frames, self.frames_per_file
+        return [min(fpf, n - k) for k in range(0, n, fpf)]
+
+    def _default_saturation(self):
+        if self.saturation_value is not None:
+            return self.saturation_value
+        finite = [p.max_adu for p in self.detector.panels if np.isfinite(p.max_adu)]
+        if self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            top = info.max - 2 if self.dtype.kind == "u" else info.max
+            return int(min([top, *[int(v) for v in finite]]))
+        return float(min(finite)) if finite else None
+
+    def _distance(self) -> float:
+        p = self.detector.panels[0]
+        z = p.clen + p.coffset
+        return float(z) if np.isfinite(z) else 0.0
+
+    # ------------------------------------------------------------------ frames
+    def _check_frame(self, frame, index: int) -> np.ndarray:
+        arr = np.asarray(frame)
+        if arr.shape != self.frame_shape:
+            raise ValueError(
+                f"frame {index}: shape {arr.shape} does not match the detector data shape "
+                f"{self.frame_shape}"
+            )
+        if arr.dtype != self.dtype and not np.can_cast(arr.dtype, self.dtype, "safe"):
+            with np.errstate(invalid="ignore", over="ignore"):
+                conv = arr.astype(self.dtype)
+                same = arr.dtype.kind in "uifb" and np.array_equal(conv, arr)
+            if not same:
+                raise ValueError(
+                    f"frame {index}: values of dtype {arr.dtype} cannot be stored as "
+                    f"{self.dtype} without loss"
+                )
+            arr = conv
+        return arr
+
+    def _next_dataset(self):
+        """The data-file dataset receiving the next frame (opening a new file if needed)."""
+        if self._closed:
+            raise ValueError(f"NXmxWriter for {self.master_path} is closed")
+        index = self.n_written
+        if self.n_frames is not None and index >= self.n_frames:
+            raise ValueError(
+                f"frame {index}: more frames than n_frames={self.n_frames} announced"
+            )
+        k, j = divmod(index, self.frames_per_file)
+        if j == 0:
+            self._close_data_file()
+            cap = self.frames_per_file
+            if self.n_frames is not None:
+                cap = min(cap, self.n_frames - index)
+            path = data_file_name(self.master_path, k + 1)
+            f = h5py.File(path, "w")
+            f.attrs["NX_class"] = "NXroot"
+            entry = _group(f, "entry", "NXentry")
+            data = _group(entry, "data", "NXdata")
+            data.attrs["signal"] = "data"
+            dset = data.create_dataset(
+                "data",
+                shape=(0, *self.frame_shape),
+                maxshape=(cap, *self.frame_shape),
+                chunks=(1, *self.frame_shape),
+                dtype=self.dtype,
+                **self._filter,
+            )
+            dset.attrs["image_nr_low"] = np.int64(index + 1)
+            dset.attrs["image_nr_high"] = np.int64(index + cap)
+            self._file, self._dset = f, dset
+            self.data_paths.append(path)
+            self._counts.append(0)
+        self._dset.resize(j + 1, axis=0)
+        return self._dset, j
+
+    def _advance(self) -> None:
+        self.n_written += 1
+        self._counts[-1] += 1
+
+    def write(self, frame) -> None:
+        """Append one frame of shape ``detector.data_shape``.
+
+        Raises
+        ------
+        ValueError
+            If the shape differs, the values do not fit the stored dtype, or more than
+            ``n_frames`` frames are written; the message names the frame index.
+        """
+        arr = self._check_frame(frame, self.n_written)
+        dset, j = self._next_dataset()
+        dset[j] = arr
+        self._advance()
+
+    def write_many(self, frames: Iterable) -> None:
+        """Append several frames (an array with a leading frame axis or an iterable)."""
+        for frame in frames:
+            self.write(frame)
+
+    def write_chunk(self, blob: bytes) -> None:
+        """Append one frame given as an already compressed chunk (HDF5 direct chunk write).
+
+        ``blob`` must be the frame encoded with this writer's ``compression`` (for
+        ``"bslz4"`` the whole bitshuffle-LZ4 block including its 12-byte header, as sent
+        by EIGER detectors) and decompress to ``detector.data_shape`` in ``dtype``. It is
+        stored without being decoded or checked.
+        """
+        if self.compression is None:
+            raise ValueError("write_chunk needs a compressed writer (compression is None)")
+        dset, j = self._next_dataset()
+        dset.id.write_direct_chunk((j,) + (0,) * len(self.frame_shape), bytes(blob))
+        self._advance()
+
+    # ------------------------------------------------------------------ master
+    def _close_data_file(self) -> None:
+        if self._file is not None:
+            low = int(self._dset.attrs["image_nr_low"])
+            self._dset.attrs["image_nr_high"] = np.int64(low + self._dset.shape[0] - 1)
+            self._file.close()
+        self._file = self._dset = None
+
+    def _write_master(self, counts: list[int], end_time: str | None = None) -> None:
+        det = self.detector
+        shape = self.frame_shape
+        total = int(sum(counts))
+        with h5py.File(self.master_path, "w") as f:
+            _set_attrs(f, NX_class="NXroot", default="entry", creator="sxlab")
+            entry = _group(f, "entry", "NXentry")
+            entry.attrs["default"] = "data"
+            for k, v in self.extra_attrs.items():
+                entry.attrs[k] = v
+            entry["definition"] = "NXmx"
+            entry["start_time"] = _iso(self._start)
+            est = self._start
+            if self.frame_time is not None:
+                est = est + _dt.timedelta(seconds=float(self.frame_time) * total)
+            entry["end_time_estimated"] = _iso(est)
+            if end_time is not None:
+                entry["end_time"] = end_time
+
+            data = _group(entry, "data", "NXdata")
+            data.attrs["signal"] = "data"
+            if total:
+                layout = h5py.VirtualLayout((total, *shape), self.dtype)
+                offset = 0
+                for k, n in enumerate(counts):
+                    name = os.path.basename(data_file_name(self.master_path, k + 1))
+                    src = h5py.VirtualSource(name, "/entry/data/data", shape=(n, *shape))
+                    layout[offset : offset + n] = src
+                    offset += n
+                data.create_virtual_dataset("data", layout, fillvalue=0)
+            else:
+                data.create_dataset("data", shape=(0, *shape), dtype=self.dtype)
+            for k in range(len(counts)):
+                name = os.path.basename(data_file_name(self.master_path, k + 1))
+                data[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+
+            self._write_instrument(entry, det)
+            sample = _group(entry, "sample", "NXsample")
+            sample["name"] = self.sample_name
+            sample["depends_on"] = "."
+            source = _group(entry, "source", "NXsource")
+            source["name"] = "unknown"
+        self._master_counts = list(counts)
+
+    def _write_instrument(self, entry, det: Detector) -> None:
+        inst = _group(entry, "instrument", "NXinstrument")
+        inst["name"] = "sxlab"
+        inst["name"].attrs["short_name"] = "sxlab"
+        beam = _group(inst, "beam", "NXbeam")
+        beam["incident_wavelength"] = float(det.beam.wavelength_A)
+        beam["incident_wavelength"].attrs["units"] = "angstrom"
+        if det.beam.bandwidth > 0:
+            spread = _FWHM_PER_SIGMA * det.beam.bandwidth * det.beam.wavelength_A
+            beam["incident_wavelength_spread"] = float(spread)
+            beam["incident_wavelength_spread"].attrs["units"] = "angstrom"
+        beam["total_flux"] = np.nan
+        beam["total_flux"].attrs["units"] = "Hz"
+
+        d = _group(inst, "detector", "NXdetector", track_order=True)
+        p0 = det.panels[0]
+        dist = self._distance()
+        d["description"] = det.name or "sxlab detector"
+        d["type"] = "HPC"
+        d["sensor_material"] = "Si"
+        d["sensor_thickness"] = 450e-6
+        d["sensor_thickness"].attrs["units"] = "m"
+        d["distance"] = dist
+        d["distance"].attrs["units"] = "m"
+        try:
+            with np.errstate(all="ignore"):
+                bcx, bcy = det.beam_center_px(0)
+        except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
+            bcx = bcy = np.nan
+        for name, val in (("beam_center_x", bcx), ("beam_center_y", bcy)):
+            d[name] = float(val)
+            d[name].attrs["units"] = "pixel"
+        for name in ("x_pixel_size", "y_pixel_size"):
+            d[name] = p0.pixel_size_m
+            d[name].attrs["units"] = "m"
+        for name, val in (("count_time", self.count_time), ("frame_time", self.frame_time)):
+            if val is not None:
+                d[name] = float(val)
+                d[name].attrs["units"] = "s"
+        sat = self._default_saturation()
+        if sat is not None:
+            d["saturation_value"] = sat
+        if self.dtype.kind in "ui":
+            d["underload_value"] = -1
+        bits = 8 * self.dtype.itemsize
+        d["bit_depth_readout"] = np.int32(bits)
+        d["bit_depth_image"] = np.int32(bits)
+        d.create_dataset("pixel_mask", data=self.pixel_mask, compression="gzip")
+        d["depends_on"] = _TRANSLATION
+        tr = _group(d, "transformations", "NXtransformations")
+        t = tr.create_dataset("translation", data=dist)
+        _set_attrs(
+            t,
+            transformation_type="translation",
+            units="m",
+            vector=np.array([0.0, 0.0, 1.0]),
+            depends_on=".",
+        )
+        if self._geometry_text is not None:
+            d[_GEOM_TEXT] = self._geometry_text
+        origin = np.array([0.0, 0.0, dist])
+        for i, p in enumerate(det.panels):
+            name = p.name if p.name not in _RESERVED else f"module_{p.name}"
+            m = _group(d, name, "NXdetector_module")
+            sl = det.panel_slice(i)
+            m["data_origin"] = np.array([s.start if isinstance(s, slice) else s for s in sl],
+                                        dtype=np.int64)
+            m["data_size"] = np.array(
+                [s.stop - s.start if isinstance(s, slice) else 1 for s in sl], dtype=np.int64
+            )
+            corner = p.corner_m()
+            if not np.isfinite(corner[2]):
+                corner[2] = p.coffset if np.isfinite(p.coffset) else 0.0
+            offset = corner - origin
+            for field_name, vec in (("fast_pixel_direction", p.fs),
+                                    ("slow_pixel_direction", p.ss)):
+                ds = m.create_dataset(field_name, data=p.pixel_size_m)
+                _set_attrs(
+                    ds,
+                    transformation_type="translation",
+                    units="m",
+                    vector=np.asarray(vec, dtype=float),
+                    offset=offset,
+                    offset_units="m",
+                    depends_on=_TRANSLATION,
+                )
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Finish the last data file and write (or complete) the master file."""
+        if self._closed:
+            return
+        self._close_data_file()
+        self._closed = True
+        end = _utc_now()
+        if self._master_counts == self._counts and os.path.exists(self.master_path):
+            with h5py.File(self.master_path, "r+") as f:
+                f["entry/end_time"] = end
+        else:
+            self._write_master(self._counts, end_time=end)
+
+    def __enter__(self) -> NXmxWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<NXmxWriter {self.master_path!r} ({state}): {self.n_written} frame(s) of "
+            f"{self.frame_shape} {self.dtype} in {len(self.data_paths)} data file(s), "
+            f"compression={self.compression!r}>"
+        )
+
+
+# ====================================================================== reading
+def as_str(value) -> str:
+    """Decode an HDF5 string value (bytes, numpy scalar or 0-d/1-element array) to str."""
+    if isinstance(value, h5py.Dataset):
+        value = value[()]
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else ""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _nx_class(obj) -> str:
+    return as_str(obj.attrs.get("NX_class", ""))
+
+
+def _children_of_class(group, nx_class: str) -> list:
+    out = []
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            continue
+        obj = group.get(name)
+        if isinstance(obj, h5py.Group) and _nx_class(obj) == nx_class:
+            out.append(obj)
+    return out
+
+
+def find_entry(f: h5py.File):
+    """The NXentry group of a NeXus file (``default`` attribute, ``/entry`` or first)."""
+    default = as_str(f.attrs.get("default", ""))
+    if default and isinstance(f.get(default), h5py.Group):
+        return f[default]
+    if isinstance(f.get("entry"), h5py.Group):
+        return f["entry"]
+    entries = _children_of_class(f, "NXentry")
+    return entries[0] if entries else None
+
+
+def find_detectors(f: h5py.File) -> list:
+    """NXdetector groups under the NXinstrument groups of the file's entry."""
+    entry = find_entry(f)
+    if entry is None:
+        return []
+    dets = []
+    for inst in _children_of_class(entry, "NXinstrument"):
+        dets.extend(_children_of_class(inst, "NXdetector"))
+    if not dets and isinstance(f.get(_DETECTOR), h5py.Group):
+        dets.append(f[_DETECTOR])
+    return dets
+
+
+def _unit_factor(obj, attr: str, table: dict, default: str, what: str) -> float:
+    unit = as_str(obj.attrs.get(attr, default)).strip()
+    for key in (unit, unit.lower()):
+        if key in table:
+            return table[key]
+    raise ValueError(f"{obj.name}: unknown {what} unit {unit!r}")
+
+
+def _scalar(ds) -> float:
+    v = np.asarray(ds[()], dtype=float).ravel()
+    if v.size == 0:
+        raise ValueError(f"{ds.name}: empty value")
+    return float(v[0])
+
+
+def _resolve(f: h5py.File, base_group, ref: str):
+    """The object that a ``depends_on`` reference from ``base_group`` names."""
+    if ref.startswith("/"):
+        obj = f.get(ref)
+    else:
+        obj = base_group.get(ref)
+        if obj is None:
+            obj = f.get("/" + ref)
+    if obj is None:
+        raise ValueError(f"depends_on target {ref!r} (from {base_group.name}) not found")
+    return obj
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    x, y, z = axis
+    c, s = np.cos(angle), np.sin(angle)
+    C = 1.0 - c
+    return np.array(
+        [
+            [c + x * x * C, x * y * C - z * s, x * z * C + y * s],
+            [y * x * C + z * s, c + y * y * C, y * z * C - x * s],
+            [z * x * C - y * s, z * y * C + x * s, c + z * z * C],
+        ]
+    )
+
+
+def _transformation_matrix(ds, value: float | None = None) -> np.ndarray:
+    """4 x 4 matrix of one NeXus transformation (lengths in metres)."""
+    kind = as_str(ds.attrs.get("transformation_type", "")).lower()
+    vec = np.asarray(ds.attrs.get("vector", (0.0, 0.0, 1.0)), dtype=float).ravel()
+    norm = np.linalg.norm(vec)
+    if vec.size != 3 or norm == 0:
+        raise ValueError(f"{ds.name}: invalid transformation vector {vec}")
+    vec = vec / norm
+    if value is None:
+        value = _scalar(ds)
+    m = np.eye(4)
+    off = ds.attrs.get("offset")
+    if off is not None:
+        unit_attr = "offset_units" if "offset_units" in ds.attrs else "units"
+        if kind == "rotation" and unit_attr == "units":
+            scale = 1.0
+        else:
+            scale = _unit_factor(ds, unit_attr, _LENGTH_UNITS, "m", "length")
+        m[:3, 3] = np.asarray(off, dtype=float).ravel() * scale
+    if kind == "translation":
+        m[:3, 3] += vec * value * _unit_factor(ds, "units", _LENGTH_UNITS, "m", "length")
+    elif kind == "rotation":
+        m[:3, :3] = _rotation(vec, value * _unit_factor(ds, "units", _ANGLE_UNITS, "deg",
+                                                          "angle"))
+    else:
+        raise ValueError(f"{ds.name}: unknown transformation_type {kind!r}")
+    return m
+
+
+def _depends_on(obj) -> str:
+    ref = obj.attrs.get("depends_on") if isinstance(obj, h5py.Dataset) else None
+    if ref is None and isinstance(obj, h5py.Group) and "depends_on" in obj:
+        ref = obj["depends_on"]
+    return "." if ref is None else as_str(ref).strip()
+
+
+def chain_matrix(f: h5py.File, ds, value: float | None = None) -> np.ndarray:
+    """Matrix mapping coordinates local to transformation ``ds`` to the lab frame.
+
+    Applies ``ds`` (with ``value`` instead of its stored value when given) and then every
+    transformation of its ``depends_on`` chain: ``lab = T_n ... T_2 T_1 x``.
+    """
+    m = _transformation_matrix(ds, value)
+    seen = {ds.name}
+    ref = _depends_on(ds)
+    parent = ds.parent
+    while ref not in (".", ""):
+        nxt = _resolve(f, parent, ref)
+        if nxt.name in seen:
+            raise ValueError(f"depends_on chain of {ds.name} loops at {nxt.name}")
+        seen.add(nxt.name)
+        if isinstance(nxt, h5py.Group):
+            ref, parent = _depends_on(nxt), nxt
+            continue
+        m = _transformation_matrix(nxt) @ m
+        ref, parent = _depends_on(nxt), nxt.parent
+    return m
+
+
+def _read_wavelength_A(f: h5py.File, entry) -> float:
+    candidates = []
+    for inst in _children_of_class(entry, "NXinstrument"):
+        candidates.extend(_children_of_class(inst, "NXbeam"))
+    for sample in _children_of_class(entry, "NXsample"):
+        candidates.extend(_children_of_class(sample, "NXbeam"))
+    for beam in candidates:
+        if "incident_wavelength" in beam:
+            ds = beam["incident_wavelength"]
+            scale = _unit_factor(ds, "units", _LENGTH_UNITS, "angstrom", "length")
+            return _scalar(ds) * scale / 1e-10
+        if "incident_energy" in beam:
+            ds = beam["incident_energy"]
+            scale = _unit_factor(ds, "units", _ENERGY_UNITS, "eV", "energy")
+            return Beam.from_photon_energy(_scalar(ds) * scale).wavelength_A
+    return float("nan")
+
+
+def _read_bandwidth(entry, wavelength_A: float) -> float:
+    for inst in _children_of_class(entry, "NXinstrument"):
+        for beam in _children_of_class(inst, "NXbeam"):
+            if "incident_wavelength_spread" in beam:
+                ds = beam["incident_wavelength_spread"]
+                scale = _unit_factor(ds, "units", _LENGTH_UNITS, "angstrom", "length")
+                fwhm_A = _scalar(ds) * scale / 1e-10
+                if np.isfinite(fwhm_A) and wavelength_A > 0:
+                    return fwhm_A / _FWHM_PER_SIGMA / wavelength_A
+    return 0.0
+
+
+def _module_panel(f: h5py.File, module, name: str, data_path: str, max_adu: float) -> Panel:
+    origin = np.asarray(module["data_origin"][()], dtype=np.int64).ravel()
+    size = np.asarray(module["data_size"][()], dtype=np.int64).ravel()
+    if origin.size != size.size or origin.size not in (2, 3):
+        raise ValueError(f"{module.name}: data_origin/data_size must have 2 or 3 elements")
+    fast, slow = module["fast_pixel_direction"], module["slow_pixel_direction"]
+    m_fast0 = chain_matrix(f, fast, 0.0)
+    corner = m_fast0[:3, 3]
+    pixel = _scalar(fast) * _unit_factor(fast, "units", _LENGTH_UNITS, "m", "length")
+    fs_dir = chain_matrix(f, fast, 1.0)[:3, 3] - corner
+    ss_dir = chain_matrix(f, slow, 1.0)[:3, 3] - chain_matrix(f, slow, 0.0)[:3, 3]
+    res = 1.0 / pixel
+    dims = ("%", "ss", "fs") if origin.size == 2 else ("%", int(origin[0]), "ss", "fs")
+    if origin.size == 3 and size[0] != 1:
+        raise ValueError(f"{module.name}: a module must span one slab of stacked data")
+    return Panel(
+        name=name,
+        min_fs=int(origin[-1]),
+        max_fs=int(origin[-1] + size[-1] - 1),
+        min_ss=int(origin[-2]),
+        max_ss=int(origin[-2] + size[-2] - 1),
+        corner_x=float(corner[0] * res),
+        corner_y=float(corner[1] * res),
+        fs=tuple(fs_dir),
+        ss=tuple(ss_dir),
+        res=res,
+        clen=float(corner[2]),
+        data=data_path,
+        dims=dims,
+        max_adu=max_adu,
+    )
+
+
+def _panel_name(module, used: set) -> str:
+    name = module.name.rsplit("/", 1)[-1]
+    if name.startswith("module_") and name[len("module_"):] in _RESERVED:
+        name = name[len("module_"):]
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "p"
+    base, k = name, 1
+    while name in used:
+        name = f"{base}_{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+def _detector_from_nxmx(f: h5py.File) -> Detector:
+    entry = find_entry(f)
+    dets = find_detectors(f)
+    if entry is None or not dets:
+        raise ValueError(f"{f.filename}: no NXentry/NXdetector found")
+    wavelength = _read_wavelength_A(f, entry)
+    panels, used = [], set()
+    for d in dets:
+        max_adu = float("inf")
+        if "saturation_value" in d:
+            max_adu = _scalar(d["saturation_value"])
+        for module in _children_of_class(d, "NXdetector_module"):
+            name = _panel_name(module, used)
+            panels.append(_module_panel(f, module, name, "/entry/data/data", max_adu))
+    if not panels:
+        raise ValueError(f"{f.filename}: no NXdetector_module found")
+    desc = as_str(dets[0]["description"]) if "description" in dets[0] else ""
+    return Detector(
+        panels=tuple(panels),
+        beam=Beam(wavelength, bandwidth=_read_bandwidth(entry, wavelength)),
+        groups=(("all", tuple(p.name for p in panels)),),
+        name=desc,
+    )
+
+
+def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True) -> Detector:
+    """Detector geometry of an NXmx file.
+
+    Parameters
+    ----------
+    h5file_or_path : str, path-like or h5py.File
+        An NXmx (master) file.
+    prefer_embedded : bool
+        Use the CrystFEL geometry text in ``<detector>/crystfel_geometry`` when present
+        (written by :class:`NXmxWriter`; it reproduces the geometry exactly).
+
+    Returns
+    -------
+    Detector
+        Built otherwise from the NXmx description: wavelength (``incident_wavelength``
+        or ``incident_energy``, converted from their ``units``), and one panel per
+        ``NXdetector_module`` named after its group. Each module's ``depends_on`` chains
+        of translations and rotations are resolved into lab positions: the panel corner
+        is where ``fast_pixel_direction`` puts pixel 0, ``fs``/``ss`` the lab directions
+        of one pixel step, and the pixel size the value of ``fast_pixel_direction``.
+        ``data_origin``/``data_size`` give the pixel ranges; a 3-element origin makes a
+        stacked detector. ``saturation_value`` becomes each panel's ``max_adu``.
+
+    Raises
+    ------
+    ValueError
+        If the file has no detector with modules, or a unit or transformation is not
+        understood.
+
+    Examples
+    --------
+    >>> det = read_nxmx_geometry("run1_master.h5")  # doctest: +SKIP
+    >>> det.data_shape  # doctest: +SKIP
+    (2167, 2070)
+    """
+    if isinstance(h5file_or_path, (h5py.File, h5py.Group)):
+        return _geometry_from_file(h5file_or_path.file, prefer_embedded)
+    with h5py.File(Path(h5file_or_path), "r") as f:
+        return _geometry_from_file(f, prefer_embedded)
+
+
+def _geometry_from_file(f: h5py.File, prefer_embedded: bool) -> Detector:
+    if prefer_embedded:
+        for d in find_detectors(f):
+            if _GEOM_TEXT in d:
+                from sxlab.io.crystfel_geom import read_geom
+
+                return read_geom(as_str(d[_GEOM_TEXT]))
+    return _detector_from_nxmx(f)
