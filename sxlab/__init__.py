@@ -13,32 +13,53 @@ never pulls in matplotlib or ipywidgets: ``sx.plots`` and ``sx.widgets`` load on
 used.
 """
 
-from __future__ import annotations
-
-import importlib
-import importlib.util
-import pkgutil
-from importlib.metadata import PackageNotFoundError, version
+import importlib as _importlib
+import importlib.util as _importlib_util
+import pkgutil as _pkgutil
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
-    __version__ = version("sxlab")
-except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = _version("sxlab")
+except _PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-# Public notebook API: re-export names from core modules below, one line per module, e.g.
-#   from .geometry import Detector, Panel
-# Never import .plots or .widgets here; they are reached lazily through __getattr__.
+# Public notebook API: name -> module it lives in. Imported on first use so that
+# ``import sxlab`` stays light; .plots and .widgets are never imported here.
+_EXPORTS = {
+    "Beam": "geometry",
+    "BadRegion": "geometry",
+    "Detector": "geometry",
+    "Panel": "geometry",
+    "builtin_geometry": "geometry",
+    "UnitCell": "cell",
+    "FrameReadError": "io",
+    "NXmxWriter": "io",
+    "Run": "io",
+    "open_run": "io",
+    "read_geom": "io",
+    "read_nxmx_geometry": "io",
+    "write_geom": "io",
+    "SimulationParams": "simulate",
+    "Simulator": "simulate",
+    "Truth": "simulate",
+    "simulate_frame": "simulate",
+}
 
 
 def __getattr__(name: str):
-    """Import ``sxlab.<name>`` on first access (PEP 562)."""
+    """Resolve public names and import ``sxlab.<name>`` on first access (PEP 562)."""
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
     if name.isidentifier() and not name.startswith("_"):
         fullname = f"{__name__}.{name}"
-        if importlib.util.find_spec(fullname) is not None:
-            return importlib.import_module(fullname)
+        if _importlib_util.find_spec(fullname) is not None:
+            return _importlib.import_module(fullname)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    submodules = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
-    return sorted(set(globals()) | submodules)
+    submodules = {m.name for m in _pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return sorted({n for n in globals() if not n.startswith('_')} | submodules | set(_EXPORTS))

@@ -33,7 +33,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["DatasetInfo", "cache_dir", "fetch", "info", "list_datasets", "load", "path"]
+__all__ = [
+    "DatasetInfo",
+    "cache_dir",
+    "fetch",
+    "generate",
+    "info",
+    "list_datasets",
+    "load",
+    "path",
+    "simulator",
+    "truth",
+]
 
 _COMPLETE = "sxlab-complete.json"
 
@@ -255,6 +266,33 @@ def _ensure_generated(ds: DatasetInfo, *, progress: bool) -> Path:
     return master
 
 
+def simulator(name: DatasetInfo | str, *, registry: Path | None = None):
+    """The :class:`~sxlab.simulate.Simulator` behind a generated (or bundled) data set.
+
+    Useful to regenerate any frame alone, or to get its noise-free expected image.
+
+    Examples
+    --------
+    >>> import sxlab as sx
+    >>> sim = sx.datasets.simulator("lysozyme-demo")
+    >>> data, truth = sim.frame(0)  # identical to frame 0 of the generated data set
+    """
+    from . import simulate
+    from .cell import UnitCell
+    from .geometry import builtin_geometry
+
+    ds = info(name, registry) if isinstance(name, str) else name
+    if ds.kind == "bundled":
+        ds = info(ds.spec["recipe"], ds.registry)
+    if ds.kind != "generated" or "cell" not in ds.spec:
+        raise ValueError(f"data set {ds.name!r} is not made by the still simulator")
+    spec = ds.spec
+    det = builtin_geometry(spec["geometry"], **spec.get("geometry_args", {}))
+    cell = UnitCell(*spec["cell"], space_group=spec["space_group"])
+    params = simulate.SimulationParams(**spec.get("params", {}))
+    return simulate.Simulator(det, cell, seed=int(spec["seed"]), params=params)
+
+
 def generate(ds: DatasetInfo | str, master_path, *, n_frames: int | None = None,
              progress: bool = True):
     """Run a generated data set's recipe, writing it to ``master_path``.
@@ -262,7 +300,6 @@ def generate(ds: DatasetInfo | str, master_path, *, n_frames: int | None = None,
     Returns the simulator's :class:`~sxlab.simulate.Truth`.
     """
     from . import simulate
-    from .cell import UnitCell
     from .geometry import builtin_geometry
 
     if isinstance(ds, str):
@@ -274,18 +311,15 @@ def generate(ds: DatasetInfo | str, master_path, *, n_frames: int | None = None,
                         progress=progress)
     if ds.kind != "generated":
         raise ValueError(f"data set {ds.name!r} is {ds.kind}, not generated")
-    det = builtin_geometry(spec["geometry"], **spec.get("geometry_args", {}))
     n = int(n_frames or spec["n_frames"])
+    per_file = int(spec.get("frames_per_file", 1000))
     if "powder_d_A" in spec:
+        det = builtin_geometry(spec["geometry"], **spec.get("geometry_args", {}))
         return simulate.write_powder(
             master_path, det, d_spacing_A=float(spec["powder_d_A"]), n_frames=n,
-            seed=int(spec["seed"]), frames_per_file=int(spec.get("frames_per_file", 1000)),
+            seed=int(spec["seed"]), frames_per_file=per_file,
         )
-    cell = UnitCell(*spec["cell"], space_group=spec["space_group"])
-    params = simulate.SimulationParams(**spec.get("params", {}))
-    sim = simulate.Simulator(det, cell, seed=int(spec["seed"]), params=params)
-    return sim.write(master_path, n, frames_per_file=int(spec.get("frames_per_file", 1000)),
-                     progress=progress)
+    return simulator(ds).write(master_path, n, frames_per_file=per_file, progress=progress)
 
 
 # --------------------------------------------------------------------------- remote

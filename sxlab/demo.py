@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 
 
-def _read_all(run) -> pd.DataFrame:
+def _read_all(run, *, progress: bool = True) -> pd.DataFrame:
     """Read and decode every frame; one row per frame (failures recorded, never dropped)."""
     from tqdm.auto import tqdm
 
     from .io import FrameReadError
 
     rows = []
-    for i in tqdm(range(len(run)), desc="read frames", unit="frame", leave=False):
+    for i in tqdm(range(len(run)), desc="read frames", unit="frame", leave=False,
+                  disable=not progress):
         t0 = time.perf_counter()
         try:
             image, bad = run.read(i)
@@ -61,7 +62,7 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True) -> pd.DataF
     t_load = time.perf_counter() - t_start
     geom = run.geometry
     truth = datasets.truth(name)
-    frames = _read_all(run)
+    frames = _read_all(run, progress=progress)
 
     ok = frames[frames.status == "ok"]
     tf = truth.frames

@@ -146,3 +146,16 @@ def test_generated_once_and_regenerated_on_recipe_change(cache, tmp_path):
     reg = _write_registry(tmp_path / "r.toml", text.replace("seed = 7", "seed = 8"))
     changed = datasets.load("tiny", registry=reg, progress=False)
     assert not np.array_equal(run[1].values, changed[1].values)
+
+
+def test_bundled_sample_is_reproduced_by_its_recipe():
+    run = datasets.load("lysozyme-sample", progress=False)
+    truth = datasets.truth("lysozyme-sample")
+    sim = datasets.simulator("lysozyme-sample")
+    assert len(run) == len(truth.frames) == 8
+    assert truth.frames.hit.any() and not truth.frames.hit.all()
+    for i in (0, 5):
+        data, ft = sim.frame(i)
+        np.testing.assert_array_equal(run.read_raw(i), data)
+        assert ft.hit == bool(truth.frames.hit.iloc[i])
+    assert run.geometry == sim.detector

@@ -1,0 +1,1 @@
+"""Slow, obvious NumPy/Python versions of the numba kernels, for comparison in tests."""
