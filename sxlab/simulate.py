@@ -58,6 +58,7 @@ in any order and by any number of workers.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -96,6 +97,10 @@ _STREAM_FRAME = 3
 _STREAM_NOISE = 4
 
 _SPOT_WINDOW_SIGMA = 4.0
+#: Start time written into simulated NXmx files, fixed so that the same seed gives
+#: byte-identical files.
+SIMULATED_START_TIME = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+
 _FLAG_VALUES = {"uint16": 2**16 - 1, "uint32": 2**32 - 1}
 # NXmx pixel_mask bits.
 _MASK_GAP = 1
@@ -1172,7 +1177,7 @@ class Simulator:
         with NXmxWriter(master_path, self.detector, n_frames=n_frames,
                         frames_per_file=frames_per_file, dtype=self.params.dtype,
                         compression="bslz4", pixel_mask=self.pixel_mask,
-                        saturation_value=sat) as writer:
+                        saturation_value=sat, start_time=SIMULATED_START_TIME) as writer:
             indices = range(start, start + n_frames)
             if progress:
                 from tqdm.auto import tqdm

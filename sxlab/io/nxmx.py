@@ -149,6 +149,10 @@ class NXmxWriter:
         ``/entry/sample/name``.
     extra_attrs : mapping, optional
         Additional attributes set on ``/entry`` of the master file.
+    start_time : datetime.datetime, optional
+        Start time recorded in the file (timezone-aware; default: now). Giving it makes the
+        files reproducible byte for byte: the end time is then derived from it and
+        ``frame_time`` instead of the clock.
     embed_geometry : bool
         Store the exact geometry as CrystFEL text in
         ``/entry/instrument/detector/crystfel_geometry``.
@@ -189,6 +193,7 @@ class NXmxWriter:
         sample_name: str = "",
         extra_attrs: Mapping | None = None,
         embed_geometry: bool = True,
+        start_time: _dt.datetime | None = None,
     ):
         self.master_path = os.fspath(master_path)
         self.detector = detector
@@ -216,7 +221,9 @@ class NXmxWriter:
             from sxlab.io.crystfel_geom import write_geom
 
             self._geometry_text = write_geom(detector)
-        self._start = _dt.datetime.now(_dt.timezone.utc)
+        self._fixed_time = start_time is not None
+        self._start = start_time if start_time is not None else _dt.datetime.now(
+            _dt.timezone.utc)
         self.n_written = 0
         self.data_paths: list[str] = []
         self._counts: list[int] = []
@@ -386,14 +393,7 @@ class NXmxWriter:
             data = _group(entry, "data", "NXdata")
             data.attrs["signal"] = "data"
             if total:
-                layout = h5py.VirtualLayout((total, *shape), self.dtype)
-                offset = 0
-                for k, n in enumerate(counts):
-                    name = os.path.basename(data_file_name(self.master_path, k + 1))
-                    src = h5py.VirtualSource(name, "/entry/data/data", shape=(n, *shape))
-                    layout[offset : offset + n] = src
-                    offset += n
-                data.create_virtual_dataset("data", layout, fillvalue=0)
+                self._write_vds(data, counts, shape)
             else:
                 data.create_dataset("data", shape=(0, *shape), dtype=self.dtype)
             for k in range(len(counts)):
@@ -495,6 +495,29 @@ class NXmxWriter:
                     depends_on=_TRANSLATION,
                 )
 
+    def _write_vds(self, group, counts: list[int], shape: tuple) -> None:
+        """The master's virtual dataset over all data files (relative file names).
+
+        Built with the low-level API so that no creation time is stored: the same frames
+        give the same master file.
+        """
+        total = int(sum(counts))
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_fill_value(np.zeros(1, self.dtype))
+        dcpl.set_obj_track_times(False)
+        vspace = h5py.h5s.create_simple((total, *shape))
+        offset = 0
+        for k, n in enumerate(counts):
+            name = os.path.basename(data_file_name(self.master_path, k + 1))
+            src_space = h5py.h5s.create_simple((n, *shape))
+            vspace.select_hyperslab((offset,) + (0,) * len(shape), (n, *shape))
+            dcpl.set_virtual(vspace, name.encode(), b"/entry/data/data", src_space)
+            offset += n
+        vspace.select_all()
+        tid = h5py.h5t.py_create(self.dtype, logical=1)
+        h5py.h5d.create(group.id, b"data", tid, h5py.h5s.create_simple((total, *shape)),
+                        dcpl=dcpl)
+
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Finish the last data file and write (or complete) the master file."""
@@ -502,7 +525,11 @@ class NXmxWriter:
             return
         self._close_data_file()
         self._closed = True
-        end = _utc_now()
+        if self._fixed_time:
+            end = _iso(self._start + _dt.timedelta(
+                seconds=float(self.frame_time or 0.0) * self.n_written))
+        else:
+            end = _utc_now()
         if self._master_counts == self._counts and os.path.exists(self.master_path):
             with h5py.File(self.master_path, "r+") as f:
                 f["entry/end_time"] = end
