@@ -1,4 +1,4 @@
-"""File formats: HDF5/NeXus frame readers, the NXmx writer, CrystFEL geometry files.
+"""File formats: HDF5/NeXus frame readers, the NXmx writer, CrystFEL geometry and cell files.
 
 Names are imported from their submodule on first access, so ``import sxlab.io`` stays
 light:
@@ -18,6 +18,9 @@ _EXPORTS = {
     "read_nxmx_geometry": "nxmx",
     "read_geom": "crystfel_geom",
     "write_geom": "crystfel_geom",
+    "CellFileError": "crystfel_cell",
+    "read_cell": "crystfel_cell",
+    "write_cell": "crystfel_cell",
 }
 
 __all__ = sorted(_EXPORTS)
