@@ -36,3 +36,13 @@ def test_submodules_are_lazy_attributes():
     assert not hasattr(sxlab, "no_such_module")
     with pytest.raises(AttributeError, match="no_such_module"):
         sxlab.no_such_module  # noqa: B018
+
+
+def test_stage_modules_are_callable_like_their_functions():
+    import sxlab.integrate as integrate_module
+
+    assert sxlab.integrate is integrate_module
+    assert callable(sxlab.integrate)
+    assert sxlab.integrate.Integrator is integrate_module.Integrator
+    with pytest.raises(TypeError):
+        sxlab.integrate()  # the function's own signature is enforced
