@@ -496,6 +496,7 @@ class Detector:
         state = dict(self.__dict__)
         state.pop("_maps", None)
         state.pop("data_shape", None)
+        state.pop("_ray_tables", None)
         return state
 
     def __setstate__(self, state):
@@ -631,34 +632,34 @@ class Detector:
         xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
         return self._ray_to_pixel(xyz)
 
+    @cached_property
+    def _ray_tables(self) -> tuple:
+        """Per-panel arrays for the ray-intersection kernel (geometry-only, cached)."""
+        corner = np.array([p.corner_m() for p in self.panels])
+        fs_m = np.array([p.fs_m() for p in self.panels])
+        ss_m = np.array([p.ss_m() for p in self.panels])
+        normal = np.cross(fs_m, ss_m)
+        gram = np.empty((len(self.panels), 2, 2))
+        gram[:, 0, 0] = np.einsum("ij,ij->i", fs_m, fs_m)
+        gram[:, 1, 1] = np.einsum("ij,ij->i", ss_m, ss_m)
+        gram[:, 0, 1] = gram[:, 1, 0] = np.einsum("ij,ij->i", fs_m, ss_m)
+        return (
+            corner, fs_m, ss_m, normal, np.linalg.inv(gram),
+            np.array([p.width for p in self.panels], dtype=float),
+            np.array([p.height for p in self.panels], dtype=float),
+            np.array([p.min_fs for p in self.panels], dtype=float),
+            np.array([p.min_ss for p in self.panels], dtype=float),
+        )
+
     def _ray_to_pixel(self, d: np.ndarray):
+        from ._geometry_kernels import ray_to_pixel
+
+        d = np.ascontiguousarray(d, dtype=np.float64)
         n = d.shape[0]
-        panel = np.full(n, -1, dtype=np.int64)
-        fs = np.full(n, np.nan)
-        ss = np.full(n, np.nan)
-        for i, p in enumerate(self.panels):
-            c, a, b = p.corner_m(), p.fs_m(), p.ss_m()
-            nrm = np.cross(a, b)
-            denom = d @ nrm
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = (c @ nrm) / denom
-            rel = t[:, None] * d - c
-            # Solve rel = u a + v b (least squares in the panel plane).
-            g = np.array([[a @ a, a @ b], [a @ b, b @ b]])
-            rhs = np.stack([rel @ a, rel @ b], axis=-1)
-            uv = np.linalg.solve(g, rhs.T).T
-            u, v = uv[:, 0], uv[:, 1]
-            ok = (
-                (panel < 0)
-                & (t > 0)
-                & (u >= 0)
-                & (u < p.width)
-                & (v >= 0)
-                & (v < p.height)
-            )
-            panel[ok] = i
-            fs[ok] = u[ok] + p.min_fs
-            ss[ok] = v[ok] + p.min_ss
+        panel = np.empty(n, dtype=np.int64)
+        fs = np.empty(n)
+        ss = np.empty(n)
+        ray_to_pixel(d, *self._ray_tables, panel, fs, ss)
         return panel, fs, ss
 
     def lab_to_q(self, xyz) -> np.ndarray:

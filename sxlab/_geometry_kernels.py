@@ -1,0 +1,43 @@
+"""Numba kernels for :mod:`sxlab.geometry`."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def ray_to_pixel(d, corner, fs_m, ss_m, normal, ginv, width, height, min_fs, min_ss,
+                 panel, fs, ss):
+    """Intersect rays from the origin with the panels; first panel hit wins.
+
+    ``d`` (n, 3) ray directions; per panel ``corner``, ``fs_m``, ``ss_m``, ``normal``
+    (p, 3), ``ginv`` (p, 2, 2) the inverse Gram matrix of (fs_m, ss_m), sizes and offsets.
+    Writes ``panel`` (-1: none), ``fs``, ``ss`` (NaN: none) in data-array coordinates.
+    """
+    n = d.shape[0]
+    for i in range(n):
+        panel[i] = -1
+        fs[i] = np.nan
+        ss[i] = np.nan
+        dx, dy, dz = d[i, 0], d[i, 1], d[i, 2]
+        for p in range(corner.shape[0]):
+            den = dx * normal[p, 0] + dy * normal[p, 1] + dz * normal[p, 2]
+            if den == 0.0:
+                continue
+            t = (corner[p, 0] * normal[p, 0] + corner[p, 1] * normal[p, 1]
+                 + corner[p, 2] * normal[p, 2]) / den
+            if not t > 0.0:
+                continue
+            rx = t * dx - corner[p, 0]
+            ry = t * dy - corner[p, 1]
+            rz = t * dz - corner[p, 2]
+            ra = rx * fs_m[p, 0] + ry * fs_m[p, 1] + rz * fs_m[p, 2]
+            rb = rx * ss_m[p, 0] + ry * ss_m[p, 1] + rz * ss_m[p, 2]
+            u = ginv[p, 0, 0] * ra + ginv[p, 0, 1] * rb
+            v = ginv[p, 1, 0] * ra + ginv[p, 1, 1] * rb
+            if u >= 0.0 and u < width[p] and v >= 0.0 and v < height[p]:
+                panel[i] = p
+                fs[i] = u + min_fs[p]
+                ss[i] = v + min_ss[p]
+                break
