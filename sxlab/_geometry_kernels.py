@@ -41,3 +41,44 @@ def ray_to_pixel(d, corner, fs_m, ss_m, normal, ginv, width, height, min_fs, min
                 fs[i] = u + min_fs[p]
                 ss[i] = v + min_ss[p]
                 break
+
+
+@numba.njit(cache=True)
+def panel_map(out, kind, corner, fs_m, ss_m, res, k):
+    """Fill ``out`` (height, width) with one per-pixel quantity of a panel.
+
+    Pixel centres are at +0.5. ``kind``: 0-2 lab x/y/z (m), 3 radius from the beam in
+    pixels (``res`` pixels per metre), 4 2θ (rad), 5 azimuth (rad), 6-8 q_x/q_y/q_z and
+    9 |q| in 1/Å for wavenumber ``k`` (1/Å).
+    """
+    h, w = out.shape
+    for s in range(h):
+        for f in range(w):
+            a = f + 0.5
+            b = s + 0.5
+            x = corner[0] + a * fs_m[0] + b * ss_m[0]
+            y = corner[1] + a * fs_m[1] + b * ss_m[1]
+            z = corner[2] + a * fs_m[2] + b * ss_m[2]
+            if kind == 0:
+                v = x
+            elif kind == 1:
+                v = y
+            elif kind == 2:
+                v = z
+            elif kind == 3:
+                v = np.sqrt(x * x + y * y) * res
+            elif kind == 4:
+                v = np.arctan2(np.sqrt(x * x + y * y), z)
+            elif kind == 5:
+                v = np.arctan2(y, x)
+            else:
+                r = np.sqrt(x * x + y * y + z * z)
+                if kind == 6:
+                    v = k * x / r
+                elif kind == 7:
+                    v = k * y / r
+                elif kind == 8:
+                    v = k * (z / r - 1.0)
+                else:
+                    v = k * np.sqrt(max(2.0 * (1.0 - z / r), 0.0))
+            out[s, f] = v

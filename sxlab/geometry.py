@@ -317,85 +317,62 @@ class DetectorMaps:
     def panel(self) -> np.ndarray:
         return self._per_panel(lambda i, p, f, s: i, dtype=np.int16, fill=-1)
 
-    def _lab(self, axis: int) -> np.ndarray:
-        return self._per_panel(lambda i, p, fs, ss: _panel_xyz(p, fs, ss)[axis])
+    def _kernel_map(self, kind: int) -> np.ndarray:
+        from ._geometry_kernels import panel_map
+
+        det = self._det
+        out = np.full(det.data_shape, np.nan, dtype=np.float32)
+        k = 1.0 / det.beam.wavelength_A if kind >= 6 else 0.0
+        for i, p in enumerate(det.panels):
+            buf = np.empty((p.height, p.width), dtype=np.float32)
+            panel_map(buf, kind, p.corner_m(), p.fs_m(), p.ss_m(), p.res, k)
+            out[det.panel_slice(i)] = buf
+        return out
 
     @cached_property
     def x_m(self) -> np.ndarray:
-        return self._lab(0)
+        return self._kernel_map(0)
 
     @cached_property
     def y_m(self) -> np.ndarray:
-        return self._lab(1)
+        return self._kernel_map(1)
 
     @cached_property
     def z_m(self) -> np.ndarray:
-        return self._lab(2)
+        return self._kernel_map(2)
 
     @cached_property
     def r_px(self) -> np.ndarray:
-        def f(i, p, fs, ss):
-            x, y, _ = _panel_xyz(p, fs, ss)
-            return np.hypot(x, y) * p.res
-
-        return self._per_panel(f)
+        return self._kernel_map(3)
 
     @cached_property
     def two_theta_rad(self) -> np.ndarray:
-        def f(i, p, fs, ss):
-            x, y, z = _panel_xyz(p, fs, ss)
-            return np.arctan2(np.hypot(x, y), z)
-
-        return self._per_panel(f)
+        return self._kernel_map(4)
 
     @cached_property
     def azimuth_rad(self) -> np.ndarray:
-        def f(i, p, fs, ss):
-            x, y, _ = _panel_xyz(p, fs, ss)
-            return np.arctan2(y, x)
-
-        return self._per_panel(f)
-
-    def _q(self, axis: int | None) -> np.ndarray:
-        k = 1.0 / self._det.beam.wavelength_A
-
-        def f(i, p, fs, ss):
-            x, y, z = _panel_xyz(p, fs, ss)
-            r = np.sqrt(x * x + y * y + z * z)
-            if axis is None:
-                # |q| = 2 sin(θ)/λ = k * sqrt(2 (1 - cos 2θ))
-                return k * np.sqrt(np.maximum(2.0 * (1.0 - z / r), 0.0))
-            comp = (x, y, z)[axis] / r
-            return k * (comp - 1.0 if axis == 2 else comp)
-
-        return self._per_panel(f)
+        return self._kernel_map(5)
 
     @cached_property
     def q_x(self) -> np.ndarray:
-        return self._q(0)
+        return self._kernel_map(6)
 
     @cached_property
     def q_y(self) -> np.ndarray:
-        return self._q(1)
+        return self._kernel_map(7)
 
     @cached_property
     def q_z(self) -> np.ndarray:
-        return self._q(2)
+        return self._kernel_map(8)
 
     @cached_property
     def q_A(self) -> np.ndarray:
-        return self._q(None)
+        return self._kernel_map(9)
 
     @cached_property
     def d_A(self) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return (1.0 / self.q_A).astype(np.float32)
-
-
-def _panel_xyz(p: Panel, fs_rel, ss_rel):
-    """Lab x, y, z (m) of panel-relative coordinates, as three broadcast arrays."""
-    c, a, b = p.corner_m(), p.fs_m(), p.ss_m()
-    return tuple(c[k] + fs_rel * a[k] + ss_rel * b[k] for k in range(3))
 
 
 def _panel_lab(p: Panel, fs_rel, ss_rel) -> np.ndarray:
