@@ -100,8 +100,25 @@ class DatasetInfo:
 
     @property
     def recipe_hash(self) -> str:
+        """Hash of the recipe and, for generated sets, of the simulator's code.
+
+        A change to either makes :func:`load` regenerate the cached files, so cached data
+        always equal what the current simulator makes from the recipe.
+        """
         blob = json.dumps({"name": self.name, **self.spec}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        h = hashlib.sha256(blob)
+        if self.kind == "generated":
+            h.update(_simulator_code_digest().encode())
+        return h.hexdigest()[:16]
+
+
+def _simulator_code_digest() -> str:
+    from . import _simulate_kernels, simulate
+
+    h = hashlib.sha256()
+    for mod in (simulate, _simulate_kernels):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def _load_registry(registry: Path | None = None) -> dict[str, DatasetInfo]:

@@ -175,3 +175,12 @@ def test_same_seed_gives_identical_files(tmp_path):
         a = (tmp_path / "a" / name).read_bytes()
         b = (tmp_path / "b" / name).read_bytes()
         assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), name
+
+
+def test_cache_is_invalidated_by_simulator_code(monkeypatch):
+    ds = datasets.info("lysozyme-demo")
+    before = ds.recipe_hash
+    monkeypatch.setattr(datasets, "_simulator_code_digest", lambda: "changed")
+    assert ds.recipe_hash != before
+    assert datasets.info("lysozyme-sample").recipe_hash == datasets.info(
+        "lysozyme-sample").recipe_hash
