@@ -46,3 +46,13 @@ def test_stage_modules_are_callable_like_their_functions():
     assert sxlab.integrate.Integrator is integrate_module.Integrator
     with pytest.raises(TypeError):
         sxlab.integrate()  # the function's own signature is enforced
+
+
+def test_demo_summary_on_the_bundled_sample():
+    from sxlab import demo
+
+    table = demo.summarize("lysozyme-sample", progress=False).set_index("quantity").value
+    assert table["frames"] == 8
+    assert table["frames processed / failed"] == "8 / 0"
+    assert table["hit decisions agreeing with truth"] == "100.0 %"
+    assert float(table["recall of true spots ≥ 100 photons"]) > 0.9
