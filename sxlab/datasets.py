@@ -275,8 +275,13 @@ def _ensure_generated(ds: DatasetInfo, *, progress: bool) -> Path:
             json.dumps({"recipe_hash": ds.recipe_hash, "name": ds.name}, indent=1)
         )
         if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished the same recipe first: use its files.
+            if not (_is_present(ds) and master.is_file()):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

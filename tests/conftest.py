@@ -33,3 +33,16 @@ def rng() -> np.random.Generator:
 @pytest.fixture(name="require_service")
 def _require_service_fixture():
     return require_service
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sxlab_cache(tmp_path_factory):
+    """Generated data sets go to a per-session directory unless SXLAB_CACHE is set."""
+    if "SXLAB_CACHE" in os.environ:
+        yield
+        return
+    os.environ["SXLAB_CACHE"] = str(tmp_path_factory.mktemp("sxlab-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("SXLAB_CACHE", None)

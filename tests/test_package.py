@@ -56,3 +56,25 @@ def test_demo_summary_on_the_bundled_sample():
     assert table["frames processed / failed"] == "8 / 0"
     assert table["hit decisions agreeing with truth"] == "100.0 %"
     assert float(table["recall of true spots ≥ 100 photons"]) > 0.9
+
+
+def test_cli_process_stats_and_profile(tmp_path, capsys):
+    import sxlab as sx
+    from sxlab.params import Params
+
+    run = sx.datasets.load("lysozyme-sample", progress=False)
+    params = Params(cell=sx.UnitCell(79.1, 79.1, 37.9, 90, 90, 90,
+                                     space_group="P 43 21 2"))
+    params = params.replace(peaks={"adc_threshold": 3.0, "min_snr": 6.0})
+    ptoml = params.save(tmp_path / "trial.toml")
+    out = tmp_path / "out"
+    assert cli.main(["process", run.files[0], "--params", str(ptoml), "--out", str(out),
+                     "-j", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "indexed" in printed and "hits" in printed
+    assert cli.main(["stats", str(out)]) == 0
+    stats = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert int(stats["frames"]) == 8 and int(stats["indexed"]) == 4
+    png = tmp_path / "profile.png"
+    assert cli.main(["profile", str(out), "-o", str(png), "--block", "2"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,660 @@
+"""Indexing of single frames: parameters, the prepared :class:`Indexer` and :func:`index`.
+
+A frame's peaks are mapped to reciprocal space at the nominal wavelength, a lattice is
+searched with asdf (:mod:`sxlab.index.asdf`), matched to the reference cell
+(:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.index.refine`) and accepted if it
+explains enough peaks. The result is the crystals table, one row per lattice
+(:data:`CRYSTAL_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..cell import CellMatcher, UnitCell, niggli_reduce
+from ..geometry import Detector
+from .asdf import AsdfSearch, reduce_supercell
+from .refine import REFINE_MODES, assign_indices, excitation_errors, profile_radius, refine_basis
+
+__all__ = ["CRYSTAL_SCHEMA", "IndexParams", "Indexer", "crystals_table", "index"]
+
+_METHODS = ("asdf",)
+
+#: Columns of the crystals table: name -> (dtype, description with unit).
+CRYSTAL_SCHEMA: dict[str, tuple[str, str]] = {
+    "frame": ("int64", "frame index"),
+    "crystal": ("int64", "lattice index within the frame (0-based, in order found)"),
+    "a": ("float64", "cell edge a (Å)"),
+    "b": ("float64", "cell edge b (Å)"),
+    "c": ("float64", "cell edge c (Å)"),
+    "alpha": ("float64", "cell angle α (deg)"),
+    "beta": ("float64", "cell angle β (deg)"),
+    "gamma": ("float64", "cell angle γ (deg)"),
+    "lattice": ("str", "lattice type (CrystFEL naming; triclinic without a reference cell)"),
+    "centering": ("str", "centering letter (P without a reference cell)"),
+    **{
+        f"{v}star_{x}": ("float64", f"lab-frame {x} component of {v}* (1/Å, no 2π)")
+        for v in "abc"
+        for x in "xyz"
+    },
+    "n_peaks_indexed": ("int64", "peaks of the frame this lattice explains (a peak may count "
+                                 "for several lattices)"),
+    "n_peaks": ("int64", "peaks of the frame with a valid position"),
+    "fraction_indexed": ("float64", "n_peaks_indexed / n_peaks"),
+    "method": ("str", "indexing method: asdf or asdf-fast"),
+    "tries": ("int64", "attempt that found the lattice (1: no peaks dropped)"),
+    "profile_radius_invA": ("float64", "80th percentile of |excitation error| of the "
+                                       "indexed peaks (1/Å)"),
+    "residual": ("float64", "RMS distance |q - hkl·A| of the indexed peaks (1/Å)"),
+}
+
+_ASTAR_COLUMNS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
+
+
+def crystals_table(rows: list[dict] | None = None) -> pd.DataFrame:
+    """A crystals table with every :data:`CRYSTAL_SCHEMA` column, in order and dtype.
+
+    Examples
+    --------
+    >>> t = crystals_table()
+    >>> len(t), list(t.columns[:4])
+    (0, ['frame', 'crystal', 'a', 'b'])
+    """
+    rows = rows or []
+    cols = {}
+    for name, (dtype, _) in CRYSTAL_SCHEMA.items():
+        values = [r[name] for r in rows]
+        if dtype == "str":
+            cols[name] = pd.array(np.asarray(values, dtype=object), dtype="str")
+        else:
+            cols[name] = np.asarray(values).astype(dtype, copy=False)
+    return pd.DataFrame(cols)
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """Parameters of the indexer (frozen, serialisable).
+
+    Parameters
+    ----------
+    method : {"asdf"}
+        Indexing method. Default "asdf".
+    fast : bool
+        asdf fast mode: fewer reflections and triplets. Default False.
+    n_reflections, n_triplets : int
+        Normal mode: the strongest ``n_reflections`` peaks are used and at most
+        ``n_triplets`` random triplets of them (all triplets when they are fewer).
+        Defaults 2000 and 20 000.
+    fast_n_reflections, fast_n_triplets : int
+        The same in fast mode. Defaults 120 and 10 000.
+    n_bins : int
+        Histogram bins per triplet. Default 1024.
+    vector_tolerance : float
+        A direct-lattice vector fits a peak when ``q · t`` is within this of an integer
+        (and a cell explains a peak in the search when all three indices are). Default 0.1.
+    min_angle_deg : float
+        Smallest angle between two vectors of a cell. Default 20.
+    max_vector_factor : float
+        With a reference cell, longest vector considered as a multiple of its longest
+        edge. Default 3.
+    max_vector_A : float
+        Longest vector without a reference cell (Å). Default 1000.
+    min_vector_A : float
+        Shortest vector considered (Å); with a reference cell at least 0.4 times its
+        shortest edge. Default 3.
+    volume_tolerance : float
+        With a reference cell, relative tolerance of the cell volume against the
+        reference's volume per lattice point. Default 0.1.
+    length_tolerance, angle_tolerance_deg : float
+        Tolerances of the cell match (relative on a, b, c; degrees on α, β, γ), before and
+        after refinement. Defaults 0.05 and 1.5.
+    refine : bool
+        Refine the lattice against the peaks. Default True.
+    refine_mode : {"orientation", "isotropic", "lattice", "unconstrained"}
+        What the refinement fits (see :mod:`sxlab.index.refine`); ``"lattice"`` keeps the
+        lattice type of the reference cell (triclinic without one). Default "lattice".
+    excitation_weight : float
+        Weight of the residual along the diffracted ray in the refinement. Default 1.
+    index_tolerance : float
+        A peak is explained by a lattice when its three fractional indices are within this
+        of integers. Default 0.25.
+    min_fraction : float
+        Single-lattice mode: the lattice must explain at least this fraction of the peaks
+        searched. Default 0.5.
+    multi_min_fraction : float
+        Multi-lattice mode: the same for every lattice, counted over the peaks left by the
+        lattices before it. Default 0.3.
+    min_peaks : int
+        Frames (or remaining peak sets) with fewer peaks are not indexed. Default 10.
+    retry : bool
+        On failure, delete the weakest ``retry_drop_fraction`` of the peaks and try again,
+        up to ``max_tries`` attempts in all. Default False.
+    max_tries : int
+        Default 6.
+    retry_drop_fraction : float
+        Default 0.1.
+    multi : bool
+        Look for further lattices among the peaks the found ones leave unexplained.
+        Default False.
+    max_lattices : int
+        Most lattices per frame in multi-lattice mode. Default 2.
+    seed : int
+        Seed of the triplet sampling. Default 0.
+    profile_percentile : float
+        Percentile of the indexed peaks' ``|excitation error|`` reported as the profile
+        radius. Default 80.
+    batch : int
+        Triplets per batch; the search can stop after each. Default 256.
+
+    Examples
+    --------
+    >>> p = IndexParams(fast=True)
+    >>> p.replace(seed=3).seed
+    3
+    >>> IndexParams.from_dict(p.to_dict()) == p
+    True
+    """
+
+    method: str = "asdf"
+    fast: bool = False
+    n_reflections: int = 2000
+    n_triplets: int = 20000
+    fast_n_reflections: int = 120
+    fast_n_triplets: int = 10000
+    n_bins: int = 1024
+    vector_tolerance: float = 0.1
+    min_angle_deg: float = 20.0
+    max_vector_factor: float = 3.0
+    max_vector_A: float = 1000.0
+    min_vector_A: float = 3.0
+    volume_tolerance: float = 0.1
+    length_tolerance: float = 0.05
+    angle_tolerance_deg: float = 1.5
+    refine: bool = True
+    refine_mode: str = "lattice"
+    excitation_weight: float = 1.0
+    index_tolerance: float = 0.25
+    min_fraction: float = 0.5
+    multi_min_fraction: float = 0.3
+    min_peaks: int = 10
+    retry: bool = False
+    max_tries: int = 6
+    retry_drop_fraction: float = 0.1
+    multi: bool = False
+    max_lattices: int = 2
+    seed: int = 0
+    profile_percentile: float = 80.0
+    batch: int = 256
+
+    def __post_init__(self):
+        if self.method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
+        if self.refine_mode not in REFINE_MODES:
+            raise ValueError(f"refine_mode must be one of {REFINE_MODES}, "
+                             f"got {self.refine_mode!r}")
+        for name in ("fast", "refine", "retry", "multi"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        for name in ("n_reflections", "n_triplets", "fast_n_reflections", "fast_n_triplets",
+                     "n_bins", "min_peaks", "max_tries", "max_lattices", "batch", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("n_reflections", "n_triplets", "fast_n_reflections", "fast_n_triplets",
+                     "max_tries", "max_lattices", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_bins < 8:
+            raise ValueError(f"n_bins must be >= 8, got {self.n_bins}")
+        if self.seed < 0 or self.min_peaks < 0:
+            raise ValueError("seed and min_peaks must be >= 0")
+        for name in ("vector_tolerance", "index_tolerance"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
+        for name in ("min_fraction", "multi_min_fraction", "retry_drop_fraction",
+                     "excitation_weight", "volume_tolerance"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if not 0 < self.length_tolerance < 0.5 or not 0 < self.angle_tolerance_deg < 30:
+            raise ValueError("length_tolerance must be in (0, 0.5) and angle_tolerance_deg "
+                             "in (0, 30)")
+        if not 0 < self.min_vector_A < self.max_vector_A or not self.max_vector_factor > 0:
+            raise ValueError("need 0 < min_vector_A < max_vector_A and max_vector_factor > 0")
+        if not 0 <= self.profile_percentile <= 100:
+            raise ValueError("profile_percentile must be within [0, 100]")
+        if not 0 < self.min_angle_deg < 90:
+            raise ValueError("min_angle_deg must be in (0, 90)")
+
+    def replace(self, **changes) -> IndexParams:
+        """Copy with fields changed; unknown names raise ``TypeError``."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain dict of all fields (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IndexParams:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        return cls(**d)
+
+    def digest(self) -> str:
+        """SHA-256 (hex, 16 characters) of the canonical JSON of the parameters."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def method_name(self) -> str:
+        """Name written to the ``method`` column (``asdf`` or ``asdf-fast``)."""
+        return f"{self.method}-fast" if self.fast else self.method
+
+
+class _Found:
+    """A verified lattice: refined reciprocal basis, cell and peak statistics."""
+
+    __slots__ = ("astar", "cell", "indexed", "residual")
+
+    def __init__(self, astar, cell, indexed, residual):
+        self.astar = astar
+        self.cell = cell
+        self.indexed = indexed
+        self.residual = residual
+
+
+class Indexer:
+    """Indexing prepared for one detector geometry, reference cell and parameter set.
+
+    Parameters
+    ----------
+    geometry : Detector
+        Detector geometry; its beam's wavelength is the nominal wavelength.
+    cell : UnitCell or None
+        Reference cell with its lattice type and centering (e.g. from a space group).
+        Without one, lattices are reported as their Niggli cell, triclinic P.
+    params : IndexParams, optional
+        Parameters; keyword arguments override single fields
+        (``Indexer(det, cell, fast=True)``).
+
+    Attributes
+    ----------
+    geometry : Detector
+    cell : UnitCell or None
+    params : IndexParams
+    last_stats : list of AsdfStats
+        What each search of the last call did (one per attempt).
+
+    Notes
+    -----
+    Prepared once: per-panel corner and pixel-step vectors (peak positions to lab
+    positions without a loop over panels), the reference's cell matcher, lattice
+    constraints and primitive volume, the vector-length window, the asdf buffers and the
+    triplet tables.
+
+    Per frame (:meth:`__call__`): peaks without a finite position are dropped, the rest
+    are ordered by decreasing ``intensity`` (stable; the table order without that column)
+    and mapped to ``q``. Each attempt runs the asdf search on the strongest
+    ``n_reflections`` (or ``fast_n_reflections``) of the peaks in play; every cell the
+    search proposes is **verified**: matched to the reference (``length_tolerance``,
+    ``angle_tolerance_deg``; without a reference a supercell is reduced with
+    :func:`~sxlab.index.asdf.reduce_supercell` and the basis Niggli-reduced), refined,
+    checked against the reference again, and accepted if it explains (all fractional
+    indices within ``index_tolerance``) at least ``min_fraction`` of the peaks in play
+    (``multi_min_fraction`` in multi-lattice mode). The refinement is kept unless it
+    explains fewer than 90 % of the peaks the unrefined lattice explains or its cell
+    leaves the tolerances (a diverged fit). With ``retry`` a failed attempt is
+    repeated without the weakest ``retry_drop_fraction`` of the peaks, up to ``max_tries``
+    attempts. In multi-lattice mode the peaks a lattice explains are removed and the
+    search repeated on the rest, up to ``max_lattices``.
+
+    The triplets come from ``numpy.random.default_rng(seed)`` created afresh for every
+    frame, so a frame's result depends only on its peaks and the parameters. An Indexer
+    reuses buffers: it is not thread-safe; give each worker its own.
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> from sxlab.simulate import Simulator
+    >>> det = builtin_geometry("eiger4m", clen=0.15)
+    >>> cell = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
+    >>> truth = Simulator(det, cell, seed=1, hit_fraction=1.0).frame_truth(0)
+    >>> refl = truth.reflections
+    >>> peaks = refl[refl.photons > 50][["frame", "panel", "fs", "ss"]].assign(
+    ...     intensity=refl.photons[refl.photons > 50])
+    >>> indexer = Indexer(det, cell)
+    >>> xtals = indexer(peaks)
+    >>> len(xtals), xtals.lattice[0], round(float(xtals.c[0]), 1)
+    (1, 'tetragonal', 37.9)
+    """
+
+    def __init__(self, geometry: Detector, cell: UnitCell | None = None,
+                 params: IndexParams | None = None, **overrides):
+        if cell is not None and not isinstance(cell, UnitCell):
+            raise TypeError(f"cell must be a UnitCell or None, got {type(cell).__name__}")
+        self.geometry = geometry
+        self.cell = cell
+        self.params = (params or IndexParams()).replace(**overrides)
+        p = self.params
+        self.last_stats: list = []
+
+        panels = geometry.panels
+        self._corner = np.array([pn.corner_m() for pn in panels])
+        self._fs_step = np.array([pn.fs_m() for pn in panels])
+        self._ss_step = np.array([pn.ss_m() for pn in panels])
+        self._origin = np.array([[pn.min_fs, pn.min_ss] for pn in panels], dtype=float)
+        self._panel_lut = {pn.name: i for i, pn in enumerate(panels)}
+
+        if cell is not None:
+            self._matcher = CellMatcher(cell, length_tol=p.length_tolerance,
+                                        angle_tol_deg=p.angle_tolerance_deg)
+            edges = np.array([cell.a, cell.b, cell.c])
+            target_volume = cell.volume / cell.multiplicity
+            max_len = p.max_vector_factor * edges.max()
+            min_len = max(p.min_vector_A, 0.4 * edges.min())
+            self._lattice = cell.lattice_type or "triclinic"
+            self._unique = cell.unique_axis
+            self._centering = cell.centering or "P"
+        else:
+            self._matcher = None
+            target_volume = None
+            max_len = p.max_vector_A
+            min_len = p.min_vector_A
+            self._lattice, self._unique, self._centering = "triclinic", None, "P"
+        self._search = AsdfSearch(
+            n_reflections=p.fast_n_reflections if p.fast else p.n_reflections,
+            n_triplets=p.fast_n_triplets if p.fast else p.n_triplets,
+            n_bins=p.n_bins, tol=p.vector_tolerance, min_len=min_len,
+            max_len=max(max_len, 2 * min_len), target_volume=target_volume,
+            volume_tol=p.volume_tolerance, min_angle_deg=p.min_angle_deg, batch=p.batch)
+
+    def __repr__(self) -> str:
+        return (f"Indexer({self.geometry.name!r}, {self.cell!r}, "
+                f"method={self.params.method_name!r})")
+
+    # ------------------------------------------------------------------ helpers
+    def peaks_to_q(self, peaks: pd.DataFrame, wavelength_A: float | None = None) -> np.ndarray:
+        """Scattering vectors (1/Å, shape (n, 3)) of a peak table's ``fs, ss, panel``.
+
+        Rows without a panel column use the panel under the pixel (single-module
+        detectors only); positions on no panel give NaN rows.
+        """
+        lam = self.geometry.beam.wavelength_A if wavelength_A is None else wavelength_A
+        if not (np.isfinite(lam) and lam > 0):
+            raise ValueError("a finite, positive wavelength is needed (the geometry's beam "
+                             "or wavelength_A)")
+        fs = np.asarray(peaks["fs"], dtype=float)
+        ss = np.asarray(peaks["ss"], dtype=float)
+        if "panel" in peaks:
+            col = peaks["panel"]
+            if col.dtype.kind in "iuf":
+                pid = np.asarray(col, dtype=float)
+                pid = np.where(np.isfinite(pid), pid, -1).astype(np.int64)
+            else:
+                pid = np.array([self._panel_lut.get(str(x), -1) for x in col], dtype=np.int64)
+        else:
+            if self.geometry.is_stacked:
+                raise ValueError("peaks need a panel column for a stacked detector")
+            pid = self.geometry.panel_of_pixel(fs, ss)
+        pid = np.where((pid >= 0) & (pid < len(self._corner)), pid, -1)
+        good = pid >= 0
+        xyz = np.full((fs.size, 3), np.nan)
+        p = pid[good]
+        xyz[good] = (self._corner[p]
+                     + (fs[good] - self._origin[p, 0])[:, None] * self._fs_step[p]
+                     + (ss[good] - self._origin[p, 1])[:, None] * self._ss_step[p])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+        u[:, 2] -= 1.0
+        return u / lam
+
+    def _verify(self, basis, q_play, q_all, k, min_fraction):
+        p = self.params
+        try:
+            if self._matcher is not None:
+                match = self._matcher(basis)
+                if match is None:
+                    return None
+                start = np.array(match.basis)
+            else:
+                hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T,
+                                            p.vector_tolerance)
+                reduced, _ = reduce_supercell(basis, hkl[ok])
+                start, _ = niggli_reduce(reduced)
+                if np.linalg.det(start) < 0:
+                    start = -start
+        except (ValueError, RuntimeError, np.linalg.LinAlgError):
+            return None  # a degenerate candidate: not a lattice
+        astar0 = np.linalg.inv(start).T
+        _, ok0, _ = assign_indices(q_play, astar0, p.index_tolerance)
+        astar = astar0
+        parameters = None
+        if p.refine:
+            mode = p.refine_mode
+            if mode in ("orientation", "isotropic") and self.cell is not None:
+                bref = self.cell.reciprocal_basis
+                m = np.linalg.solve(bref, astar0).T
+                u, _, vt = np.linalg.svd(m)
+                astar0 = bref @ (u @ vt).T
+            res = refine_basis(q_play, astar0, k, mode=mode, lattice=self._lattice,
+                               unique_axis=self._unique, tol=p.index_tolerance,
+                               excitation_weight=p.excitation_weight)
+            if res.indexed.sum() >= 0.9 * ok0.sum() and self._cell_ok(res.astar):
+                astar, parameters = res.astar, res.parameters
+        _, ok, _ = assign_indices(q_play, astar, p.index_tolerance)
+        if ok.sum() < max(min_fraction * len(q_play), 1) or not self._cell_ok(astar):
+            return None
+        hkl, ok_all, _ = assign_indices(q_all, astar, p.index_tolerance)
+        r = q_all[ok_all] - hkl[ok_all] @ astar
+        residual = float(np.sqrt((r * r).sum(axis=1).mean())) if ok_all.any() else np.nan
+        cell = UnitCell.from_reciprocal_basis(astar)
+        if parameters is not None and np.allclose(parameters, cell.parameters, rtol=1e-6):
+            cell = UnitCell(*parameters)  # the model's exact values (a == b, right angles)
+        return _Found(astar, cell, ok_all, residual)
+
+    def _cell_ok(self, astar) -> bool:
+        if self.cell is None:
+            return True
+        c = UnitCell.from_reciprocal_basis(astar)
+        p = self.params
+        ref = self.cell
+        lengths = np.array([c.a, c.b, c.c]) / np.array([ref.a, ref.b, ref.c]) - 1
+        angles = np.array([c.alpha - ref.alpha, c.beta - ref.beta, c.gamma - ref.gamma])
+        return bool(np.all(np.abs(lengths) <= p.length_tolerance)
+                    and np.all(np.abs(angles) <= p.angle_tolerance_deg)
+                    and np.linalg.det(astar) > 0)
+
+    # ------------------------------------------------------------------ per frame
+    def __call__(self, peaks: pd.DataFrame, *, frame: int | None = None,
+                 wavelength_A: float | None = None) -> pd.DataFrame:
+        """Index one frame's peaks.
+
+        Parameters
+        ----------
+        peaks : DataFrame
+            One row per peak with ``fs``, ``ss`` (data-array pixels, pixel centres at
+            +0.5), ``panel`` (index; optional for single-module detectors) and optionally
+            ``intensity`` (strongest first is used) and ``frame``.
+        frame : int, optional
+            Frame number written to the table; default the peaks' ``frame`` column (its
+            first value), else 0.
+        wavelength_A : float, optional
+            Wavelength of this frame; default the geometry's nominal wavelength.
+
+        Returns
+        -------
+        DataFrame
+            The crystals table, one row per lattice found (none if the frame did not
+            index):
+
+            ===================== ======= ==================================================
+            column                dtype   meaning
+            ===================== ======= ==================================================
+            frame                 int64   frame index
+            crystal               int64   lattice index within the frame (0-based)
+            a, b, c               float64 refined cell edges (Å)
+            alpha, beta, gamma    float64 refined cell angles (deg)
+            lattice               str     lattice type (reference's; triclinic without)
+            centering             str     centering letter (reference's; P without)
+            astar_x ... cstar_z   float64 reciprocal basis a*, b*, c* in the lab frame
+                                          (1/Å, no 2π): reflection hkl is at hkl @ A
+            n_peaks_indexed       int64   peaks of the frame the lattice explains
+            n_peaks               int64   peaks with a valid position
+            fraction_indexed      float64 n_peaks_indexed / n_peaks
+            method                str     ``asdf`` or ``asdf-fast``
+            tries                 int64   attempt that found the lattice (1, or up to
+                                          ``max_tries`` with retry)
+            profile_radius_invA   float64 ``profile_percentile`` of the indexed peaks'
+                                          ``|excitation error|`` (1/Å)
+            residual              float64 RMS ``|q - hkl @ A|`` of the indexed peaks (1/Å)
+            ===================== ======= ==================================================
+
+            The cell is in the reference's setting (right-handed); without a reference
+            it is the Niggli cell of the lattice.
+        """
+        p = self.params
+        if frame is None:
+            frame = int(peaks["frame"].iloc[0]) if "frame" in peaks and len(peaks) else 0
+        lam = self.geometry.beam.wavelength_A if wavelength_A is None else wavelength_A
+        q = self.peaks_to_q(peaks, lam) if len(peaks) else np.zeros((0, 3))
+        finite = np.all(np.isfinite(q), axis=1)
+        if "intensity" in peaks:
+            inten = np.asarray(peaks["intensity"], dtype=float)[finite]
+            inten = np.where(np.isfinite(inten), inten, -np.inf)
+            order = np.argsort(-inten, kind="stable")
+        else:
+            order = np.arange(int(finite.sum()))
+        q = np.ascontiguousarray(q[finite][order])
+        n_peaks = q.shape[0]
+        self.last_stats = []
+        if n_peaks < max(p.min_peaks, 4):
+            return crystals_table()
+        k = 1.0 / lam
+        rng = np.random.default_rng(p.seed)
+        rows = []
+        remaining = np.arange(n_peaks)
+        n_lattices = p.max_lattices if p.multi else 1
+        threshold = p.multi_min_fraction if p.multi else p.min_fraction
+        for crystal in range(n_lattices):
+            if remaining.size < max(p.min_peaks, 4):
+                break
+            found, tries = self._attempts(q[remaining], q, k, rng, threshold)
+            if found is None:
+                break
+            hkl, _, _ = assign_indices(q[found.indexed], found.astar, p.index_tolerance)
+            s = excitation_errors(hkl, found.astar, k)
+            n_ind = int(found.indexed.sum())
+            c = found.cell
+            row = {"frame": frame, "crystal": crystal, "a": c.a, "b": c.b, "c": c.c,
+                   "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
+                   "lattice": self._lattice, "centering": self._centering,
+                   "n_peaks_indexed": n_ind, "n_peaks": n_peaks,
+                   "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
+                   "tries": tries,
+                   "profile_radius_invA": profile_radius(s, p.profile_percentile),
+                   "residual": found.residual}
+            row.update(zip(_ASTAR_COLUMNS, found.astar.ravel(), strict=True))
+            rows.append(row)
+            remaining = remaining[~found.indexed[remaining]]
+        return crystals_table(rows)
+
+    def _attempts(self, q_play, q_all, k, rng, threshold):
+        p = self.params
+        n_tries = p.max_tries if p.retry else 1
+        n_use = q_play.shape[0]
+        for attempt in range(1, n_tries + 1):
+            if attempt > 1:
+                n_use = int(math.floor(n_use * (1.0 - p.retry_drop_fraction)))
+            if n_use < max(p.min_peaks, 4):
+                break
+            qt = q_play[:n_use]
+            found = self._search.run(
+                qt, rng, lambda basis, qt=qt: self._verify(basis, qt, q_all, k, threshold))
+            self.last_stats.append(self._search.stats)
+            if found is not None:
+                return found, attempt
+        return None, 0
+
+
+def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None, *,
+          method: str = "asdf", fast: bool = False, seed: int = 0, retry: bool = False,
+          multi: bool = False, max_lattices: int = 2, tolerances=(0.05, 1.5),
+          refine: bool = True, min_peaks: int = 10, wavelength_A: float | None = None,
+          **options) -> pd.DataFrame:
+    """Index the peaks of one or more frames.
+
+    Parameters
+    ----------
+    peaks : DataFrame
+        Peak table (``fs``, ``ss``, ``panel``, ``intensity``, ``frame``; see
+        :meth:`Indexer.__call__`). Frames are indexed one by one (grouped by ``frame``).
+    geometry : Detector
+        Detector geometry and nominal wavelength.
+    cell : UnitCell, optional
+        Reference cell with its symmetry (lattice type and centering).
+    method : {"asdf"}
+        Indexing method.
+    fast : bool
+        asdf fast mode (120 strongest peaks, 10 000 triplets).
+    seed : int
+        Seed of the random triplets.
+    retry : bool
+        Retry without the weakest 10 % of the peaks, up to 6 attempts.
+    multi : bool
+        Look for more lattices among the peaks left unexplained.
+    max_lattices : int
+        Most lattices per frame in multi-lattice mode.
+    tolerances : (float, float)
+        Cell-match tolerances: relative on the edges, degrees on the angles.
+    refine : bool
+        Refine each lattice against its peaks.
+    min_peaks : int
+        Frames with fewer peaks are not indexed.
+    wavelength_A : float, optional
+        Wavelength instead of the geometry's nominal one.
+    **options
+        Further :class:`IndexParams` fields (e.g. ``refine_mode="orientation"``).
+
+    Returns
+    -------
+    DataFrame
+        The crystals table, one row per lattice (columns of :meth:`Indexer.__call__`,
+        schema :data:`CRYSTAL_SCHEMA`), ordered by frame and crystal.
+
+    See Also
+    --------
+    Indexer : the prepared indexer for many frames.
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> from sxlab.simulate import Simulator
+    >>> det = builtin_geometry("eiger4m", clen=0.15)
+    >>> cell = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
+    >>> refl = Simulator(det, cell, seed=1, hit_fraction=1.0).frame_truth(0).reflections
+    >>> strong = refl[refl.photons > 50]
+    >>> peaks = strong[["frame", "panel", "fs", "ss"]].assign(intensity=strong.photons)
+    >>> xtals = index(peaks, det, cell)
+    >>> xtals[["frame", "crystal", "lattice", "centering", "method"]]
+       frame  crystal     lattice centering method
+    0      0        0  tetragonal         P   asdf
+    """
+    length_tol, angle_tol = tolerances
+    p = IndexParams(method=method, fast=fast, seed=seed, retry=retry, multi=multi,
+                    max_lattices=max_lattices, length_tolerance=length_tol,
+                    angle_tolerance_deg=angle_tol, refine=refine, min_peaks=min_peaks,
+                    **options)
+    indexer = Indexer(geometry, cell, p)
+    if "frame" not in peaks or len(peaks) == 0:
+        return indexer(peaks, wavelength_A=wavelength_A)
+    tables = [indexer(group, frame=int(fr), wavelength_A=wavelength_A)
+              for fr, group in peaks.groupby("frame", sort=True)]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return crystals_table()
+    return pd.concat(tables, ignore_index=True)

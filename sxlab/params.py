@@ -1,0 +1,288 @@
+"""Processing parameters ("trial" parameters): frozen, typed, TOML in and out, hashed.
+
+A :class:`Params` groups one frozen section per stage. Each stage's own parameter class
+is the one home of its defaults (:class:`~sxlab.peaks.PeakFinderParams`,
+:class:`~sxlab.index.IndexParams`, :class:`~sxlab.integrate.IntegrationParams`); this
+module adds the sections that belong to the pipeline (masking, hit decision, which
+stages run, the reference cell) and the file format.
+
+TOML layout (every key optional; unknown sections or keys are errors naming them)::
+
+    [stages]    peaks = true, index = true, integrate = true, profile = true
+    [mask]      beamstop_radius_px = 0, beamstop_rod_width_px = 0, ..., d_min_A, d_max_A
+    [peaks]     adc_threshold = 3.0, min_snr = 6.0, ...        (PeakFinderParams)
+    [hits]      min_peaks = 16, max_peaks = 0 (0: no maximum)
+    [cell]      a = 79.1, b = 79.1, c = 37.9, alpha = 90, beta = 90, gamma = 90,
+                space_group = "P 43 21 2"   (or file = "lyso.cell")
+    [index]     fast = false, retry = false, multi = false, ...  (IndexParams)
+    [integrate] radii = [4.0, 5.0, 7.0], ...                     (IntegrationParams)
+
+``None`` values (TOML has no null) are simply left out and mean "default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .cell import UnitCell
+from .index import IndexParams
+from .integrate import IntegrationParams
+from .peaks import PeakFinderParams
+
+__all__ = ["HitParams", "MaskParams", "Params", "ParamsError", "StageParams"]
+
+
+class ParamsError(ValueError):
+    """A parameter file or dictionary that cannot be used; names the key and the source."""
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Which stages run: ``peaks`` → hit decision → ``index`` → ``integrate``.
+
+    A later stage needs the earlier ones (indexing needs peaks); ``profile`` records the
+    per-stage timing tree of every frame.
+    """
+
+    peaks: bool = True
+    index: bool = True
+    integrate: bool = True
+    profile: bool = True
+
+    def __post_init__(self):
+        if self.index and not self.peaks:
+            raise ParamsError("stages.index needs stages.peaks")
+        if self.integrate and not self.index:
+            raise ParamsError("stages.integrate needs stages.index")
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """Static mask built once per worker (besides the geometry's bad regions).
+
+    Attributes
+    ----------
+    beamstop_radius_px, beamstop_rod_width_px, beamstop_rod_angle_deg : float
+        Beam-stop shadow (disc around the beam plus a rod); radius 0 disables it.
+    d_min_A, d_max_A : float or None
+        Resolution limits in Å.
+    edge_pixels : int
+        Pixels masked at every panel edge.
+    mask_file, mask_dataset : str or None
+        An HDF5 mask dataset (bad where ``value & badbits``) to add.
+    mask_badbits : int
+    """
+
+    beamstop_radius_px: float = 0.0
+    beamstop_rod_width_px: float = 0.0
+    beamstop_rod_angle_deg: float = 0.0
+    d_min_A: float | None = None
+    d_max_A: float | None = None
+    edge_pixels: int = 0
+    mask_file: str | None = None
+    mask_dataset: str | None = None
+    mask_badbits: int = 1
+
+
+@dataclass(frozen=True)
+class HitParams:
+    """Hit decision: ``min_peaks <= n_peaks`` (and ``<= max_peaks`` when > 0)."""
+
+    min_peaks: int = 16
+    max_peaks: int = 0
+
+
+_SECTIONS = {
+    "stages": StageParams,
+    "mask": MaskParams,
+    "peaks": PeakFinderParams,
+    "hits": HitParams,
+    "index": IndexParams,
+    "integrate": IntegrationParams,
+}
+_CELL_KEYS = ("a", "b", "c", "alpha", "beta", "gamma", "space_group", "lattice_type",
+              "centering", "unique_axis")
+
+
+def _section_from_dict(cls, values: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ParamsError(f"{where}: unknown key {key!r}; known keys: {sorted(names)}")
+    try:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{where}: {exc}") from exc
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _section_dict(obj) -> dict:
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+@dataclass(frozen=True)
+class Params:
+    """The full parameter set of a processing trial.
+
+    Attributes
+    ----------
+    stages, mask, peaks, hits, index, integrate
+        One frozen section per stage (see the module docstring for the TOML layout).
+    cell : UnitCell or None
+        Reference cell for indexing (None: index without one).
+
+    Examples
+    --------
+    >>> p = Params().replace(peaks={"adc_threshold": 3.0, "min_snr": 6.0})
+    >>> p.peaks.min_snr
+    6.0
+    >>> Params.from_toml(p.to_toml()) == p
+    True
+    >>> len(p.digest())
+    16
+    """
+
+    stages: StageParams = field(default_factory=StageParams)
+    mask: MaskParams = field(default_factory=MaskParams)
+    peaks: PeakFinderParams = field(default_factory=PeakFinderParams)
+    hits: HitParams = field(default_factory=HitParams)
+    index: IndexParams = field(default_factory=IndexParams)
+    integrate: IntegrationParams = field(default_factory=IntegrationParams)
+    cell: UnitCell | None = None
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "parameters",
+                  base_dir: Path | None = None) -> Params:
+        """Build from nested dictionaries (as read from TOML)."""
+        kwargs = {}
+        for key, values in d.items():
+            if key == "cell":
+                kwargs["cell"] = _cell_from_dict(values, f"{source} [cell]", base_dir)
+                continue
+            if key not in _SECTIONS:
+                raise ParamsError(
+                    f"{source}: unknown section [{key}]; known: "
+                    f"{sorted([*_SECTIONS, 'cell'])}"
+                )
+            if not isinstance(values, dict):
+                raise ParamsError(f"{source}: [{key}] must be a table of key = value")
+            kwargs[key] = _section_from_dict(_SECTIONS[key], values, f"{source} [{key}]")
+        try:
+            return cls(**kwargs)
+        except ParamsError as exc:
+            raise ParamsError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<string>",
+                  base_dir: Path | None = None) -> Params:
+        """Parse TOML text."""
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ParamsError(f"{source}: invalid TOML: {exc}") from exc
+        return cls.from_dict(d, source=source, base_dir=base_dir)
+
+    @classmethod
+    def load(cls, path) -> Params:
+        """Read a TOML parameter file."""
+        path = Path(path)
+        return cls.from_toml(path.read_text(), source=str(path), base_dir=path.parent)
+
+    def replace(self, **sections) -> Params:
+        """Copy with sections replaced; a section may be given as a dict of changes.
+
+        >>> Params().replace(hits={"min_peaks": 20}).hits.min_peaks
+        20
+        """
+        changes = {}
+        for name, value in sections.items():
+            if name == "cell":
+                changes["cell"] = value
+            elif name not in _SECTIONS:
+                raise ParamsError(f"unknown section {name!r}")
+            elif isinstance(value, dict):
+                merged = {**_section_dict(getattr(self, name)), **value}
+                changes[name] = _section_from_dict(
+                    _SECTIONS[name], {k: v for k, v in merged.items() if v is not None},
+                    f"[{name}]")
+            else:
+                changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ output
+    def to_dict(self) -> dict:
+        """Nested plain dictionaries (``None`` kept; infinities as strings)."""
+        d = {name: _section_dict(getattr(self, name)) for name in _SECTIONS}
+        if self.cell is not None:
+            d["cell"] = {k: getattr(self.cell, k) for k in _CELL_KEYS}
+        return d
+
+    def to_toml(self) -> str:
+        """TOML text that :meth:`from_toml` reads back to an equal object."""
+        import tomli_w
+
+        d = {
+            section: {k: v for k, v in values.items() if v is not None}
+            for section, values in self.to_dict().items()
+        }
+        for values in d.values():
+            for k, v in values.items():
+                if v in ("inf", "-inf"):
+                    values[k] = float(v)
+        return tomli_w.dumps(d)
+
+    def save(self, path) -> Path:
+        """Write the TOML file."""
+        path = Path(path)
+        path.write_text(self.to_toml())
+        return path
+
+    def digest(self) -> str:
+        """Stable hash (16 hex characters) of the canonical JSON of every value."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for section, values in self.to_dict().items():
+            items = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            rows.append(f"<tr><th style='text-align:left'>{section}</th><td>{items}</td></tr>")
+        return (f"<div><b>Params</b> {self.digest()}<table>{''.join(rows)}</table></div>")
+
+
+def _cell_from_dict(values: dict, where: str, base_dir: Path | None) -> UnitCell:
+    if "file" in values:
+        extra = set(values) - {"file"}
+        if extra:
+            raise ParamsError(f"{where}: 'file' excludes the keys {sorted(extra)}")
+        from .io.crystfel_cell import read_cell
+
+        p = Path(values["file"])
+        if base_dir is not None and not p.is_absolute():
+            p = base_dir / p
+        return read_cell(p)
+    for key in values:
+        if key not in _CELL_KEYS:
+            raise ParamsError(f"{where}: unknown key {key!r}; known keys: {list(_CELL_KEYS)}")
+    try:
+        return UnitCell(**values)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{where}: {exc}") from exc

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+
+from sxlab.cell import UnitCell
+from sxlab.params import Params, ParamsError
+
+LYSO = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
+
+
+def test_defaults_come_from_the_stage_modules():
+    from sxlab.index import IndexParams
+    from sxlab.integrate import IntegrationParams
+    from sxlab.peaks import PeakFinderParams
+
+    p = Params()
+    assert p.peaks == PeakFinderParams()
+    assert p.index == IndexParams()
+    assert p.integrate == IntegrationParams()
+    assert p.peaks.min_snr == 5 and p.peaks.local_bg_radius == 3  # CrystFEL defaults
+    assert p.integrate.radii == (4.0, 5.0, 7.0)
+    assert p.hits.min_peaks == 16
+
+
+def test_toml_round_trip_and_stable_hash(tmp_path):
+    p = Params(cell=LYSO).replace(
+        peaks={"adc_threshold": 3.0, "min_snr": 6.0, "fast": True},
+        index={"fast": True, "retry": True},
+        integrate={"radii": (3.0, 4.0, 7.0)},
+        mask={"beamstop_radius_px": 30.0, "d_min_A": 1.8},
+    )
+    path = p.save(tmp_path / "trial.toml")
+    q = Params.load(path)
+    assert q == p
+    assert q.digest() == p.digest()
+    assert math.isinf(q.integrate.push_res_invA)
+    assert Params().digest() != p.digest()
+    # The hash depends on values, not on the order keys were written in.
+    text = path.read_text()
+    sections = text.strip().split("\n\n")
+    assert Params.from_toml("\n\n".join(reversed(sections))).digest() == p.digest()
+
+
+def test_unknown_keys_and_sections_are_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"\[peaks\].*'min_sn'"):
+        Params.from_toml("[peaks]\nmin_sn = 4\n")
+    with pytest.raises(ParamsError, match=r"unknown section \[peak\]"):
+        Params.from_toml("[peak]\nmin_snr = 4\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cell]\na = 10\nb = 10\nc = 10\nspace_grp = 'P 1'\n")
+    with pytest.raises(ParamsError, match="bad.toml.*space_grp"):
+        Params.load(bad)
+    with pytest.raises(ParamsError, match="invalid TOML"):
+        Params.from_toml("[peaks\n")
+    with pytest.raises(ParamsError, match="stages.index needs stages.peaks"):
+        Params.from_toml("[stages]\npeaks = false\n")
+
+
+def test_cell_from_a_crystfel_cell_file(tmp_path):
+    from sxlab.io.crystfel_cell import write_cell
+
+    write_cell(LYSO, tmp_path / "lyso.cell")
+    (tmp_path / "trial.toml").write_text('[cell]\nfile = "lyso.cell"\n')
+    p = Params.load(tmp_path / "trial.toml")
+    assert p.cell == LYSO
+
+
+def test_frozen():
+    p = Params()
+    with pytest.raises(AttributeError):
+        p.peaks = None
+    with pytest.raises(AttributeError):
+        p.peaks.min_snr = 3
