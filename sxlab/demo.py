@@ -1,8 +1,9 @@
 """End-to-end demonstration run by ``make demo`` and ``sxlab demo``.
 
 Loads (generating it once) the ``lysozyme-demo`` data set, runs every processing stage
-sxlab has on all its frames (reading, masking, peak search, hit and solvent decisions)
-and prints a summary table, compared with the simulator's ground truth.
+sxlab has on all its frames through the batch pipeline (reading, masking, peak search,
+hit and solvent decisions, indexing, integration) and prints a summary table, compared
+with the simulator's ground truth.
 """
 
 from __future__ import annotations
@@ -16,54 +17,20 @@ import numpy as np
 import pandas as pd
 
 
-def _process_all(run, truth, *, progress: bool = True) -> pd.DataFrame:
-    """Read every frame, find peaks and decide hits; one row per frame.
+def demo_params(truth):
+    """Processing parameters for a simulated data set: its cell, beam stop and detector."""
+    from .cell import UnitCell
+    from .params import Params
 
-    Frames that fail to read are recorded with their error, never dropped.
-    """
-    from tqdm.auto import tqdm
-
-    from .hits import DEFAULT_MIN_PEAKS, solvent_ratio
-    from .io import FrameReadError
-    from .masks import mask_beamstop, mask_from_geometry
-    from .peaks import PeakFinder
-
-    geom = run.geometry
-    bs = truth.metadata["beamstop"]
-    mask = mask_from_geometry(geom) & mask_beamstop(
-        geom, bs["radius_px"] + 3, rod_width_px=bs["rod_width_px"] + 6,
-        rod_angle_deg=bs["rod_angle_deg"])
-    finder = PeakFinder(geom, mask, adc_threshold=3, min_snr=6)
-    rows = []
-    peaks = []
-    for i in tqdm(range(len(run)), desc="frames", unit="frame", leave=False,
-                  disable=not progress):
-        t0 = time.perf_counter()
-        try:
-            image, bad = run.read(i)
-        except FrameReadError as exc:
-            rows.append({"frame": i, "status": "failed", "error": str(exc)})
-            continue
-        t1 = time.perf_counter()
-        found = finder(image, bad, frame=i)
-        t2 = time.perf_counter()
-        peaks.append(found)
-        rows.append(
-            {
-                "frame": i,
-                "status": "ok",
-                "error": "",
-                "read_s": t1 - t0,
-                "peaks_s": t2 - t1,
-                "n_peaks": len(found),
-                "hit": len(found) >= DEFAULT_MIN_PEAKS,
-                "bad_pixels": int(bad.values.sum()),
-                "solvent_ratio": solvent_ratio(image, geom, mask, bad=bad,
-                                               two_theta_high_deg=17.9,
-                                               two_theta_low_deg=9.0),
-            }
-        )
-    return pd.DataFrame(rows), pd.concat(peaks, ignore_index=True)
+    meta = truth.metadata
+    cell = UnitCell(**meta["cell"], space_group=meta["space_group"])
+    bs = meta["beamstop"]
+    return Params(cell=cell).replace(
+        peaks={"adc_threshold": 3.0, "min_snr": 6.0},
+        mask={"beamstop_radius_px": bs["radius_px"] + 3,
+              "beamstop_rod_width_px": bs["rod_width_px"] + 6,
+              "beamstop_rod_angle_deg": bs["rod_angle_deg"]},
+    )
 
 
 def _recall(peaks: pd.DataFrame, spots: pd.DataFrame, radius: float = 2.0) -> float:
@@ -79,8 +46,34 @@ def _recall(peaks: pd.DataFrame, spots: pd.DataFrame, radius: float = 2.0) -> fl
     return found / len(spots) if len(spots) else float("nan")
 
 
-def summarize(name: str = "lysozyme-demo", *, progress: bool = True) -> pd.DataFrame:
-    """Run the demo on data set ``name`` and return the summary as a two-column table.
+def _intensity_cc(reflections: pd.DataFrame, truth_refl: pd.DataFrame,
+                  min_photons: float = 200.0) -> tuple[float, int]:
+    """CC of integrated I with the true photons, reflections paired by position (< 1 px)."""
+    xs, ys = [], []
+    ok = reflections[~(reflections.flag_masked | reflections.flag_saturated
+                       | reflections.flag_overlap)]
+    for frame, t in truth_refl[truth_refl.photons >= min_photons].groupby("frame"):
+        r = ok[ok.frame == frame]
+        if not len(r):
+            continue
+        d = np.hypot(t.fs.values[:, None] - r.fs.values[None, :],
+                     t.ss.values[:, None] - r.ss.values[None, :])
+        j = d.argmin(axis=1)
+        near = d[np.arange(len(t)), j] < 1.0
+        xs.append(t.photons.values[near])
+        ys.append(r.I.values[j[near]])
+    if not xs:
+        return float("nan"), 0
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return float(np.corrcoef(x, y)[0, 1]), len(x)
+
+
+def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
+              executor: str = "local") -> pd.DataFrame:
+    """Process data set ``name`` end to end and return the summary as a two-column table.
+
+    Every stage sxlab has runs through :func:`sxlab.process_run`; the numbers are
+    compared with the simulator's ground truth.
 
     Examples
     --------
@@ -88,40 +81,54 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True) -> pd.DataF
     >>> table = summarize("lysozyme-sample", progress=False)  # doctest: +SKIP
     """
     from . import datasets
+    from .pipeline import process_run
 
     t_start = time.perf_counter()
     run = datasets.load(name, progress=progress)
     t_load = time.perf_counter() - t_start
     geom = run.geometry
     truth = datasets.truth(name)
-    frames, peaks = _process_all(run, truth, progress=progress)
+    res = process_run(run, demo_params(truth), executor=executor, progress=progress)
 
-    ok = frames[frames.status == "ok"]
-    tf = truth.frames
-    true_hit = tf.set_index("frame").hit.reindex(ok.frame).to_numpy()
+    f = res.frames
+    ok = f[f.status == "ok"]
+    tf = truth.frames.set_index("frame")
+    true_hit = tf.hit.reindex(ok.frame).to_numpy()
     refl = truth.reflections
-    bad_at = run.geometry.bad_pixel_mask()
+    bad_at = geom.bad_pixel_mask()
     strong = refl[(refl.photons >= 100)
                   & ~bad_at[refl.ss.astype(int).to_numpy(), refl.fs.astype(int).to_numpy()]]
     hits = ok[ok.hit]
+    indexed = ok[ok.indexed]
+    true_cell = truth.metadata["cell"]
+    cc, n_cc = _intensity_cc(res.reflections, refl)
+    xt = res.crystals
+
+    def ms(col, rows):
+        return f"{1e3 * rows[col].median():.1f}" if len(rows) else "–"
+
     rows = [
         ("data set", name),
         ("detector", f"{geom.name}, {geom.n_panels} panel(s), {geom.data_shape}"),
-        ("wavelength (Å)", f"{geom.wavelength_A:.4f}"),
-        ("resolution at detector corner (Å)", f"{float(np.nanmin(geom.maps.d_A)):.2f}"),
-        ("frames", len(run)),
-        ("frames processed / failed", f"{len(ok)} / {len(frames) - len(ok)}"),
-        ("read + decompress (ms/frame, median)", f"{1e3 * ok.read_s.median():.1f}"),
-        ("peak search (ms/frame, median)", f"{1e3 * ok.peaks_s.median():.1f}"),
+        ("frames processed / failed", f"{len(ok)} / {len(f) - len(ok)}"),
         ("hits found (≥ 16 peaks)", f"{len(hits)} ({100 * len(hits) / max(len(ok), 1):.0f} %)"),
-        ("true hits (simulator)", f"{int(tf.hit.sum())} ({100 * tf.hit.mean():.0f} %)"),
         ("hit decisions agreeing with truth",
          f"{100 * (ok.hit.to_numpy() == true_hit).mean():.1f} %"),
+        ("recall of true spots ≥ 100 photons", f"{_recall(res.peaks, strong):.3f}"),
         ("peaks per hit (median)", int(hits.n_peaks.median()) if len(hits) else 0),
-        ("peaks per non-hit (mean)", f"{ok[~ok.hit].n_peaks.mean():.2f}"),
-        ("recall of true spots ≥ 100 photons", f"{_recall(peaks, strong):.3f}"),
-        ("frames with solvent ring (ratio ≥ 1)",
-         f"{int((ok.solvent_ratio >= 1).sum())} (truth {int(tf.solvent.sum())})"),
+        ("indexed hits", f"{len(indexed)} ({100 * len(indexed) / max(len(hits), 1):.0f} %)"),
+        ("cell a, b, c (Å, median; truth)",
+         f"{xt.a.median():.2f} {xt.b.median():.2f} {xt.c.median():.2f}; "
+         f"{true_cell['a']:.2f} {true_cell['b']:.2f} {true_cell['c']:.2f}"
+         if len(xt) else "–"),
+        ("reflections integrated", len(res.reflections)),
+        ("CC(I, true photons), spots ≥ 200 photons", f"{cc:.3f} (n = {n_cc})"),
+        ("resolution estimate (Å, median)",
+         f"{indexed.resolution_A.median():.2f}" if len(indexed) else "–"),
+        ("read + decompress (ms/frame)", ms("read_s", ok)),
+        ("peak search (ms/frame)", ms("peaks_s", ok)),
+        ("indexing (ms/hit)", ms("index_s", hits)),
+        ("integration (ms/indexed frame)", ms("integrate_s", indexed)),
         ("load / generate (s)", f"{t_load:.1f}"),
         ("total time (s)", f"{time.perf_counter() - t_start:.1f}"),
     ]
@@ -141,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sxlab demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="lysozyme-demo", help="registry name")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--serial", action="store_true",
+                        help="process in this process instead of a pool over all cores")
     args = parser.parse_args(argv)
 
-    table = summarize(args.dataset, progress=not args.no_progress)
+    table = summarize(args.dataset, progress=not args.no_progress,
+                      executor="serial" if args.serial else "local")
     print(f"sxlab {__version__} demo — python {platform.python_version()}, "
           f"numpy {np.__version__}")
     print(table.to_string(index=False))
