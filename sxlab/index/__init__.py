@@ -14,9 +14,7 @@ Examples
 True
 """
 
-import sys as _sys
-import types as _types
-
+from .. import _callable
 from .asdf import AsdfSearch, AsdfStats
 from .indexer import CRYSTAL_SCHEMA, Indexer, IndexParams, crystals_table, index
 from .refine import REFINE_MODES, RefineResult, refine_basis
@@ -35,11 +33,4 @@ __all__ = [
 ]
 
 
-class _CallableModule(_types.ModuleType):
-    """Module type whose instances call :func:`index`."""
-
-    def __call__(self, *args, **kwargs):
-        return index(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+_callable.make_callable(__name__, "index")
