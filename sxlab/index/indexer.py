@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
-from .asdf import AsdfSearch, reduce_supercell
+from .asdf import AsdfSearch, expand_subcell, reduce_supercell
 from .refine import REFINE_MODES, assign_indices, excitation_errors, profile_radius, refine_basis
 
 __all__ = ["CRYSTAL_SCHEMA", "IndexParams", "Indexer", "crystals_table", "index"]
@@ -52,7 +52,7 @@ CRYSTAL_SCHEMA: dict[str, tuple[str, str]] = {
     "tries": ("int64", "attempt that found the lattice (1: no peaks dropped)"),
     "profile_radius_invA": ("float64", "80th percentile of |excitation error| of the "
                                        "indexed peaks (1/Å)"),
-    "residual": ("float64", "RMS distance |q - hkl·A| of the indexed peaks (1/Å)"),
+    "residual_invA": ("float64", "RMS distance |q - hkl·A| of the indexed peaks (1/Å)"),
 }
 
 _ASTAR_COLUMNS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
@@ -301,9 +301,11 @@ class Indexer:
     are ordered by decreasing ``intensity`` (stable; the table order without that column)
     and mapped to ``q``. Each attempt runs the asdf search on the strongest
     ``n_reflections`` (or ``fast_n_reflections``) of the peaks in play; every cell the
-    search proposes is **verified**: matched to the reference (``length_tolerance``,
+    search proposes is **verified**: its three vectors are fitted to the peaks (linear
+    least squares), it is matched to the reference (``length_tolerance``,
     ``angle_tolerance_deg``; without a reference a supercell is reduced with
-    :func:`~sxlab.index.asdf.reduce_supercell` and the basis Niggli-reduced), refined,
+    :func:`~sxlab.index.asdf.reduce_supercell`, a subcell enlarged with
+    :func:`~sxlab.index.asdf.expand_subcell` and the basis Niggli-reduced), refined,
     checked against the reference again, and accepted if it explains (all fractional
     indices within ``index_tolerance``) at least ``min_fraction`` of the peaks in play
     (``multi_min_fraction`` in multi-lattice mode). The refinement is kept unless it
@@ -415,6 +417,12 @@ class Indexer:
 
     def _verify(self, basis, q_play, q_all, k, min_fraction):
         p = self.params
+        # Least-squares fit of the candidate's three vectors to the peaks first: a cell
+        # made of long vectors carries their errors into every reduced vector.
+        pre = refine_basis(q_play, np.linalg.inv(basis).T, k, mode="unconstrained",
+                           tol=p.index_tolerance, n_cycles=2)
+        if pre.indexed.sum() >= 6 and abs(np.linalg.det(pre.astar)) > 0:
+            basis = np.linalg.inv(pre.astar).T
         try:
             if self._matcher is not None:
                 match = self._matcher(basis)
@@ -425,7 +433,10 @@ class Indexer:
                 hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T,
                                             p.vector_tolerance)
                 reduced, _ = reduce_supercell(basis, hkl[ok])
+                reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
                 start, _ = niggli_reduce(reduced)
+                if np.linalg.norm(start[0]) < self._search.min_len:
+                    return None  # a dense lattice that explains any point
                 if np.linalg.det(start) < 0:
                     start = -start
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
@@ -557,7 +568,7 @@ class Indexer:
                    "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
                    "tries": tries,
                    "profile_radius_invA": profile_radius(s, p.profile_percentile),
-                   "residual": found.residual}
+                   "residual_invA": found.residual}
             row.update(zip(_ASTAR_COLUMNS, found.astar.ravel(), strict=True))
             rows.append(row)
             remaining = remaining[~found.indexed[remaining]]
@@ -574,7 +585,8 @@ class Indexer:
                 break
             qt = q_play[:n_use]
             found = self._search.run(
-                qt, rng, lambda basis, qt=qt: self._verify(basis, qt, q_all, k, threshold))
+                qt, rng, lambda basis, qt=qt: self._verify(basis, qt, q_all, k, threshold),
+                quality=lambda result: int(result.indexed.sum()))
             self.last_stats.append(self._search.stats)
             if found is not None:
                 return found, attempt

@@ -252,6 +252,8 @@ def _gauss_newton(q, h, u, w, astar, mode, lattice, unique, n_iter):
         qw = _weighted(q, u, w).reshape(3 * n)
         sol, *_ = np.linalg.lstsq(jw, qw, rcond=None)
         amat = sol.reshape(3, 3)
+        if not abs(np.linalg.det(amat)) > 1e-15:
+            raise np.linalg.LinAlgError("singular reciprocal basis")
         return amat, _cell_of(amat)
 
     to_free, expand = _cell_template(lattice if mode == "lattice" else "triclinic", unique)
@@ -336,7 +338,8 @@ def refine_basis(q: np.ndarray, astar: np.ndarray, k: float, *, mode: str = "lat
         Weight ``w`` of the residual component along the diffracted ray.
     n_cycles : int
         Most index assignments (each followed by a fit); the cycles stop when the
-        assignment no longer changes.
+        assignment no longer changes, or when the indexed points do not span three
+        dimensions or the fit fails (the basis of the last good cycle is kept).
     n_iter : int
         Gauss–Newton iterations per fit.
 
@@ -376,10 +379,15 @@ def refine_basis(q: np.ndarray, astar: np.ndarray, k: float, *, mode: str = "lat
                 previous[1], key[1]):
             break
         previous = key
-        new, new_cell = _gauss_newton(q[ok], hkl[ok].astype(float), ray[ok],
-                                      excitation_weight, amat, mode, lattice, unique_axis,
-                                      n_iter)
-        if not np.all(np.isfinite(new)) or abs(np.linalg.det(new)) < 1e-15:
+        h = hkl[ok].astype(float)
+        if np.linalg.matrix_rank(h) < 3:
+            break  # the indexed points do not span three dimensions
+        try:
+            new, new_cell = _gauss_newton(q[ok], h, ray[ok], excitation_weight, amat, mode,
+                                          lattice, unique_axis, n_iter)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(new)) or not abs(np.linalg.det(new)) > 1e-15:
             break
         amat, cell = new, new_cell
     hkl, ok, _ = assign_indices(q, amat, tol)
