@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -364,6 +365,19 @@ def _dask_chunk(run, params: Params, indices: list[int]) -> list[FrameResult]:
     return [_process_index(run, i, ctx) for i in indices]
 
 
+def mp_start_method() -> str:
+    """Start method of the local process pool: ``SXLAB_MP_START`` or ``fork`` on Linux.
+
+    Forked workers start in a fraction of a second; ``spawn`` (the default elsewhere)
+    starts a fresh interpreter per worker and pays every import and kernel load again.
+    Frame files are reopened in each worker either way.
+    """
+    env = os.environ.get("SXLAB_MP_START")
+    if env:
+        return env
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def _chunks(indices: list[int], size: int) -> list[list[int]]:
     return [indices[k:k + size] for k in range(0, len(indices), size)]
 
@@ -378,7 +392,7 @@ def _iter_results(run, params: Params, todo: list[int], executor, n_workers: int
             yield [_process_index(run, i, ctx) for i in chunk]
         return
     if executor == "local":
-        mp = multiprocessing.get_context("spawn")
+        mp = multiprocessing.get_context(mp_start_method())
         ids = mp.Queue()
         for k in range(n_workers):
             ids.put(k)
