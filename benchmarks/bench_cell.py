@@ -13,11 +13,11 @@ Run ``python benchmarks/bench_cell.py`` (``make bench`` runs every benchmark). W
 
 from __future__ import annotations
 
-import os
+import _common
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+_common.single_threaded(override=False)
 
+import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -78,8 +78,7 @@ def _times(func, items) -> np.ndarray:
 
 
 def main() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    _common.pin_to_one_core()
     rng = np.random.default_rng(0)
     rows = ["| reference | match median (ms) | match p95 (ms) | matched | Niggli median (ms) |",
             "|---|---|---|---|---|"]

@@ -27,17 +27,15 @@ With ``--out`` (default directory ``benchmarks/out``), or with ``SXLAB_BENCH_OUT
 
 from __future__ import annotations
 
-import os
+import _common
 
 # One core: every thread pool has one thread (set before numpy and numba are imported).
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-             "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+_common.single_threaded()
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -60,61 +58,6 @@ CORRECT_DEG = 1.0
 def log(message: str) -> None:
     """Progress message on stderr (stdout carries only the report)."""
     print(f"[bench_index] {message}", file=sys.stderr, flush=True)
-
-
-# ============================================================================ machine
-def _cpu_description() -> str:
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    simd = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512F")) if flag in flags]
-    parts = [model, f"{os.cpu_count()} logical CPUs"]
-    if "cache size" in info:
-        parts.append(f"cache {info['cache size']}")
-    if simd:
-        parts.append("/".join(simd))
-    return ", ".join(parts)
-
-
-def _load_average() -> str:
-    try:
-        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def pin_to_one_core() -> str:
-    """Pin this process to one CPU; describe the result."""
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to CPU {core}"
-    return "not pinned"
-
-
-def machine_description(pinned: str, load_start: str) -> list[str]:
-    """Lines describing the machine, its load and the software versions."""
-    import numba
-    import scipy
-
-    import sxlab
-
-    return [
-        f"CPU: {_cpu_description()}; benchmark {pinned}",
-        f"OS: {platform.system()} {platform.release()}",
-        f"Load average (1/5/15 min): {load_start} at start, {_load_average()} at end",
-        f"Python {platform.python_version()}, numpy {np.__version__}, scipy "
-        f"{scipy.__version__}, numba {numba.__version__}, sxlab "
-        f"{getattr(sxlab, '__version__', '?')}",
-        "Threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1",
-    ]
 
 
 # ============================================================================== data
@@ -200,14 +143,8 @@ def orientation_error(row, crystals, rotations) -> float:
 # ============================================================================ timing
 def time_runs(fn, runs: int):
     """(result, wall ms list, CPU ms list) of ``runs`` calls after one warm-up call."""
-    fn()
-    wall, cpu, result = [], [], None
-    for _ in range(runs):
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = fn()
-        cpu.append((time.process_time() - c0) * 1e3)
-        wall.append((time.perf_counter() - w0) * 1e3)
-    return result, wall, cpu
+    result, wall, cpu = _common.time_runs(fn, runs)
+    return result, [1e3 * t for t in wall], [1e3 * t for t in cpu]
 
 
 def run(n_frames: int, runs: int):
@@ -328,11 +265,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    load_start = _load_average()
-    pinned = pin_to_one_core()
+    load_start = _common.load_average()
+    pinned = _common.pin_to_one_core()
     log(f"{DATASET}: peaks of the hits among the first {args.frames} frame(s)")
     rows, source, n_hits = run(args.frames, args.runs)
-    header = machine_description(pinned, load_start)
+    header = _common.machine_description(load_start, pinned=pinned,
+                                         packages=("numpy", "scipy", "numba"))
     text = format_report(header, rows, source, n_hits, args.runs)
     print(text)
     if args.out is not None:

@@ -28,18 +28,16 @@ With ``--out`` (default directory ``benchmarks/out``), or with ``SXLAB_BENCH_OUT
 
 from __future__ import annotations
 
-import os
+import _common
 
 # One core: every thread pool has one thread (set before numpy and numba are imported).
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-             "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+_common.single_threaded()
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -64,73 +62,6 @@ WEAK_PHOTONS = 20.0
 def log(message: str) -> None:
     """Progress message on stderr (stdout carries only the report)."""
     print(f"[bench_integrate] {message}", file=sys.stderr, flush=True)
-
-
-# ============================================================================ machine
-def _cpu_description() -> str:
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    simd = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512F")) if flag in flags]
-    parts = [model, f"{os.cpu_count()} logical CPUs"]
-    if simd:
-        parts.append("/".join(simd))
-    return ", ".join(parts)
-
-
-def _load_average() -> str:
-    try:
-        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def pin_to_one_core() -> str:
-    """Pin this process to one CPU; describe the result."""
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to CPU {core}"
-    return "not pinned"
-
-
-def machine_description(pinned: str, load_start: str) -> list[str]:
-    """Lines describing the machine, its load and the software versions."""
-    import numba
-
-    import sxlab
-
-    return [
-        f"CPU: {_cpu_description()}; benchmark {pinned}",
-        f"OS: {platform.system()} {platform.release()}",
-        f"Load average (1/5/15 min): {load_start} at start, {_load_average()} at end",
-        f"Python {platform.python_version()}, numpy {np.__version__}, pandas "
-        f"{pd.__version__}, numba {numba.__version__}, sxlab {sxlab.__version__}",
-        "Threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1",
-    ]
-
-
-# ============================================================================ timing
-def time_runs(runs: int, fn, *args, **kwargs) -> tuple[object, float, float]:
-    """Call ``fn(*args, **kwargs)`` once untimed, then ``runs`` times.
-
-    Returns the first call's result and the median wall-clock and CPU seconds.
-    """
-    result = fn(*args, **kwargs)
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(*args, **kwargs)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return result, statistics.median(wall), statistics.median(cpu)
 
 
 def accuracy(refl: pd.DataFrame, truth: pd.DataFrame, gain: float) -> pd.DataFrame:
@@ -168,9 +99,11 @@ def run(n_frames: int, runs: int) -> tuple[list[dict], dict]:
         data, truth = sim.frame(i)
         crystals = truth.crystals
         for label, integ in integrators.items():
-            pred, p_wall, p_cpu = time_runs(runs, integ.predict, crystals)
-            refl, i_wall, i_cpu = time_runs(runs, integ, data, predictions=pred)
-            _, b_wall, b_cpu = time_runs(runs, integ, data, crystals)
+            pred, p_wall, p_cpu = _common.median_time(
+                functools.partial(integ.predict, crystals), runs)
+            refl, i_wall, i_cpu = _common.median_time(
+                functools.partial(integ, data, predictions=pred), runs)
+            _, b_wall, b_cpu = _common.median_time(functools.partial(integ, data, crystals), runs)
             per[label].append({"frame": i, "crystals": len(crystals), "predictions": len(pred),
                                "predict_wall": p_wall, "predict_cpu": p_cpu,
                                "integrate_wall": i_wall, "integrate_cpu": i_cpu,
@@ -290,10 +223,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Run the benchmark and print the report."""
     args = parse_args(argv)
-    load_start = _load_average()
-    pinned = pin_to_one_core()
+    load_start = _common.load_average()
+    pinned = _common.pin_to_one_core()
     rows, info = run(args.frames, args.runs)
-    header = machine_description(pinned, load_start)
+    header = _common.machine_description(load_start, pinned=pinned,
+                                         packages=("numpy", "pandas", "numba"))
     text = format_report(header, rows, info, args.runs)
     print(text)
     if args.out is not None and rows:

@@ -14,14 +14,13 @@ Run ``python benchmarks/bench_masks.py`` (``make bench`` runs every benchmark). 
 
 from __future__ import annotations
 
-import os
+import _common
 
 # One core: keep BLAS and numba single-threaded.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+_common.single_threaded(override=False)
 
+import os  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -42,42 +41,19 @@ COLD_RUNS = 5
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.node()} · {cpu} · {os.cpu_count()} logical CPUs · "
+    return (f"{platform.node()} · {_common.cpu_model()} · {os.cpu_count()} logical CPUs · "
             f"{platform.system()} {platform.release()} · Python {platform.python_version()} · "
             f"NumPy {np.__version__}")
 
 
-def _pin_to_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to CPU {core}"
-    return "not pinned"
-
-
 def _median_ms(fn, runs: int = RUNS, setup=None) -> float:
     """Median wall time (ms) of ``fn(setup())`` over ``runs`` runs after one warm-up."""
-    arg = setup() if setup else None
-    fn(arg)
-    times = []
-    for _ in range(runs):
-        arg = setup() if setup else None
-        t0 = time.perf_counter()
-        fn(arg)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    _, wall, _ = _common.median_time(fn, runs, setup=setup or (lambda: None))
+    return 1e3 * wall
 
 
 def main() -> None:
-    pin = _pin_to_one_core()
+    pin = _common.pin_to_one_core()
     det = builtin_geometry("eiger16m", clen=0.15, wavelength_A=1.3)
     rng = np.random.default_rng(0)
     frame = rng.poisson(3.0, det.data_shape).astype(np.float32)

@@ -29,17 +29,15 @@ With ``--out`` (default directory ``benchmarks/out``), or with ``SXLAB_BENCH_OUT
 
 from __future__ import annotations
 
-import os
+import _common
 
 # One core: every thread pool has one thread (set before numpy and numba are imported).
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-             "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+_common.single_threaded()
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -112,80 +110,6 @@ OM_IMPORT_CHECK = "from om.algorithms._crystallography import peakfinder_8"
 def log(message: str) -> None:
     """Progress message on stderr (stdout carries only the report)."""
     print(f"[bench_peaks] {message}", file=sys.stderr, flush=True)
-
-
-# ============================================================================ machine
-def _cpu_info() -> dict:
-    """First value of each ``/proc/cpuinfo`` field (empty off Linux)."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def _cpu_description() -> str:
-    info = _cpu_info()
-    model = info.get("model name") or platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    simd = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512F")) if flag in flags]
-    parts = [model]
-    if "cpu cores" in info:
-        parts.append(f"{info['cpu cores']} cores per socket")
-    parts.append(f"{os.cpu_count()} logical CPUs")
-    if "cache size" in info:
-        parts.append(f"cache {info['cache size']}")
-    if simd:
-        parts.append("/".join(simd))
-    return ", ".join(parts)
-
-
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _load_average() -> str:
-    try:
-        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def pin_to_one_core() -> str:
-    """Pin this process (and the OM worker it starts) to one CPU; describe the result."""
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to CPU {core}"
-    return "not pinned"
-
-
-def machine_description(pinned: str, load_start: str) -> list[str]:
-    """Lines describing the machine, its load and the software versions."""
-    import numba
-
-    import sxlab
-
-    mem = _memory_gib()
-    return [
-        f"CPU: {_cpu_description()}; benchmark {pinned}",
-        "Memory: " + (f"{mem:.1f} GiB" if mem is not None else "unknown"),
-        f"OS: {platform.system()} {platform.release()}",
-        f"Load average (1/5/15 min): {load_start} at start, {_load_average()} at end",
-        f"Python {platform.python_version()}, numpy {np.__version__}, "
-        f"numba {numba.__version__}, sxlab {getattr(sxlab, '__version__', '?')}",
-        "Threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1",
-    ]
 
 
 # ============================================================================ frames
@@ -436,21 +360,6 @@ class MethodResult:
         self.peaks.append((np.asarray(fs), np.asarray(ss)))
 
 
-def time_runs(fn, runs: int) -> tuple[object, list[float], list[float]]:
-    """Call ``fn()`` once untimed, then ``runs`` times timed.
-
-    Returns the first call's result and the wall-clock and CPU seconds of the timed calls.
-    """
-    result = fn()
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return result, wall, cpu
-
-
 class SxlabMethod:
     """One configuration of :class:`sxlab.peaks.PeakFinder` on a frame set.
 
@@ -487,8 +396,8 @@ class SxlabMethod:
         image, bad = self.frameset.images[j], self.frameset.bad[j]
         frame = self.frameset.indices[j]
         try:
-            table, wall, cpu = time_runs(lambda: self.finder(image, bad=bad, frame=frame),
-                                         runs)
+            table, wall, cpu = _common.time_runs(
+                lambda: self.finder(image, bad=bad, frame=frame), runs)
         except Exception as exc:  # reported in the table
             self.result.error = f"{type(exc).__name__}: {exc}"
             return
@@ -695,8 +604,8 @@ def memory_floor(frameset: FrameSet, runs: int) -> dict:
     src = np.ascontiguousarray(frameset.images[0])
     dst = np.empty_like(src)
     raw = np.ascontiguousarray(frameset.raw)
-    _, copy_wall, copy_cpu = time_runs(lambda: np.copyto(dst, src), runs)
-    _, conv_wall, conv_cpu = time_runs(lambda: np.copyto(dst, raw, casting="unsafe"), runs)
+    _, copy_wall, copy_cpu = _common.time_runs(lambda: np.copyto(dst, src), runs)
+    _, conv_wall, conv_cpu = _common.time_runs(lambda: np.copyto(dst, raw, casting="unsafe"), runs)
     return {
         "frame_bytes": src.nbytes,
         "copy_wall_ms": 1e3 * statistics.median(copy_wall),
@@ -888,8 +797,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Run the benchmark and print the report."""
     args = parse_args(argv)
-    load_start = _load_average()
-    pinned = pin_to_one_core()
+    load_start = _common.load_average()
+    pinned = _common.pin_to_one_core()
     python, om_error = ensure_om_venv()
     rows, floors, frames, om_versions, problems = [], {}, {}, {}, []
     for name in args.datasets:
@@ -904,7 +813,7 @@ def main(argv=None) -> None:
         om_versions.update(versions)
         rows += [summarize(frameset, res, truths) for res in results]
     add_ratios(rows)
-    header = machine_description(pinned, load_start)
+    header = _common.machine_description(load_start, pinned=pinned, memory=True)
     if om_versions:
         header.append(f"OnDA Monitor environment ({OM_VENV.relative_to(HERE.parent)}): "
                       f"ondamonitor {om_versions['ondamonitor']}, numpy "

@@ -19,6 +19,8 @@ import platform
 import statistics
 import time
 
+import _common
+
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -30,21 +32,10 @@ from sxlab.demo import demo_params  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    except OSError:
-        load = "n/a"
-    return (f"{cpu}; {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-            f"numpy {np.__version__}, sxlab {sx.__version__}; load average {load}")
+    load = _common.load_average(sep=" ", unknown="n/a")
+    return (f"{_common.cpu_model()}; {os.cpu_count()} logical CPUs; "
+            f"Python {platform.python_version()}, numpy {np.__version__}, "
+            f"sxlab {sx.__version__}; load average {load}")
 
 
 def timed(run, params, executor, n_workers):

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import _common
+
 from sxlab import profiling as P
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +105,7 @@ def format_report(rows) -> str:
     lines = [
         "# Profiling timer overhead",
         "",
-        f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
+        f"- CPU: {_common.cpu_model()}, {os.cpu_count()} logical CPUs; "
         f"Python {platform.python_version()}",
         f"- Minimum over {REPEATS} repeats of the mean per call",
         "",

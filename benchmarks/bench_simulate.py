@@ -11,14 +11,14 @@ Run ``python benchmarks/bench_simulate.py`` (``make bench`` runs every benchmark
 
 from __future__ import annotations
 
-import os
+import _common
 
 # One core: keep BLAS and compression libraries single-threaded.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+_common.single_threaded(override=False)
 
+import itertools  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,36 +33,15 @@ BATCH = {"eiger4m": 4, "eiger16m": 2}
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.node()} · {cpu} · {os.cpu_count()} logical CPUs · "
+    return (f"{platform.node()} · {_common.cpu_model()} · {os.cpu_count()} logical CPUs · "
             f"{platform.system()} {platform.release()} · Python {platform.python_version()}")
-
-
-def _pin_to_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to CPU {core}"
-    return "not pinned"
 
 
 def _time_batches(make_batch) -> tuple[float, float]:
     """Median wall and CPU seconds of one batch (after one warm-up batch)."""
-    make_batch(0)
-    wall, cpu = [], []
-    for r in range(1, RUNS + 1):
-        t0, c0 = time.perf_counter(), time.process_time()
-        make_batch(r)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
+    runs = itertools.count()  # batch 0 is the warm-up, batches 1 to RUNS are timed
+    _, wall, cpu = _common.median_time(lambda: make_batch(next(runs)), RUNS)
+    return wall, cpu
 
 
 def bench_geometry(name: str, tmp: Path) -> list[tuple]:
@@ -97,7 +76,7 @@ def bench_geometry(name: str, tmp: Path) -> list[tuple]:
 
 
 def main() -> None:
-    pin = _pin_to_one_core()
+    pin = _common.pin_to_one_core()
     lines = [
         "# sxlab.simulate: frames per second on one core",
         "",

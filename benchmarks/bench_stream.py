@@ -18,14 +18,13 @@ Run ``python benchmarks/bench_stream.py`` (``--quick`` for a 10 MB smoke run). W
 
 from __future__ import annotations
 
-import os
+import _common
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+_common.single_threaded(override=False)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,42 +48,6 @@ INDEXED_FRACTION = 2 / 3
 def log(message: str) -> None:
     """Progress message on stderr (stdout carries only the report)."""
     print(f"[bench_stream] {message}", file=sys.stderr, flush=True)
-
-
-# ============================================================================ machine
-def _cpu_description() -> str:
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} logical CPUs"
-
-
-def _load_average() -> str:
-    try:
-        return "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def machine_description(load_start: str) -> list[str]:
-    """Lines describing the machine, its load and the software versions."""
-    import numba
-
-    import sxlab
-
-    return [
-        f"CPU: {_cpu_description()}",
-        f"OS: {platform.system()} {platform.release()}",
-        f"Load average (1/5/15 min): {load_start} at start, {_load_average()} at end",
-        f"Python {platform.python_version()}, numpy {np.__version__}, pandas "
-        f"{pd.__version__}, numba {numba.__version__}, sxlab {sxlab.__version__}",
-    ]
 
 
 # ============================================================================ data
@@ -224,18 +187,6 @@ def check_same(fast, slow: dict) -> None:
                                       slow["crystals"][col].to_numpy())
 
 
-def time_runs(runs: int, fn, *args, **kwargs) -> tuple[object, list[float], list[float]]:
-    """One untimed call, then ``runs`` timed ones: (result, wall seconds, CPU seconds)."""
-    result = fn(*args, **kwargs)
-    wall, cpu = [], []
-    for _ in range(runs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn(*args, **kwargs)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return result, wall, cpu
-
-
 def run(n_frames: int, runs: int, workdir: Path, third_party: bool) -> dict:
     det, frames, peaks, crystals, refl = make_tables(n_frames)
     path = workdir / "bench.stream"
@@ -257,7 +208,7 @@ def run(n_frames: int, runs: int, workdir: Path, third_party: bool) -> dict:
     results = {}
     for name, fn in readers:
         log(f"timing {name}")
-        results[name], wall, cpu = time_runs(runs, fn)
+        results[name], wall, cpu = _common.time_runs(fn, runs)
         rows.append({"reader": name, "wall_s": wall, "cpu_s": cpu,
                      "median_wall_s": statistics.median(wall),
                      "median_cpu_s": statistics.median(cpu)})
@@ -329,10 +280,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    load_start = _load_average()
+    load_start = _common.load_average()
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.frames, args.runs, Path(tmp), args.third_party)
-    header = machine_description(load_start)
+    header = _common.machine_description(load_start, packages=("numpy", "pandas", "numba"),
+                                         threads=False)
     text = format_report(header, result, args.runs)
     print(text)
     if args.out is not None:

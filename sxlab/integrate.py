@@ -21,9 +21,6 @@ module. Intensities are in ADU as read.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 
@@ -32,6 +29,8 @@ import pandas as pd
 
 from . import _callable
 from . import _integrate_kernels as _k
+from ._frames import frame_arrays
+from ._frozen import FrozenParams
 from .geometry import Detector
 
 __all__ = [
@@ -101,7 +100,6 @@ _BASIS_COLUMNS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 _TOPHAT_HALF_WIDTH = math.sqrt(3.0)
 # Variance of a uniform ball of radius R along any axis is R²/5.
 _BALL_VARIANCE = 0.2
-_NATIVE_DTYPES = ("float32", "float64", "uint16", "uint32", "int32")
 _CENTERINGS = "PABCIFRH"
 
 
@@ -113,7 +111,7 @@ def _table(schema: dict[str, str], cols: dict | None = None) -> pd.DataFrame:
 
 # ========================================================================= parameters
 @dataclass(frozen=True)
-class IntegrationParams:
+class IntegrationParams(FrozenParams):
     """Parameters of prediction and integration (frozen, serialisable).
 
     Parameters
@@ -187,29 +185,6 @@ class IntegrationParams:
             if math.isnan(sat):
                 raise ValueError("saturation must be a number or None")
             object.__setattr__(self, "saturation", sat)
-
-    def replace(self, **changes) -> IntegrationParams:
-        """Copy with fields changed; unknown names raise ``TypeError``."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict of all fields (JSON-serialisable; ``inf`` as a float)."""
-        d = dataclasses.asdict(self)
-        d["radii"] = list(d["radii"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IntegrationParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        d = dict(d)
-        if "radii" in d:
-            d["radii"] = tuple(d["radii"])
-        return cls(**d)
-
-    def digest(self) -> str:
-        """SHA-256 (hex, 16 characters) of the canonical JSON of the parameters."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ============================================================================ helpers
@@ -818,22 +793,7 @@ class Integrator:
         return _table(PREDICTION_SCHEMA, self._predictor.arrays(crystals, peaks))
 
     def _frame_arrays(self, image, bad):
-        arr = np.asarray(image)
-        if arr.shape != self.shape:
-            raise ValueError(f"image of shape {arr.shape}; the geometry wants {self.shape}")
-        if arr.dtype.name not in _NATIVE_DTYPES:
-            if arr.dtype.kind not in "uif":
-                raise TypeError(f"image of dtype {arr.dtype} is not numeric")
-            arr = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
-        img = np.ascontiguousarray(arr).reshape(self._shape2d)
-        if bad is None:
-            return img, self._no_bad, False
-        b = np.asarray(bad)
-        if b.shape != self.shape:
-            raise ValueError(f"bad of shape {b.shape}; the geometry wants {self.shape}")
-        if b.dtype != np.bool_:
-            b = b != 0
-        return img, np.ascontiguousarray(b).reshape(self._shape2d), True
+        return frame_arrays(image, bad, self.shape, self._shape2d, self._no_bad)
 
     def __call__(self, image, crystals: pd.DataFrame | None = None, bad=None, *,
                  peaks: pd.DataFrame | None = None,

@@ -12,9 +12,6 @@ Coordinates are data-array coordinates as in :mod:`sxlab.geometry` and CrystFEL 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 
@@ -22,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import _peaks_kernels as _k
+from ._frames import frame_arrays
+from ._frozen import FrozenParams
 from .geometry import Detector
 
 __all__ = [
@@ -62,16 +61,14 @@ _METHODS = ("peakfinder8", "dispersion")
 # Full peakfinder8 mode: pixels at or above mean + _BOUND_FRACTION * min_snr * sigma of the
 # fast-mode sample are kept aside in the statistics pass (see PeakFinder Notes).
 _BOUND_FRACTION = 0.75
-# Frame dtypes handled without conversion; others are converted to float32 (or float64).
 # Whole-number values counted per annulus in the full statistics pass (see _exact_stats).
 _N_BINS = 8
-_NATIVE_DTYPES = ("float32", "float64", "uint16", "uint32", "int32")
 _INT_ACC_DTYPES = ("uint16",)
 
 
 # ========================================================================= parameters
 @dataclass(frozen=True)
-class PeakFinderParams:
+class PeakFinderParams(FrozenParams):
     """Parameters of the peak search (frozen, serialisable).
 
     Parameters
@@ -192,24 +189,6 @@ class PeakFinderParams:
                     raise ValueError(f"{name} must be positive or None, got {value}")
                 object.__setattr__(self, name, float(value))
         object.__setattr__(self, "fast", bool(self.fast))
-
-    def replace(self, **changes) -> PeakFinderParams:
-        """Copy with fields changed; unknown names raise ``TypeError``."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict of all fields (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PeakFinderParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        return cls(**d)
-
-    def digest(self) -> str:
-        """SHA-256 (hex, 16 characters) of the canonical JSON of the parameters."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ============================================================================== finder
@@ -414,22 +393,7 @@ class PeakFinder:
 
     # -------------------------------------------------------------- per frame
     def _frame_arrays(self, image, bad):
-        arr = np.asarray(image)
-        if arr.shape != self.shape:
-            raise ValueError(f"image of shape {arr.shape}; the geometry wants {self.shape}")
-        if arr.dtype.name not in _NATIVE_DTYPES:
-            if arr.dtype.kind not in "uif":
-                raise TypeError(f"image of dtype {arr.dtype} is not numeric")
-            arr = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
-        img = np.ascontiguousarray(arr).reshape(-1)
-        if bad is None:
-            return img, self._no_bad, False
-        b = np.asarray(bad)
-        if b.shape != self.shape:
-            raise ValueError(f"bad of shape {b.shape}; the geometry wants {self.shape}")
-        if b.dtype != np.bool_:
-            b = b != 0
-        return img, np.ascontiguousarray(b).reshape(-1), True
+        return frame_arrays(image, bad, self.shape, -1, self._no_bad)
 
     def _peakfinder8_stats(self, img, bad, has_bad) -> None:
         """Fill the annulus statistics and candidate thresholds for one frame."""

@@ -57,9 +57,7 @@ in any order and by any number of workers.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -71,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from . import _simulate_kernels as _k
+from ._frozen import FrozenParams
 from .cell import UnitCell
 from .geometry import Detector
 
@@ -191,7 +190,7 @@ def _table(name: str, data: dict | None = None) -> pd.DataFrame:
 
 # ========================================================================= parameters
 @dataclass(frozen=True)
-class SimulationParams:
+class SimulationParams(FrozenParams):
     """Parameters of a simulated data set (frozen, serialisable).
 
     Parameters
@@ -325,24 +324,6 @@ class SimulationParams:
             raise ValueError(f"d_min_A must be positive, got {self.d_min_A}")
         if self.polarization_fraction is not None and not 0 <= self.polarization_fraction <= 1:
             raise ValueError("polarization_fraction must be within [0, 1] or None")
-
-    def replace(self, **changes) -> SimulationParams:
-        """Copy with fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict of all fields (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SimulationParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        return cls(**d)
-
-    def digest(self) -> str:
-        """SHA-256 (hex, 16 characters) of the canonical JSON of the parameters."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ====================================================================== physics helpers

@@ -9,15 +9,13 @@ explains enough peaks. The result is the crystals table, one row per lattice
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from .._frozen import FrozenParams
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
 from .asdf import AsdfSearch, expand_subcell, reduce_supercell
@@ -79,7 +77,7 @@ def crystals_table(rows: list[dict] | None = None) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class IndexParams:
+class IndexParams(FrozenParams):
     """Parameters of the indexer (frozen, serialisable).
 
     Parameters
@@ -231,24 +229,6 @@ class IndexParams:
             raise ValueError("profile_percentile must be within [0, 100]")
         if not 0 < self.min_angle_deg < 90:
             raise ValueError("min_angle_deg must be in (0, 90)")
-
-    def replace(self, **changes) -> IndexParams:
-        """Copy with fields changed; unknown names raise ``TypeError``."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict of all fields (JSON-serialisable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IndexParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        return cls(**d)
-
-    def digest(self) -> str:
-        """SHA-256 (hex, 16 characters) of the canonical JSON of the parameters."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def method_name(self) -> str:

@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 
 from ..cell import LATTICE_TYPES, UnitCell
+from ._errors import SourceError
 
 __all__ = ["CellFileError", "read_cell", "write_cell"]
 
@@ -47,7 +48,7 @@ _AXIS_LATTICES = ("monoclinic", "tetragonal", "hexagonal")
 _META_RE = re.compile(r";\s*sxlab:\s*(\w+)\s*=(.*)")
 
 
-class CellFileError(ValueError):
+class CellFileError(SourceError):
     """A CrystFEL unit-cell file that cannot be understood.
 
     The message names the file (or ``source_name``), the line number, the offending line
@@ -70,19 +71,6 @@ class CellFileError(ValueError):
     ...     print(err)
     lyso.cell, line 2: a: expected a length unit (A or nm) after the value (in 'a = 79.1')
     """
-
-    def __init__(self, message: str, *, source: str | None = None, lineno: int | None = None,
-                 line: str | None = None):
-        self.source = source
-        self.lineno = lineno
-        self.line = line
-        text = message
-        if source is not None:
-            where = source if lineno is None else f"{source}, line {lineno}"
-            text = f"{where}: {message}"
-        if line is not None:
-            text += f" (in {line.strip()!r})"
-        super().__init__(text)
 
 
 def _is_text(obj) -> bool:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..geometry import HC_EV_A, BadRegion, Beam, Detector, Panel, PanelMask
+from ._errors import SourceError
 
 __all__ = ["GeomError", "read_geom", "write_geom"]
 
@@ -73,7 +74,7 @@ _META_RE = re.compile(r";\s*sxlab:\s*(\w+)\s*=(.*)")
 _BAD_NAME_CHARS = re.compile(r"[\s/=;,]")
 
 
-class GeomError(ValueError):
+class GeomError(SourceError):
     """A CrystFEL geometry file that cannot be understood.
 
     The message names the file (or ``source_name``), the line number, the offending line
@@ -108,17 +109,8 @@ class GeomError(ValueError):
         line: str | None = None,
         key: str | None = None,
     ):
-        self.source = source
-        self.lineno = lineno
-        self.line = line
         self.key = key
-        text = message
-        if source is not None:
-            where = source if lineno is None else f"{source}, line {lineno}"
-            text = f"{where}: {message}"
-        if line is not None:
-            text += f" (in {line.strip()!r})"
-        super().__init__(text)
+        super().__init__(message, source=source, lineno=lineno, line=line)
 
 
 class _Invalid(Exception):

@@ -41,6 +41,7 @@ from ..index import CRYSTAL_SCHEMA as _INDEX_CRYSTAL_SCHEMA
 from ..integrate import REFLECTION_SCHEMA
 from ..peaks import PEAK_SCHEMA
 from . import _stream_kernels as _k
+from ._errors import SourceError
 from .crystfel_cell import CellFileError, read_cell, write_cell
 from .crystfel_geom import GeomError, read_geom, write_geom
 
@@ -132,7 +133,7 @@ STREAM_HEADER_SCHEMA: dict[str, str] = {
 
 
 
-class StreamError(ValueError):
+class StreamError(SourceError):
     """A CrystFEL stream that cannot be understood.
 
     The message names the file, the line number, the offending line and what was
@@ -145,21 +146,10 @@ class StreamError(ValueError):
     lineno : int or None
         1-based line number.
     line : str or None
-        The offending line.
+        The offending line (quoted in the message up to 120 characters).
     """
 
-    def __init__(self, message: str, *, source: str | None = None, lineno: int | None = None,
-                 line: str | None = None):
-        self.source = source
-        self.lineno = lineno
-        self.line = line
-        text = message
-        if source is not None:
-            where = source if lineno is None else f"{source}, line {lineno}"
-            text = f"{where}: {message}"
-        if line is not None:
-            text += f" (in {line.strip()[:120]!r})"
-        super().__init__(text)
+    max_line_chars = 120
 
 
 # ====================================================================== tables

@@ -1,0 +1,179 @@
+"""Helpers shared by the benchmark scripts: one core, the machine, timing.
+
+The scripts run as ``python benchmarks/bench_x.py``, so this directory is ``sys.path[0]``
+and they ``import _common``. Nothing here imports numpy (or anything that starts a thread
+pool) at import time: a script calls :func:`single_threaded` first, then imports numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+#: Environment variables that size the thread pools of numba, OpenMP and the BLAS
+#: libraries and numexpr.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+# ============================================================================ one core
+def single_threaded(*, override: bool = True) -> None:
+    """Give every thread pool one thread (call before numpy and numba are imported).
+
+    With ``override=False`` a variable already set in the environment is kept.
+    """
+    for var in THREAD_VARIABLES:
+        if override:
+            os.environ[var] = "1"
+        else:
+            os.environ.setdefault(var, "1")
+
+
+def pin_to_one_core() -> str:
+    """Pin this process (and the processes it starts) to one CPU; describe the result."""
+    if hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to CPU {core}"
+    return "not pinned"
+
+
+# ============================================================================= machine
+def cpu_info() -> dict:
+    """First value of each ``/proc/cpuinfo`` field (empty off Linux)."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def cpu_model(info: dict | None = None) -> str:
+    """The CPU's model name (``platform`` when ``/proc/cpuinfo`` has none)."""
+    info = cpu_info() if info is None else info
+    return info.get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """Model, cores per socket, logical CPUs, cache size and vector extensions."""
+    info = cpu_info()
+    flags = set(info.get("flags", "").split())
+    simd = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512F")) if flag in flags]
+    parts = [cpu_model(info)]
+    if "cpu cores" in info:
+        parts.append(f"{info['cpu cores']} cores per socket")
+    parts.append(f"{os.cpu_count()} logical CPUs")
+    if "cache size" in info:
+        parts.append(f"cache {info['cache size']}")
+    if simd:
+        parts.append("/".join(simd))
+    return ", ".join(parts)
+
+
+def memory_gib() -> float | None:
+    """Total memory in GiB (None off Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def load_average(sep: str = " / ", unknown: str = "unknown") -> str:
+    """The 1, 5 and 15 minute load averages joined by ``sep``."""
+    try:
+        return sep.join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return unknown
+
+
+def versions(packages=("numpy", "numba")) -> str:
+    """``Python x.y.z, numpy ..., ..., sxlab ...`` for the given packages."""
+    import importlib
+
+    import sxlab
+
+    parts = [f"Python {platform.python_version()}"]
+    parts += [f"{name} {importlib.import_module(name).__version__}" for name in packages]
+    parts.append(f"sxlab {getattr(sxlab, '__version__', '?')}")
+    return ", ".join(parts)
+
+
+def machine_description(load_start: str, *, pinned: str | None = None,
+                        packages=("numpy", "numba"), memory: bool = False,
+                        threads: bool = True) -> list[str]:
+    """Lines describing the machine, its load and the software versions.
+
+    Parameters
+    ----------
+    load_start : str
+        :func:`load_average` taken when the benchmark started.
+    pinned : str, optional
+        What :func:`pin_to_one_core` said, appended to the CPU line.
+    packages : sequence of str
+        Packages whose versions follow Python's (sxlab's comes last).
+    memory : bool
+        Add a line with the total memory.
+    threads : bool
+        Add the line saying the thread pools have one thread.
+    """
+    cpu = f"CPU: {cpu_description()}"
+    if pinned is not None:
+        cpu += f"; benchmark {pinned}"
+    lines = [cpu]
+    if memory:
+        mem = memory_gib()
+        lines.append("Memory: " + (f"{mem:.1f} GiB" if mem is not None else "unknown"))
+    lines += [
+        f"OS: {platform.system()} {platform.release()}",
+        f"Load average (1/5/15 min): {load_start} at start, {load_average()} at end",
+        versions(packages),
+    ]
+    if threads:
+        lines.append("Threads: NUMBA_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1")
+    return lines
+
+
+# ============================================================================== timing
+def time_runs(fn, runs: int, *, warmup: int = 1, setup=None):
+    """Call ``fn()`` ``warmup`` times untimed, then ``runs`` times timed.
+
+    With ``setup``, every call is ``fn(setup())`` and ``setup()`` is not timed.
+
+    Returns
+    -------
+    result
+        The first call's result (a warm-up call's, or the first timed one's without
+        warm-up; None when nothing was called).
+    wall, cpu : list of float
+        Wall-clock (``perf_counter``) and process CPU seconds of each timed call.
+    """
+    args = ()
+    result, wall, cpu = None, [], []
+    for i in range(warmup + runs):
+        if setup is not None:
+            args = (setup(),)
+        t0, c0 = time.perf_counter(), time.process_time()
+        value = fn(*args)
+        t1, c1 = time.perf_counter(), time.process_time()
+        if i == 0:
+            result = value
+        if i >= warmup:
+            wall.append(t1 - t0)
+            cpu.append(c1 - c0)
+    return result, wall, cpu
+
+
+def median_time(fn, runs: int, warmup: int = 1, *, setup=None):
+    """:func:`time_runs` with the medians: (result, median wall s, median CPU s)."""
+    result, wall, cpu = time_runs(fn, runs, warmup=warmup, setup=setup)
+    return result, statistics.median(wall), statistics.median(cpu)
