@@ -86,6 +86,50 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from sxlab.io import write_hkl, write_mtz
+    from sxlab.merge import merge
+
+    source = args.dir
+    if source.is_dir():
+        if (source / "reflections.parquet").is_file():
+            reflections = pd.read_parquet(source / "reflections.parquet")
+        else:
+            from sxlab.pipeline import Results
+
+            reflections = Results.load(source).reflections
+    else:
+        reflections = pd.read_parquet(source)
+    result = merge(reflections, args.symmetry, scale=not args.no_scale,
+                   iterations=args.iterations, min_measurements=args.min_measurements,
+                   partiality=args.partiality, anomalous=args.anomalous,
+                   n_shells=args.shells, d_min=args.d_min, d_max=args.d_max,
+                   max_adu=args.max_adu)
+    write_mtz(result.merged, args.output)
+    written = [args.output]
+    if args.hkl is not None:
+        written += write_hkl(result.merged, args.hkl, half_sets=(result.half1, result.half2))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(result.stats.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    rejected = int(result.scales.rejected.sum())
+    print(f"\n{len(result.merged)} unique reflections from {len(result.scales) - rejected} "
+          f"crystal(s) ({rejected} rejected, {result.n_reindexed} reindexed); "
+          f"CC* > 0.5 to {result.cc_star_resolution_A:.2f} Å")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0 if len(result.merged) else 1
+
+
+_MERGE_HELP = """\
+Scale and merge the reflections of a processed output directory (or a reflections
+Parquet file) and print the statistics in resolution shells. The cell is fitted to the
+reflections' indices and resolutions.
+
+Writes an MTZ file (H K L I SIGI N) and, with --hkl, a CrystFEL reflection list with its
+half sets (.hkl1, .hkl2) for compare_hkl and check_hkl."""
+
+
 _PROCESS_HELP = """\
 Process every frame of a run: peak search, hit decision, indexing and integration.
 
@@ -140,6 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="categories kept before 'other'")
     p.add_argument("--no-wait", action="store_true", help="leave out the wait time")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("merge", help="scale and merge reflections into MTZ / CrystFEL .hkl",
+                       description=_MERGE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, metavar="DIR",
+                   help="output directory of 'sxlab process' or a reflections .parquet")
+    p.add_argument("--symmetry", "-y", required=True, metavar="SPACEGROUP",
+                   help="space group, e.g. P43212")
+    p.add_argument("-o", "--output", type=Path, default=Path("merged.mtz"), metavar="MTZ",
+                   help="MTZ file to write (default merged.mtz)")
+    p.add_argument("--hkl", type=Path, metavar="HKL",
+                   help="also write a CrystFEL reflection list and its half sets")
+    p.add_argument("--no-scale", action="store_true", help="do not refine scales")
+    p.add_argument("--iterations", type=int, default=3, help="scaling cycles (default 3)")
+    p.add_argument("--min-measurements", type=int, default=2, metavar="N",
+                   help="observations a reflection needs to be output (default 2)")
+    p.add_argument("--partiality", action="store_true",
+                   help="divide by the partiality column instead of Monte Carlo averaging")
+    p.add_argument("--anomalous", action="store_true", help="keep Friedel mates apart")
+    p.add_argument("--shells", type=int, default=20, help="resolution shells (default 20)")
+    p.add_argument("--d-min", type=float, metavar="Å", help="high-resolution limit")
+    p.add_argument("--d-max", type=float, metavar="Å", help="low-resolution limit")
+    p.add_argument("--max-adu", type=float, metavar="ADU",
+                   help="leave out reflections with a brighter peak pixel")
+    p.set_defaults(func=_cmd_merge)
     return parser
 
 

@@ -4,6 +4,8 @@ This view module may import matplotlib at import time; the core modules never im
 
 * :func:`profile` — per-frame processing time by stage as stacked areas, averaged in
   blocks of frames (the plot of the real-time pipeline's profiling).
+* :func:`merging_stats` — CC1/2, CC*, completeness and ⟨I/σ⟩ of merged data against
+  resolution, with the CC* = 0.5 cut.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 
 from .profiling import profile_blocks
 
-__all__ = ["profile"]
+__all__ = ["merging_stats", "profile"]
 
 
 def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
@@ -84,4 +86,81 @@ def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
               fontsize="small", frameon=False)
+    return ax
+
+
+def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
+    """Merging statistics against resolution: CC1/2, CC*, completeness and ⟨I/σ⟩.
+
+    Each shell is drawn at the centre of its reciprocal volume on a ``1/d²`` axis
+    labelled in Å. CC1/2, CC* and completeness share the left axis (0–1); mean I/σ(I)
+    is on a right-hand axis. A dotted line marks CC* = ``threshold`` and a dashed one
+    the resolution where CC* falls below it (``stats.attrs["d_cc_star_A"]``, or
+    :func:`sxlab.merge.cc_star_resolution`).
+
+    Parameters
+    ----------
+    stats : pandas.DataFrame
+        Statistics from :func:`sxlab.merge` (:data:`sxlab.merge.STATS_SCHEMA`); the
+        overall row (``shell`` -1) is left out.
+    ax : matplotlib.axes.Axes, optional
+        Axes to draw into (default: a new figure).
+    threshold : float
+        CC* level of the resolution cut. Default 0.5.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The left axes: lines CC1/2, CC* and completeness, in that order; the I/σ axes is
+        ``ax.right_ax``.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> t = pd.DataFrame({"shell": [0, 1, 2, -1], "d_max_A": [np.inf, 4.0, 3.0, np.inf],
+    ...                   "d_min_A": [4.0, 3.0, 2.5, 2.5], "completeness": [1, 1, 0.9, 0.97],
+    ...                   "i_over_sigma": [9.0, 4.0, 1.0, 5.0],
+    ...                   "cc_half": [0.9, 0.5, 0.05, 0.8], "cc_star": [0.97, 0.82, 0.31, 0.94]})
+    >>> ax = merging_stats(t)
+    >>> [line.get_label() for line in ax.get_lines()[:3]]
+    ['CC1/2', 'CC*', 'completeness']
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    from .merge import cc_star_resolution
+
+    t = stats[stats["shell"] >= 0].sort_values("shell")
+    if not len(t):
+        raise ValueError("the statistics table has no shells")
+    d_max = t["d_max_A"].to_numpy(np.float64)
+    lo = np.where(np.isfinite(d_max), 1.0 / d_max ** 3, 0.0)
+    hi = 1.0 / t["d_min_A"].to_numpy(np.float64) ** 3
+    x = (0.5 * (lo + hi)) ** (2.0 / 3.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax.plot(x, t["cc_half"], "o-", label="CC1/2", color="C0")
+    ax.plot(x, t["cc_star"], "s-", label="CC*", color="C1")
+    ax.plot(x, t["completeness"], "^-", label="completeness", color="C2")
+    ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1)
+    d_cut = stats.attrs.get("d_cc_star_A")
+    if d_cut is None:
+        d_cut = cc_star_resolution(stats, threshold)
+    if d_cut is not None and np.isfinite(d_cut):
+        ax.axvline(1.0 / d_cut ** 2, color="C3", linestyle="--", linewidth=1,
+                   label=f"CC* > {threshold:g} to {d_cut:.2f} Å")
+    ax.set_ylim(min(0.0, float(np.nanmin(t["cc_half"]))) if len(t) else 0.0, 1.05)
+    ax.set_xlabel("resolution (Å)")
+    ax.set_ylabel("CC, completeness")
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: f"{1.0 / np.sqrt(v):.2f}" if v > 0 else "∞"))
+    right = ax.twinx()
+    right.plot(x, t["i_over_sigma"], "d--", color="C4", label="⟨I/σ(I)⟩")
+    right.set_ylabel("⟨I/σ(I)⟩")
+    right.set_ylim(bottom=0)
+    ax.right_ax = right
+    handles, labels = ax.get_legend_handles_labels()
+    h2, l2 = right.get_legend_handles_labels()
+    ax.legend(handles + h2, labels + l2, loc="lower left", fontsize="small", frameon=False)
+    ax.set_title("Merging statistics")
     return ax

@@ -1,4 +1,5 @@
-"""File formats: HDF5/NeXus frame readers, the NXmx writer, CrystFEL geometry and cell files.
+"""File formats: HDF5/NeXus frame readers, the NXmx writer, CrystFEL geometry, cell, stream
+and reflection-list files, MTZ.
 
 Names are imported from their submodule on first access, so ``import sxlab.io`` stays
 light:
@@ -27,6 +28,12 @@ _EXPORTS = {
     "CellFileError": "crystfel_cell",
     "read_cell": "crystfel_cell",
     "write_cell": "crystfel_cell",
+    "HklFileError": "crystfel_hkl",
+    "crystfel_symmetry": "crystfel_hkl",
+    "read_hkl": "crystfel_hkl",
+    "write_hkl": "crystfel_hkl",
+    "read_mtz": "mtz",
+    "write_mtz": "mtz",
 }
 
 __all__ = sorted(_EXPORTS)
