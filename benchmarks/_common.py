@@ -177,3 +177,64 @@ def median_time(fn, runs: int, warmup: int = 1, *, setup=None):
     """:func:`time_runs` with the medians: (result, median wall s, median CPU s)."""
     result, wall, cpu = time_runs(fn, runs, warmup=warmup, setup=setup)
     return result, statistics.median(wall), statistics.median(cpu)
+
+
+def json_safe(value):
+    """``value`` with NaN and infinities replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return json_safe(value.item())
+    return value
+
+
+def write_report(out_dir: Path, name: str, text: str, rows: list[dict], payload: dict,
+                 *, columns: list[str] | None = None) -> list[Path]:
+    """Write ``<name>.md`` (the printed report), ``.csv`` (the rows) and ``.json``."""
+    import csv
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("md", "csv", "json")]
+    paths[0].write_text(text + "\n")
+    with open(paths[1], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns or list(rows[0]),
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths[2].write_text(json.dumps(json_safe(payload), indent=1))
+    return paths
+
+
+def add_frame_options(ap, name: str, *, frames: tuple[int, int], runs: tuple[int, int],
+                      frames_help: str = "frames of the data set to consider") -> None:
+    """Add ``--frames``, ``--runs``, ``--quick`` and ``--out`` (defaults: (normal, quick))."""
+    ap.add_argument("--frames", type=int, default=None,
+                    help=f"{frames_help} (default {frames[0]}; {frames[1]} with --quick)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help=f"timed runs per frame after the warm-up (default {runs[0]}; "
+                         f"{runs[1]} with --quick)")
+    ap.add_argument("--quick", action="store_true", help="few frames and runs (smoke test)")
+    ap.add_argument("--out", type=Path, nargs="?", const=Path(__file__).parent / "out",
+                    default=None, metavar="DIR",
+                    help=f"also write {name}.md/.csv/.json to DIR (benchmarks/out if DIR is "
+                         "left out; $SXLAB_BENCH_OUT if the option is)")
+
+
+def resolve_frame_options(ap, args, *, frames: tuple[int, int], runs: tuple[int, int],
+                          min_runs: int = 1):
+    """Fill the defaults of :func:`add_frame_options` and check the values."""
+    if args.frames is None:
+        args.frames = frames[1] if args.quick else frames[0]
+    if args.runs is None:
+        args.runs = runs[1] if args.quick else runs[0]
+    if args.frames < 1 or args.runs < min_runs:
+        ap.error(f"--frames must be at least 1 and --runs at least {min_runs}")
+    if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
+        args.out = Path(os.environ["SXLAB_BENCH_OUT"])
+    return args

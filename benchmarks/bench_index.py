@@ -33,9 +33,6 @@ import _common
 _common.single_threaded()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -227,40 +224,11 @@ def format_report(header: list[str], rows: list[dict], source: str, n_hits: int,
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, text: str, rows: list[dict], header: list[str],
-                  source: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_index.md").write_text(text + "\n")
-    with open(out_dir / "bench_index.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    payload = {"machine": header, "dataset": DATASET, "peaks": source, "rows": rows}
-    (out_dir / "bench_index.json").write_text(json.dumps(payload, indent=1))
-    log(f"wrote {out_dir}/bench_index.md, .csv, .json")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=None,
-                    help="frames of the data set to consider (default 100; 10 with --quick)")
-    ap.add_argument("--runs", type=int, default=None,
-                    help="timed runs per frame after the warm-up (default 5; 2 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="few frames and runs (smoke test)")
-    ap.add_argument("--out", type=Path, nargs="?", const=HERE / "out", default=None,
-                    metavar="DIR",
-                    help="also write bench_index.md/.csv/.json to DIR (benchmarks/out if "
-                         "DIR is left out; $SXLAB_BENCH_OUT if the option is)")
-    args = ap.parse_args(argv)
-    if args.frames is None:
-        args.frames = 10 if args.quick else 100
-    if args.runs is None:
-        args.runs = 2 if args.quick else 5
-    if args.frames < 1 or args.runs < 1:
-        ap.error("--frames and --runs must be at least 1")
-    if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
-        args.out = Path(os.environ["SXLAB_BENCH_OUT"])
-    return args
+    _common.add_frame_options(ap, "bench_index", frames=(100, 10), runs=(5, 2))
+    return _common.resolve_frame_options(ap, ap.parse_args(argv), frames=(100, 10),
+                                         runs=(5, 2))
 
 
 def main(argv=None) -> None:
@@ -274,7 +242,10 @@ def main(argv=None) -> None:
     text = format_report(header, rows, source, n_hits, args.runs)
     print(text)
     if args.out is not None:
-        write_outputs(args.out, text, rows, header, source)
+        _common.write_report(args.out, "bench_index", text, rows,
+                             {"machine": header, "dataset": DATASET, "peaks": source,
+                              "rows": rows})
+        log(f"wrote {args.out}/bench_index.md, .csv, .json")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,7 @@ import _common
 _common.single_threaded()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import functools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -171,53 +168,13 @@ def format_report(header: list[str], rows: list[dict], info: dict, runs: int) ->
     return "\n".join(lines)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def write_outputs(out_dir: Path, text: str, rows: list[dict], header: list[str],
-                  info: dict) -> None:
-    """Write the report as Markdown, the rows as CSV, and everything as JSON."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_integrate.md").write_text(text + "\n")
-    with open(out_dir / "bench_integrate.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    payload = {"machine": header, "dataset": DATASET, "configs": CONFIGS, **info,
-               "rows": rows}
-    (out_dir / "bench_integrate.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    log(f"wrote {out_dir}/bench_integrate.md, .csv, .json")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=None,
-                    help="frames to look at, hits are timed (default 100; 6 with --quick)")
-    ap.add_argument("--runs", type=int, default=None,
-                    help="timed runs per frame after the warm-up (default 7; 5 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="few frames (smoke test)")
-    ap.add_argument("--out", type=Path, nargs="?", const=HERE / "out", default=None,
-                    metavar="DIR",
-                    help="also write bench_integrate.md/.csv/.json to DIR (benchmarks/out "
-                         "if DIR is left out; $SXLAB_BENCH_OUT if the option is)")
-    args = ap.parse_args(argv)
-    if args.frames is None:
-        args.frames = 6 if args.quick else 100
-    if args.runs is None:
-        args.runs = 5 if args.quick else 7
-    if args.frames < 1 or args.runs < 5:
-        ap.error("--frames must be at least 1 and --runs at least 5")
-    if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
-        args.out = Path(os.environ["SXLAB_BENCH_OUT"])
-    return args
+    _common.add_frame_options(ap, "bench_integrate", frames=(100, 6), runs=(7, 5),
+                              frames_help="frames to look at, hits are timed")
+    return _common.resolve_frame_options(ap, ap.parse_args(argv), frames=(100, 6),
+                                         runs=(7, 5), min_runs=5)
 
 
 def main(argv=None) -> None:
@@ -231,7 +188,10 @@ def main(argv=None) -> None:
     text = format_report(header, rows, info, args.runs)
     print(text)
     if args.out is not None and rows:
-        write_outputs(args.out, text, rows, header, info)
+        _common.write_report(args.out, "bench_integrate", text, rows,
+                             {"machine": header, "dataset": DATASET, "configs": CONFIGS,
+                              **info, "rows": rows})
+        log(f"wrote {args.out}/bench_integrate.md, .csv, .json")
 
 
 if __name__ == "__main__":

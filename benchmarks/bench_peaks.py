@@ -35,9 +35,7 @@ import _common
 _common.single_threaded()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -733,65 +731,22 @@ def format_report(header: list[str], rows: list[dict], floors: dict, frames: dic
     return "\n".join(lines)
 
 
-def _json_safe(value):
-    """``value`` with NaN and infinities replaced by None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-def write_outputs(out_dir: Path, text: str, rows: list[dict], floors: dict,
-                  header: list[str]) -> None:
-    """Write the report as Markdown, the rows as CSV, and everything as JSON."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_peaks.md").write_text(text + "\n")
-    columns = ["dataset", "frames", "method", "wall_ms", "cpu_ms", "cpu_ms_hits",
+CSV_COLUMNS = ["dataset", "frames", "method", "wall_ms", "cpu_ms", "cpu_ms_hits",
                "cpu_ms_non_hits", "setup_s", "runs_per_frame", "peaks_per_frame",
                "true_spots", "peaks", "recall", "precision", "om_ratio", "om_ratio_wall",
                "error"]
-    with open(out_dir / "bench_peaks.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    payload = {"machine": header, "parameters": PEAK_PARAMS, "sxlab_common": SXLAB_COMMON,
-               "sxlab_methods": SXLAB_METHODS, "om_modes": OM_MODES,
-               "match_radius_px": MATCH_RADIUS_PX, "true_spot_k": TRUE_SPOT_K,
-               "background_ring_px": BACKGROUND_RING_PX, "rows": rows,
-               "memory_floor": floors}
-    (out_dir / "bench_peaks.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    log(f"wrote {out_dir}/bench_peaks.md, .csv, .json")
 
 
 # ============================================================================== main
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=None,
-                    help="frames per data set, at most the data set's (default 20; 2 with "
-                         "--quick)")
-    ap.add_argument("--runs", type=int, default=None,
-                    help="timed runs per frame after the warm-up (default 5; 2 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="few frames and runs (smoke test)")
-    ap.add_argument("--out", type=Path, nargs="?", const=HERE / "out", default=None,
-                    metavar="DIR",
-                    help="also write bench_peaks.md/.csv/.json to DIR (benchmarks/out if "
-                         "DIR is left out; $SXLAB_BENCH_OUT if the option is)")
+    _common.add_frame_options(ap, "bench_peaks", frames=(20, 2), runs=(5, 2),
+                              frames_help="frames per data set, at most the data set's")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
                     help="data sets to run (default: both)")
-    args = ap.parse_args(argv)
-    if args.frames is None:
-        args.frames = 2 if args.quick else 20
-    if args.runs is None:
-        args.runs = 2 if args.quick else 5
-    if args.frames < 1 or args.runs < 1:
-        ap.error("--frames and --runs must be at least 1")
-    if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
-        args.out = Path(os.environ["SXLAB_BENCH_OUT"])
-    return args
+    return _common.resolve_frame_options(ap, ap.parse_args(argv), frames=(20, 2),
+                                         runs=(5, 2))
 
 
 def main(argv=None) -> None:
@@ -822,7 +777,14 @@ def main(argv=None) -> None:
     text = format_report(header, rows, floors, frames, args.runs)
     print(text)
     if args.out is not None:
-        write_outputs(args.out, text, rows, floors, header)
+        payload = {"machine": header, "parameters": PEAK_PARAMS,
+                   "sxlab_common": SXLAB_COMMON, "sxlab_methods": SXLAB_METHODS,
+                   "om_modes": OM_MODES, "match_radius_px": MATCH_RADIUS_PX,
+                   "true_spot_k": TRUE_SPOT_K, "background_ring_px": BACKGROUND_RING_PX,
+                   "rows": rows, "memory_floor": floors}
+        _common.write_report(args.out, "bench_peaks", text, rows, payload,
+                             columns=CSV_COLUMNS)
+        log(f"wrote {args.out}/bench_peaks.md, .csv, .json")
 
 
 if __name__ == "__main__":
