@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(PYPROJECT_HASH)
 LINT_PATHS := $(wildcard sxlab tests benchmarks)
 
-.PHONY: venv demo test bench clean distclean
+.PHONY: venv services demo test bench clean distclean
 
 venv: $(STAMP)
 
@@ -42,7 +42,10 @@ $(STAMP):
 demo: venv
 	$(VPY) -m sxlab.demo
 
-test: venv
+services:
+	@bash .ci/services.sh
+
+test: venv services
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
