@@ -8,27 +8,9 @@ output directory, results are written in committed parts as they arrive, so a re
 the same directory resumes where an interrupted one stopped; every frame appears exactly
 once.
 
-Frame-table columns (:data:`FRAME_SCHEMA`):
-
-================  ======  ============================================================
-column            dtype   meaning
-================  ======  ============================================================
-frame             int64   global frame index in the run
-run               str     run name
-event             str     CrystFEL-style event id within the file (``//<index>``)
-filename          str     file the frame was read from
-status            str     ``ok`` or ``failed``
-error             str     error text of a failed frame (empty when ok)
-n_peaks           int64   peaks found
-hit               bool    ``hits.min_peaks <= n_peaks`` (``<= max_peaks`` when set)
-indexed           bool    at least one crystal indexed
-n_crystals        int64   lattices indexed
-n_reflections     int64   reflections integrated
-resolution_A      float64 highest-resolution shell with mean I/σ(I) ≥ 1 (NaN if none)
-solvent_ratio     float64 mean intensity at the water-ring angle over the low angle
-worker            int64   worker that processed the frame
-read_s .. total_s float64 wall seconds per stage: read, peaks, index, integrate, total
-================  ======  ============================================================
+The tables are those of :mod:`sxlab.tables`: :data:`~sxlab.tables.FRAMES`,
+:data:`~sxlab.tables.PEAKS`, :data:`~sxlab.tables.CRYSTALS`,
+:data:`~sxlab.tables.REFLECTIONS` and :data:`~sxlab.tables.PROFILE`.
 """
 
 from __future__ import annotations
@@ -49,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import tables
 from .params import Params
 
 __all__ = [
-    "FRAME_SCHEMA",
     "Context",
     "FrameResult",
     "Results",
@@ -61,66 +43,15 @@ __all__ = [
     "process_run",
 ]
 
-FRAME_SCHEMA = {
-    "frame": "int64",
-    "run": "object",
-    "event": "object",
-    "filename": "object",
-    "status": "object",
-    "error": "object",
-    "n_peaks": "int64",
-    "hit": "bool",
-    "indexed": "bool",
-    "n_crystals": "int64",
-    "n_reflections": "int64",
-    "resolution_A": "float64",
-    "solvent_ratio": "float64",
-    "worker": "int64",
-    "read_s": "float64",
-    "peaks_s": "float64",
-    "index_s": "float64",
-    "integrate_s": "float64",
-    "total_s": "float64",
-}
-
 _TABLES = ("frames", "peaks", "crystals", "reflections", "profile")
 
 
-def _schema(kind: str) -> dict:
-    """Column -> dtype of a table (schemas may carry (dtype, description) pairs)."""
-    return {c: (t[0] if isinstance(t, tuple) else t) for c, t in _raw_schema(kind).items()}
-
-
-def _raw_schema(kind: str) -> dict:
-    if kind == "frames":
-        return FRAME_SCHEMA
-    if kind == "peaks":
-        from .peaks import PEAK_SCHEMA
-
-        return PEAK_SCHEMA
-    if kind == "crystals":
-        from .index import CRYSTAL_SCHEMA
-
-        return CRYSTAL_SCHEMA
-    if kind == "reflections":
-        from .integrate import REFLECTION_SCHEMA
-
-        return REFLECTION_SCHEMA
-    from .profiling import PROFILE_SCHEMA
-
-    return PROFILE_SCHEMA
-
-
 def _empty(kind: str) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _schema(kind).items()})
+    return tables.get(kind).empty()
 
 
-def _concat(kind: str, tables) -> pd.DataFrame:
-    tables = [t for t in tables if t is not None and len(t)]
-    if not tables:
-        return _empty(kind)
-    out = pd.concat(tables, ignore_index=True)
-    return out.astype({c: t for c, t in _schema(kind).items() if c in out.columns})
+def _concat(kind: str, parts) -> pd.DataFrame:
+    return tables.get(kind).concat(parts)
 
 
 # ---------------------------------------------------------------------------- context
@@ -237,7 +168,7 @@ class FrameResult:
 
 
 def _frame_row(frame: int, attrs: dict, worker: int) -> dict:
-    row = {c: None for c in FRAME_SCHEMA}
+    row = dict.fromkeys(tables.FRAMES.names)
     row.update(frame=int(frame), run=str(attrs.get("run", "")),
                event=str(attrs.get("event", "")), filename=str(attrs.get("source", "")),
                status="ok", error="", n_peaks=0, hit=False, indexed=False, n_crystals=0,
@@ -264,7 +195,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     Returns
     -------
     FrameResult
-        ``frame`` (a dict with the :data:`FRAME_SCHEMA` columns), ``peaks``,
+        ``frame`` (a dict with the :data:`sxlab.tables.FRAMES` columns), ``peaks``,
         ``crystals``, ``reflections`` and ``profile`` tables.
     """
     if context is None:
@@ -424,8 +355,9 @@ class Results:
     Attributes
     ----------
     frames, peaks, crystals, reflections, profile : DataFrame
-        See :data:`FRAME_SCHEMA` and the schemas of :mod:`sxlab.peaks`,
-        :mod:`sxlab.index`, :mod:`sxlab.integrate` and :mod:`sxlab.profiling`.
+        See :data:`sxlab.tables.FRAMES`, :data:`~sxlab.tables.PEAKS`,
+        :data:`~sxlab.tables.CRYSTALS`, :data:`~sxlab.tables.REFLECTIONS` and
+        :data:`~sxlab.tables.PROFILE`.
     params : Params
     wall_s : float
         Wall time of the processing call (0 for results loaded from disk).
@@ -456,14 +388,23 @@ class Results:
             geometry = read_geom(out / "geometry.geom")
         return cls(*(tables[k] for k in _TABLES), params=params, out=out, geometry=geometry)
 
+    @tables.documented
     def summary(self) -> pd.DataFrame:
-        """One-row table: frames, failed, hits, indexed, crystals, rates, times."""
+        """One-row table: frames, failed, hits, indexed, crystals, rates, times.
+
+        Returns
+        -------
+        DataFrame
+            One row (:data:`sxlab.tables.RUN_SUMMARY`):
+
+            [columns: run_summary]
+        """
         f = self.frames
         ok = f[f.status == "ok"]
         n = len(f)
         hits = int(ok.hit.sum())
         indexed = int(ok.indexed.sum())
-        return pd.DataFrame([{
+        return tables.RUN_SUMMARY.make({k: [v] for k, v in {
             "frames": n,
             "failed": int((f.status != "ok").sum()),
             "hits": hits,
@@ -475,7 +416,7 @@ class Results:
             "median_resolution_A": float(ok.resolution_A.median()) if indexed else np.nan,
             "ms_per_frame": 1e3 * float(ok.total_s.mean()) if len(ok) else np.nan,
             "wall_s": self.wall_s,
-        }])
+        }.items()})
 
     def __repr__(self) -> str:
         s = self.summary().astype(object).iloc[0]
@@ -516,8 +457,7 @@ def _read_parts(out: Path) -> dict[str, pd.DataFrame]:
                    for p in parts.glob("frames-*.parquet"))
     tables = {}
     for kind in _TABLES:
-        frames_tables = [pd.read_parquet(parts / f"{kind}-{s}.parquet") for s in stems]
-        t = _concat(kind, frames_tables)
+        t = _concat(kind, [pd.read_parquet(parts / f"{kind}-{s}.parquet") for s in stems])
         keys = [c for c in ("frame", "crystal", "panel", "h", "k", "l", "path", "start_s")
                 if c in t.columns]
         tables[kind] = t.sort_values(keys, kind="stable").reset_index(drop=True)
