@@ -219,7 +219,8 @@ class Schema:
         Parameters
         ----------
         data : mapping or DataFrame, optional
-            Column name -> values (equal lengths). None gives the empty table.
+            Column name -> values (equal lengths; a scalar is repeated). None gives the
+            empty table.
         fill_missing : bool
             Fill columns absent from ``data`` with their ``fill`` value; otherwise an
             absent column is an error.
@@ -239,9 +240,11 @@ class Schema:
         missing = [c for c in self.names if c not in data]
         if missing and not fill_missing:
             raise TableError(f"table {self.name!r}: columns {missing} not given")
-        n = len(data) if isinstance(data, pd.DataFrame) else len(data[keys[0]])
         if isinstance(data, pd.DataFrame):
+            n = len(data)
             data = {k: data[k].array for k in keys}
+        else:
+            n = next((len(data[k]) for k in keys if np.ndim(data[k]) > 0), 1)
         return pd.DataFrame({c.name: c.values(data.get(c.name), n) for c in self.columns})
 
     def empty(self) -> pd.DataFrame:
