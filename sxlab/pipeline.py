@@ -224,7 +224,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
         if ctx.indexer is not None and row["hit"]:
             t0 = time.perf_counter()
             with prof.section("index"):
-                crystals = ctx.indexer(peaks, frame=frame)
+                crystals, peaks = ctx.indexer.index(peaks, frame=frame)
             row["index_s"] = time.perf_counter() - t0
             row["n_crystals"] = len(crystals)
             row["indexed"] = len(crystals) > 0
@@ -233,7 +233,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
 
             t0 = time.perf_counter()
             with prof.section("integration"):
-                reflections = ctx.integrator(image, crystals, bad, peaks=peaks)
+                reflections = ctx.integrator(image, crystals, bad)
             row["integrate_s"] = time.perf_counter() - t0
             row["n_reflections"] = len(reflections)
             row["resolution_A"] = float(resolution_estimate(reflections))

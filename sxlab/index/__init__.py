@@ -16,7 +16,7 @@ True
 
 from .. import _callable
 from .asdf import AsdfSearch, AsdfStats
-from .indexer import Indexer, IndexParams, index
+from .indexer import Indexer, Indexing, IndexParams, index
 from .refine import REFINE_MODES, RefineResult, refine_basis
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "AsdfStats",
     "IndexParams",
     "Indexer",
+    "Indexing",
     "RefineResult",
     "index",
     "refine_basis",
