@@ -132,11 +132,11 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
 
         finder = PeakFinder(geometry, mask, params.peaks)
     if st.index:
-        from .index import Indexer
+        from .indexing import Indexer
 
         indexer = Indexer(geometry, params.cell, params.index)
     if st.integrate:
-        from .integrate import Integrator
+        from .integration import Integrator
 
         integrator = Integrator(geometry, mask, params.integrate)
     high, low = _solvent_angles(geometry)
@@ -229,7 +229,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
             row["n_crystals"] = len(crystals)
             row["indexed"] = len(crystals) > 0
         if ctx.integrator is not None and crystals is not None and len(crystals):
-            from .integrate import resolution_estimate
+            from .integration import resolution_estimate
 
             t0 = time.perf_counter()
             with prof.section("integration"):

@@ -1,4 +1,4 @@
-"""Tests for sxlab.integrate: kernels against NumPy references, prediction and integration
+"""Tests for sxlab.integration: kernels against NumPy references, prediction and integration
 against the simulator's ground truth, profile radius, resolution limits and estimates."""
 
 import inspect
@@ -10,11 +10,11 @@ import pytest
 import xarray as xr
 from reference import integrate as ref
 
-from sxlab import _integrate_kernels as kern
+from sxlab import _integration_kernels as kern
 from sxlab import datasets
 from sxlab.cell import UnitCell
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
-from sxlab.integrate import (
+from sxlab.integration import (
     DEFAULT_PROFILE_RADIUS_INVA,
     IntegrationParams,
     Integrator,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import _callable, tables
-from . import _integrate_kernels as _k
+from . import _integration_kernels as _k
+from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
 from .geometry import Detector
@@ -336,7 +336,7 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
     crystals : DataFrame
         Crystals table (columns ``frame``, ``crystal``, ``astar_x`` ... ``cstar_z`` in
         1/Å; optional ``centering``, ``lattice``, ``profile_radius_invA`` and
-        ``resolution_limit_A``, as :func:`sxlab.index` gives them).
+        ``resolution_limit_A``, as :func:`sxlab.indexing.index` gives them).
     geometry : Detector
     d_min_A : float, optional
         Highest resolution (Å); default the detector's corner.
@@ -780,5 +780,3 @@ def resolution_per_frame(reflections: pd.DataFrame, **kwargs) -> pd.Series:
     index = pd.Index(frames, name="frame")
     return pd.Series(np.asarray(values, dtype=np.float64), index=index, name="resolution_A")
 
-
-_callable.make_callable(__name__, "integrate")

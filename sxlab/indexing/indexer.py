@@ -1,8 +1,8 @@
 """Indexing of single frames: parameters, the prepared :class:`Indexer` and :func:`index`.
 
 A frame's peaks are mapped to reciprocal space at the nominal wavelength, a lattice is
-searched with asdf (:mod:`sxlab.index.asdf`), matched to the reference cell
-(:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.index.refine`) and accepted if it
+searched with asdf (:mod:`sxlab.indexing.asdf`), matched to the reference cell
+(:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.indexing.refine`) and accepted if it
 explains enough peaks. The result is the crystals table, one row per lattice
 (:data:`sxlab.tables.CRYSTALS`).
 """
@@ -77,7 +77,7 @@ class IndexParams(FrozenParams):
     refine : bool
         Refine the lattice against the peaks. Default True.
     refine_mode : {"orientation", "isotropic", "lattice", "unconstrained"}
-        What the refinement fits (see :mod:`sxlab.index.refine`); ``"lattice"`` keeps the
+        What the refinement fits (see :mod:`sxlab.indexing.refine`); ``"lattice"`` keeps the
         lattice type of the reference cell (triclinic without one). Default "lattice".
     excitation_weight : float
         Weight of the residual along the diffracted ray in the refinement. Default 1.
@@ -261,8 +261,8 @@ class Indexer:
     search proposes is **verified**: its three vectors are fitted to the peaks (linear
     least squares), it is matched to the reference (``length_tolerance``,
     ``angle_tolerance_deg``; without a reference a supercell is reduced with
-    :func:`~sxlab.index.asdf.reduce_supercell`, a subcell enlarged with
-    :func:`~sxlab.index.asdf.expand_subcell` and the basis Niggli-reduced), refined,
+    :func:`~sxlab.indexing.asdf.reduce_supercell`, a subcell enlarged with
+    :func:`~sxlab.indexing.asdf.expand_subcell` and the basis Niggli-reduced), refined,
     checked against the reference again, and accepted if it explains (all fractional
     indices within ``index_tolerance``) at least ``min_fraction`` of the peaks in play
     (``multi_min_fraction`` in multi-lattice mode). The refinement is kept unless it
