@@ -34,6 +34,7 @@ __all__ = [
     "PanelMask",
     "builtin_geometry",
     "builtin_names",
+    "mark_lab_region",
 ]
 
 #: h·c in eV·Å, for photon energy <-> wavelength.
@@ -732,7 +733,7 @@ class Detector:
                     continue
                 view = bad[self.panel_slice(i)]
                 if b.is_lab:
-                    _mark_lab_region(p, b, view)
+                    mark_lab_region(p, b, view)
                 else:
                     f0 = max(b.min_fs, p.min_fs) - p.min_fs
                     f1 = min(b.max_fs, p.max_fs) - p.min_fs
@@ -772,8 +773,12 @@ class Detector:
         )
 
 
-def _mark_lab_region(p: Panel, b: BadRegion, view: np.ndarray) -> None:
+def mark_lab_region(p: Panel, b: BadRegion, view: np.ndarray) -> None:
     """Mark pixels of panel ``p`` whose corner lies strictly inside lab region ``b``.
+
+    ``view`` is the panel's part of a boolean data-shape array (``True`` is set where
+    marked); :meth:`Detector.bad_pixel_mask` and :func:`sxlab.masks.mask_lab_region`
+    share this rule.
 
     Works on the bounding box of the region in panel pixel coordinates, so the cost scales
     with the region's size, not the panel's.

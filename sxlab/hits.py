@@ -31,7 +31,7 @@ import xarray as xr
 from . import _hits_kernels as _k
 from . import tables
 from .geometry import Detector
-from .masks import Mask, _as_bad_array, _check_shape
+from .masks import Mask, bad_pixels, check_shape
 
 __all__ = [
     "DEFAULT_MIN_PEAKS",
@@ -298,7 +298,7 @@ class RadialProfiler:
         self.geometry = geometry
         self.axis = _Axis(axis)
         shape = tuple(geometry.data_shape)
-        static_bad = _as_bad_array(mask, None, shape)
+        static_bad = bad_pixels(mask, None, shape)
         v = self.axis.pixel_values(geometry).reshape(-1)
         usable = np.isfinite(v) & (geometry.maps.panel.reshape(-1) >= 0)
         if static_bad is not None:
@@ -334,13 +334,13 @@ class RadialProfiler:
     def sums(self, image, bad=None) -> tuple[np.ndarray, np.ndarray]:
         """Sum and number of good pixels per bin (float64, int64)."""
         arr = np.asarray(image)
-        _check_shape(arr.shape, self._shape, "image")
+        check_shape(arr.shape, self._shape, "image")
         b = None
         if bad is not None:
             b = np.asarray(bad)
             if b.dtype != bool:
                 raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-            _check_shape(b.shape, self._shape, "bad")
+            check_shape(b.shape, self._shape, "bad")
         sums = np.empty(self.n_bins, dtype=np.float64)
         counts = np.empty(self.n_bins, dtype=np.int64)
         flat = np.ascontiguousarray(arr).reshape(-1)
@@ -465,7 +465,7 @@ class SolventRatio:
         self.two_theta_low_deg = float(two_theta_low_deg)
         self.width_deg = float(width_deg)
         shape = tuple(geometry.data_shape)
-        static_bad = _as_bad_array(mask, None, shape)
+        static_bad = bad_pixels(mask, None, shape)
         tt = np.rad2deg(geometry.maps.two_theta_rad.reshape(-1))
         ok = np.isfinite(tt)
         if static_bad is not None:
@@ -483,14 +483,14 @@ class SolventRatio:
     def means(self, image, bad=None) -> tuple[float, float]:
         """Mean intensity of the good pixels in the high and the low band (NaN if none)."""
         arr = np.asarray(image)
-        _check_shape(arr.shape, self._shape, "image")
+        check_shape(arr.shape, self._shape, "image")
         flat = arr.reshape(-1)
         bflat = None
         if bad is not None:
             b = np.asarray(bad)
             if b.dtype != bool:
                 raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-            _check_shape(b.shape, self._shape, "bad")
+            check_shape(b.shape, self._shape, "bad")
             bflat = b.reshape(-1)
         out = []
         for idx in (self._high, self._low):
@@ -610,7 +610,7 @@ class RunStatistics:
     def __init__(self, frame_shape: Sequence[int], mask: Mask | None = None):
         self.frame_shape = tuple(int(n) for n in frame_shape)
         n = int(np.prod(self.frame_shape))
-        static = _as_bad_array(mask, None, self.frame_shape)
+        static = bad_pixels(mask, None, self.frame_shape)
         self._static_bad = (np.zeros(n, dtype=bool) if static is None
                             else np.ascontiguousarray(static).reshape(-1))
         self.count = np.zeros(n, dtype=np.int32)
@@ -804,7 +804,7 @@ def run_statistics(run, *, mask: Mask | None = None, chunk_size: int = 16,
     if executor not in ("processes", "threads"):
         raise ValueError(f"executor must be 'processes' or 'threads', got {executor!r}")
     if mask is not None:
-        _check_shape(mask.shape, run.frame_shape, "mask")
+        check_shape(mask.shape, run.frame_shape, "mask")
     n = len(run)
     n_workers = max(1, min(int(n_workers), -(-n // int(chunk_size)) if n else 1))
     blocks = [b for b in np.array_split(np.arange(n, dtype=np.int64), n_workers)]

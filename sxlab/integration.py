@@ -34,6 +34,7 @@ from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
 from .geometry import Detector
+from .masks import good_pixels
 from .reciprocal import (
     ewald_slope,
     excitation_error,
@@ -403,19 +404,6 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
 
 
 # ======================================================================== integration
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", mask)
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(f"mask must be a Mask or a boolean array (True = good pixel), got "
-                        f"dtype {good.dtype}")
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good
-
-
 def _ring_classes(radii) -> np.ndarray:
     """Role of each integer offset in the square of half side ceil(r3): 1 peak, 2 background."""
     r1, r2, r3 = radii
@@ -525,7 +513,7 @@ class Integrator:
         rows = int(np.prod(shape[:-1]))
         cols = int(shape[-1])
         self._shape2d = (rows, cols)
-        good = _mask_good(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
+        good = good_pixels(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
         self.good = good
         self._good = np.ascontiguousarray(good.reshape(self._shape2d), dtype=np.uint8)
         self._no_bad = np.zeros((1, 1), dtype=np.bool_)

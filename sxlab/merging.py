@@ -35,7 +35,14 @@ import pandas as pd
 
 from . import _merging_kernels as _k
 from . import tables
-from .cell import UnitCell, _space_group
+from .cell import UnitCell
+from .symmetry import (
+    AsuTable,
+    as_gemmi_cell,
+    cell_d_spacings,
+    point_group_rotations,
+    resolve_symmetry,
+)
 
 __all__ = [
     "MergeResult",
@@ -61,41 +68,6 @@ _REQUIRED = ("frame", "crystal", "h", "k", "l", "I", "sigma")
 
 
 # =========================================================================== symmetry
-def _as_gemmi_cell(cell):
-    import gemmi
-
-    if cell is None:
-        return None
-    if isinstance(cell, gemmi.UnitCell):
-        return cell
-    if isinstance(cell, UnitCell):
-        return cell.to_gemmi()
-    values = [float(v) for v in cell]
-    if len(values) != 6:
-        raise ValueError(f"cell must have six parameters (a, b, c, α, β, γ), got {cell!r}")
-    return gemmi.UnitCell(*values)
-
-
-def _resolve_symmetry(symmetry):
-    """gemmi.SpaceGroup of ``symmetry`` and the UnitCell it may carry."""
-    if isinstance(symmetry, UnitCell):
-        if symmetry.space_group is None:
-            raise ValueError("the UnitCell given as symmetry has no space group")
-        return symmetry.gemmi_space_group(), symmetry
-    sg = _space_group(symmetry)
-    if sg is None:
-        raise ValueError("symmetry must name a space group, e.g. 'P 43 21 2'")
-    return sg, None
-
-
-def _rotations(sg) -> np.ndarray:
-    """Distinct rotation parts of the point group, as matrices acting on row vectors hkl."""
-    import gemmi
-
-    rots = np.array([op.rot for op in sg.operations().sym_ops], dtype=np.int64)
-    return np.unique(rots // gemmi.Op.DEN, axis=0)
-
-
 def _symmetrize_metric(gstar: np.ndarray, rots: np.ndarray) -> np.ndarray:
     """Average of ``R G* Rᵀ`` over the point group (the metric it leaves invariant)."""
     r = rots.astype(np.float64)
@@ -117,7 +89,7 @@ def _fit_cell(hkl: np.ndarray, d_A: np.ndarray, sg):
         raise ValueError("too few distinct reflections to fit a cell from d_A; pass cell=")
     c = np.linalg.lstsq(a, y, rcond=None)[0]
     gstar = np.array([[c[0], c[5], c[4]], [c[5], c[1], c[3]], [c[4], c[3], c[2]]])
-    gstar = _symmetrize_metric(gstar, _rotations(sg))
+    gstar = _symmetrize_metric(gstar, point_group_rotations(sg))
     if np.any(np.linalg.eigvalsh(gstar) <= 0):
         raise ValueError("the d_A column does not fit a unit cell; pass cell=")
     g = np.linalg.inv(gstar)
@@ -126,17 +98,6 @@ def _fit_cell(hkl: np.ndarray, d_A: np.ndarray, sg):
     beta = math.degrees(math.acos(g[0, 2] / (a_ * c_)))
     gamma = math.degrees(math.acos(g[0, 1] / (a_ * b_)))
     return gemmi.UnitCell(a_, b_, c_, alpha, beta, gamma)
-
-
-def _d_spacing(gcell, hkl: np.ndarray) -> np.ndarray:
-    """d (Å) of rows ``hkl`` (inf for 0 0 0) from the cell's reciprocal metric."""
-    from .cell import UnitCell as _UC
-
-    bmat = _UC(*gcell.parameters).reciprocal_basis
-    q = hkl.astype(np.float64) @ bmat
-    q2 = np.einsum("ij,ij->i", q, q)
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(q2)
 
 
 def _twin_laws(sg, gcell, max_obliquity: float) -> list:
@@ -175,81 +136,11 @@ def ambiguity_operators(symmetry, cell=None, *, max_obliquity: float = MAX_OBLIQ
     >>> ambiguity_operators("P 43 21 2", (79.1, 79.1, 37.9, 90, 90, 90))
     []
     """
-    sg, sym_cell = _resolve_symmetry(symmetry)
-    gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+    sg, sym_cell = resolve_symmetry(symmetry)
+    gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     if gcell is None:
         raise ValueError("pass the cell")
     return [op.as_hkl().triplet() for op in _twin_laws(sg, gcell, max_obliquity)]
-
-
-class _AsuTable:
-    """Every symmetry equivalent (and Friedel mate) of gemmi's reciprocal ASU to ``d_min``.
-
-    ``lookup(hkl)`` gives, for many rows at once, the index of the unique reflection
-    each row is equivalent to (-1: systematically absent, 0 0 0 or beyond ``d_min``)
-    and whether it is equivalent to its Friedel mate instead (reached only through the
-    inversion). Indices of the Laue-group ASU are those of :attr:`hkl`.
-    """
-
-    def __init__(self, gcell, sg, d_min: float):
-        import gemmi
-
-        asu = np.asarray(gemmi.make_miller_array(gcell, sg, float(d_min), 0.0, True),
-                         dtype=np.int32).reshape(-1, 3)
-        self.hkl = asu
-        self.d = gcell.calculate_d_array(asu) if len(asu) else np.zeros(0)
-        ops = sg.operations()
-        self.centric = (np.asarray(ops.centric_flag_array(asu), dtype=bool) if len(asu)
-                        else np.zeros(0, dtype=bool))
-        rots = _rotations(sg)
-        base = asu.astype(np.int64)
-        eq = np.concatenate([base @ r for r in rots] + [-(base @ r) for r in rots])
-        if not len(eq):
-            eq = np.zeros((0, 3), np.int64)
-        n_rot = len(rots)
-        src = np.tile(np.arange(len(asu), dtype=np.int64), 2 * n_rot)
-        friedel = np.repeat(np.array([False, True]), n_rot * len(asu))
-        self._half = np.max(np.abs(eq), axis=0) if len(eq) else np.zeros(3, np.int64)
-        key = self._key(eq)
-        key, first = np.unique(key, return_index=True)
-        self._keys = key
-        self._src = src[first]
-        self._friedel = friedel[first]
-
-    def _key(self, hkl: np.ndarray) -> np.ndarray:
-        m = self._half
-        return (((hkl[:, 0] + m[0]) * (2 * m[1] + 1) + (hkl[:, 1] + m[1])) * (2 * m[2] + 1)
-                + (hkl[:, 2] + m[2]))
-
-    def lookup(self, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-        u = np.full(len(hkl), -1, dtype=np.int64)
-        friedel = np.zeros(len(hkl), dtype=bool)
-        if not len(self._keys) or not len(hkl):
-            return u, friedel
-        inside = np.all(np.abs(hkl) <= self._half, axis=1)
-        key = self._key(hkl[inside])
-        pos = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
-        found = self._keys[pos] == key
-        idx = np.flatnonzero(inside)[found]
-        u[idx] = self._src[pos[found]]
-        friedel[idx] = self._friedel[pos[found]]
-        return u, friedel
-
-    def group(self, u: np.ndarray, friedel: np.ndarray, anomalous: bool) -> np.ndarray:
-        """Merging group of each row: ``u``, or ``2u`` / ``2u + 1`` (I(+) / I(-))."""
-        if not anomalous:
-            return u.copy()
-        minus = friedel & ~self.centric[np.maximum(u, 0)]
-        return np.where(u >= 0, 2 * u + minus, -1)
-
-    def group_hkl(self, anomalous: bool) -> np.ndarray:
-        if not anomalous:
-            return self.hkl
-        out = np.empty((2 * len(self.hkl), 3), dtype=np.int32)
-        out[0::2] = self.hkl
-        out[1::2] = -self.hkl
-        return out
 
 
 def map_to_asu(hkl, symmetry, *, anomalous: bool = False, cell=None):
@@ -278,17 +169,17 @@ def map_to_asu(hkl, symmetry, *, anomalous: bool = False, cell=None):
     """
     import gemmi
 
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    sg, sym_cell = resolve_symmetry(symmetry)
     hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-    gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+    gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     if gcell is None:
         gcell = gemmi.UnitCell(10, 10, 10, 90, 90, 90) if sg.crystal_system_str() not in (
             "trigonal", "hexagonal") else gemmi.UnitCell(10, 10, 10, 90, 90, 120)
         if sg.ext == "R":
             gcell = gemmi.UnitCell(10, 10, 10, 80, 80, 80)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     d_min = float(np.min(d[np.isfinite(d)])) * (1 - 1e-6) if np.isfinite(d).any() else 1.0
-    table = _AsuTable(gcell, sg, d_min)
+    table = AsuTable(gcell, sg, d_min)
     u, friedel = table.lookup(hkl)
     g = table.group(u, friedel, anomalous)
     out = np.zeros((len(hkl), 3), dtype=np.int32)
@@ -450,7 +341,7 @@ def cc_star_resolution(stats: pd.DataFrame, threshold: float = 0.5) -> float:
     return float(1.0 / math.sqrt(xc))
 
 
-def _possible(table: _AsuTable, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+def _possible(table: AsuTable, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
     w = np.ones(len(table.hkl), dtype=np.int64)
     if anomalous:
         w = np.where(table.centric, 1, 2)
@@ -502,21 +393,21 @@ def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.Data
     >>> merging_statistics(result.merged, result.half1, result.half2, "P 43 21 2",
     ...                    cell=result.cell)  # doctest: +SKIP
     """
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    sg, sym_cell = resolve_symmetry(symmetry)
     if cell is None:
         cell = sym_cell if sym_cell is not None else merged.attrs.get("cell")
-    gcell = _as_gemmi_cell(cell)
+    gcell = as_gemmi_cell(cell)
     if gcell is None:
         raise ValueError("pass the cell")
     if anomalous is None:
         anomalous = bool(merged.attrs.get("anomalous", False))
     hkl = merged[["h", "k", "l"]].to_numpy(np.int64)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     finite = d[np.isfinite(d)]
     lim = min(finite.min() if len(finite) else np.inf, d_min or np.inf)
     if not np.isfinite(lim):
         return tables.STATISTICS.empty()
-    table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
+    table = AsuTable(gcell, sg, lim * (1 - 1e-6))
 
     def groups(t):
         u, fr = table.lookup(t[["h", "k", "l"]].to_numpy(np.int64))
@@ -778,7 +669,7 @@ def _observations(reflections, keep, gcell, d_min, d_max, partiality, counts
                   ) -> _Observations:
     """Rows of ``keep`` within the resolution limits, sorted by crystal."""
     hkl = reflections[["h", "k", "l"]].to_numpy(np.int64)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     in_range = np.isfinite(d)
     if d_min is not None:
         in_range &= d >= d_min
@@ -1029,7 +920,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         raise ValueError("resolve_ambiguity must be 'auto', True or False")
     if int(iterations) < 0 or int(min_measurements) < 1 or int(n_shells) < 1:
         raise ValueError("iterations >= 0, min_measurements >= 1 and n_shells >= 1 needed")
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    sg, sym_cell = resolve_symmetry(symmetry)
     counts: dict = {}
     keep = _select(reflections, reject_flags=reject_flags, max_adu=max_adu,
                    partiality=partiality, min_partiality=min_partiality, counts=counts)
@@ -1041,12 +932,12 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         gcell = _fit_cell(reflections[["h", "k", "l"]].to_numpy(np.int64)[keep],
                           reflections["d_A"].to_numpy(np.float64)[keep], sg)
     else:
-        gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+        gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     ucell = UnitCell(*gcell.parameters, space_group=sg.xhm() if sg.ext == "R" else sg.hm)
 
     obs = _observations(reflections, keep, gcell, d_min, d_max, partiality, counts)
     lim = float(obs.d.min()) if len(obs.d) else (d_min or 10.0)
-    table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
+    table = AsuTable(gcell, sg, lim * (1 - 1e-6))
     ops, op_names = [np.eye(3, dtype=np.int64)], ["h,k,l"]
     if resolve_ambiguity and obs.n_crystals > 1:
         import gemmi
@@ -1059,7 +950,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     if len(ops) > 1:
         assign, u_alt, friedel_alt, changes = _resolve(
             obs.start, obs.stop, obs.hkl, obs.intensity / obs.part, 0.25 / obs.d ** 2,
-            table, ops, _rotations(sg))
+            table, ops, point_group_rotations(sg))
         pick = assign[obs.cidx], np.arange(len(obs.cidx))
         u, friedel = u_alt[pick], friedel_alt[pick]
     else:

@@ -23,6 +23,7 @@ from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
 from .geometry import Detector
+from .masks import good_pixels
 
 __all__ = [
     "PeakFinder",
@@ -270,7 +271,7 @@ class PeakFinder:
         self._n = int(np.prod(shape))
         maps = geometry.maps
 
-        good = _mask_good(mask, shape)
+        good = good_pixels(mask, shape)
         good &= ~geometry.bad_pixel_mask()
         good &= maps.panel >= 0
         r = maps.r_px
@@ -558,25 +559,6 @@ class PeakFinder:
         return (f"<PeakFinder {mode} on {self.geometry.name or 'detector'} {self.shape}, "
                 f"{int(self.good.sum())} good pixels, {self.n_annuli} annuli, "
                 f"params {p.digest()}>")
-
-
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    """A fresh boolean array of good pixels from a Mask, a boolean array or None."""
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", None)
-    if good is None:
-        good = mask
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(
-            f"mask must be a Mask or a boolean array (True = good pixel), got dtype "
-            f"{good.dtype}; for a bad-pixel array b pass ~b, for an NXmx pixel_mask pass "
-            "pixel_mask == 0"
-        )
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good.copy()
 
 
 @tables.documented

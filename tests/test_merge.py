@@ -21,7 +21,6 @@ import sxlab as sx
 from sxlab import _merging_kernels as kern
 from sxlab.geometry import builtin_geometry
 from sxlab.merging import (
-    _AsuTable,
     ambiguity_operators,
     cc_star,
     cc_star_resolution,
@@ -29,6 +28,7 @@ from sxlab.merging import (
     map_to_asu,
     merging_statistics,
 )
+from sxlab.symmetry import AsuTable
 from sxlab.tables import MERGED, SCALES, STATISTICS
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -306,7 +306,7 @@ def test_no_ambiguity_without_twin_laws(p43):
 def test_anomalous_merging_keeps_friedel_mates_apart(lysozyme):
     obs = observations(lysozyme, 11)
     hkl = obs[["h", "k", "l"]].to_numpy()
-    table = _AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"), 1.99)
+    table = AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"), 1.99)
     u, friedel = table.lookup(hkl)
     minus = friedel & ~table.centric[u]
     obs.loc[minus, "I"] *= 1.5
@@ -322,7 +322,7 @@ def test_anomalous_merging_keeps_friedel_mates_apart(lysozyme):
     assert ratio == pytest.approx(1.5, rel=0.03)
     stats = sx.merge(obs, "P43212", anomalous=True, scale=False).stats
     overall = stats.iloc[-1]
-    inside = _AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"),
+    inside = AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"),
                        overall.d_min_A * (1 - 1e-9))
     acentric = ~inside.centric[inside.d <= overall.d_max_A * (1 + 1e-9)]
     assert overall.n_possible == 2 * acentric.sum() + (~acentric).sum()
