@@ -41,14 +41,18 @@ import html
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
 
+from ._frozen import FrozenParams
 from .geometry import BadRegion, Detector, Panel, mark_lab_region
 
 __all__ = [
     "Mask",
+    "MaskParams",
+    "build_mask",
     "bad_pixels",
     "check_shape",
     "good_pixels",
@@ -1142,6 +1146,76 @@ def mask_to_geom_lines(mask: Mask, geometry: Detector, *, prefix: str = "sxmask"
     return "".join(line + "\n" for line in lines)
 
 
+# ================================================================ trial masks
+@dataclass(frozen=True)
+class MaskParams(FrozenParams):
+    """The static mask of a processing trial (the ``[mask]`` section; :func:`build_mask`).
+
+    Attributes
+    ----------
+    beamstop_radius_px, beamstop_rod_width_px, beamstop_rod_angle_deg : float
+        Beam-stop shadow (disc around the beam plus a rod); radius 0 disables it.
+    d_min_A, d_max_A : float or None
+        Resolution limits in Å.
+    edge_pixels : int
+        Pixels masked at every panel edge.
+    mask_file, mask_dataset : str or None
+        An HDF5 mask dataset (bad where ``value & badbits``) to add.
+    mask_badbits : int
+    """
+
+    beamstop_radius_px: float = 0.0
+    beamstop_rod_width_px: float = 0.0
+    beamstop_rod_angle_deg: float = 0.0
+    d_min_A: float | None = None
+    d_max_A: float | None = None
+    edge_pixels: int = 0
+    mask_file: str | None = None
+    mask_dataset: str | None = None
+    mask_badbits: int = 1
+
+
+def build_mask(geometry: Detector, params: MaskParams | None = None) -> Mask:
+    """The static mask of a trial: the geometry's bad pixels and those of ``params``.
+
+    Beam-stop shadow (disc and rod), resolution limits, panel edges and an HDF5 mask
+    file, combined with :func:`mask_from_geometry`. Built once per worker by the pipeline.
+
+    Parameters
+    ----------
+    geometry : Detector
+    params : MaskParams, optional
+        Default: nothing beyond the geometry's bad pixels.
+
+    Returns
+    -------
+    Mask
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger1m")
+    >>> m = build_mask(det, MaskParams(beamstop_radius_px=30, d_min_A=2.0))
+    >>> m.n_bad > mask_from_geometry(det).n_bad
+    True
+    """
+    mp = params or MaskParams()
+    mask = mask_from_geometry(geometry)
+    if mp.beamstop_radius_px > 0:
+        mask &= mask_beamstop(geometry, mp.beamstop_radius_px,
+                              rod_width_px=mp.beamstop_rod_width_px or None,
+                              rod_angle_deg=mp.beamstop_rod_angle_deg)
+    if mp.d_min_A is not None or mp.d_max_A is not None:
+        mask &= mask_resolution(geometry, d_min=mp.d_min_A, d_max=mp.d_max_A)
+    if mp.edge_pixels > 0:
+        mask &= mask_panel_edges(geometry, mp.edge_pixels)
+    if mp.mask_file is not None:
+        mask &= mask_from_hdf5(geometry, mp.mask_file, mp.mask_dataset or "/data/data",
+                               badbits=mp.mask_badbits)
+    return mask
+
+
+# ==================================================================== helpers
 def bad_pixels(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
     """Combine a static ``mask`` and a per-frame ``bad`` array into one bad array or None.
 

@@ -21,6 +21,7 @@ import sxlab as sx
 from sxlab import _merging_kernels as kern
 from sxlab.geometry import builtin_geometry
 from sxlab.merging import (
+    MergeParams,
     ambiguity_operators,
     cc_star,
     cc_star_resolution,
@@ -662,10 +663,31 @@ def test_merging_stats_plot(lysozyme):
     plt.close(ax.figure)
 
 
+def test_merge_parameters_are_one_frozen_set(lysozyme):
+    obs = observations(lysozyme, 17).head(3000)
+    by_keywords = sx.merge(obs, "P43212", d_min=2.5, scale=False, n_shells=5)
+    params = MergeParams(d_min=2.5, scale=False, n_shells=5)
+    by_params = sx.merge(obs, "P43212", params=params)
+    pd.testing.assert_frame_equal(by_keywords.merged, by_params.merged)
+    pd.testing.assert_frame_equal(by_keywords.stats, by_params.stats)
+    trial = sx.Params().replace(merge={"d_min": 2.5, "scale": False, "n_shells": 5})
+    assert trial.merge == params
+    assert sx.Params.from_toml(trial.to_toml()).merge == params
+    # keywords override single fields of the parameter set
+    assert len(sx.merge(obs, "P43212", params=params, n_shells=3).stats) == 4
+    for bad in (dict(resolve_ambiguity="yes"), dict(iterations=-1), dict(n_shells=0),
+                dict(d_min=3.0, d_max=2.0), dict(min_partiality=2.0)):
+        with pytest.raises(ValueError):
+            MergeParams(**bad)
+    with pytest.raises(TypeError):
+        sx.merge(obs, "P43212", no_such_option=1)
+
+
 def test_merge_function_and_input_is_checked(lysozyme):
     import sxlab.merging as merging
 
     assert sx.merge is merging.merge and sx.MergeResult is merging.MergeResult
+    assert sx.merge.__doc__.startswith("Scale and merge")
     obs = observations(lysozyme, 17).head(2000)
     with pytest.raises(KeyError, match="sigma"):
         sx.merge(obs.drop(columns="sigma"), "P43212")
