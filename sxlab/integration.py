@@ -33,6 +33,7 @@ from . import _integration_kernels as _k
 from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
+from ._prepared import PreparedCache
 from .geometry import Detector
 from .masks import good_pixels
 from .reciprocal import (
@@ -635,9 +636,12 @@ class Integrator:
 def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *, mask=None,
               bad=None, predictions: pd.DataFrame | None = None,
               params: IntegrationParams | None = None, **overrides) -> pd.DataFrame:
-    """Predict and integrate one frame's reflections (builds an :class:`Integrator`).
+    """Predict and integrate one frame's reflections with an :class:`Integrator`.
 
-    Build an :class:`Integrator` once and call it for every frame when there are many.
+    The integrator is prepared (ring offsets, usable pixels, buffers) on the first call
+    and reused by later calls with the same geometry, mask and parameters (the last two
+    prepared per thread are kept), so a loop over frames costs what a prepared
+    :class:`Integrator` does.
 
     Parameters
     ----------
@@ -677,8 +681,14 @@ def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *
     >>> bool((refl.I / refl.sigma).max() > 10)
     True
     """
-    integrator = Integrator(geometry, mask, params, **overrides)
-    return integrator(image, crystals, bad, predictions=predictions)
+    if params is not None and not isinstance(params, IntegrationParams):
+        raise TypeError("params must be an IntegrationParams; give radii as radii=...")
+    p = (params or IntegrationParams()).replace(**overrides)
+    return _INTEGRATORS.get(geometry, mask, p)(image, crystals, bad, predictions=predictions)
+
+
+#: The prepared integrators of :func:`integrate`.
+_INTEGRATORS = PreparedCache(lambda geometry, mask, params: Integrator(geometry, mask, params))
 
 
 # ========================================================================= resolution
