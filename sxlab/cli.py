@@ -79,7 +79,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         table = pd.read_parquet(source / "profile.parquet")
     else:
         table = read_crystfel_profile(source)
-    ax = plots.profile(table, block=args.block, top=args.top,
+    ax = plots.profile(table, block=args.block, top=args.top, level=args.level,
                        include_wait=not args.no_wait)
     ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=133, help="frames averaged per point")
     p.add_argument("--top", type=int, default=10, help="categories kept before 'other'")
     p.add_argument("--no-wait", action="store_true", help="leave out the wait time")
+    p.add_argument("--level", type=int, default=1,
+                   help="depth of the categories (2: pf8-rstats, asdf-search, ...)")
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("merge", help="scale and merge reflections into MTZ / CrystFEL .hkl",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .. import tables
+from .. import profiling, tables
 from .._frozen import FrozenParams
 from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
@@ -273,6 +274,14 @@ class Indexer:
     attempts. In multi-lattice mode the peaks a lattice explains are removed and the
     search repeated on the rest, up to ``max_lattices``.
 
+    Inside an open frame of a :class:`~sxlab.profiling.Profiler`, each frame's indexing
+    records the source paper's phases as segments below ``index``: ``asdf-triplets``
+    (projections, histograms and Fourier transforms), ``asdf-search`` (vector
+    refinement and merging), ``asdf-findcell`` (cells from vectors),
+    ``prerefine-cell-check`` (fit to the peaks and match to the reference),
+    ``refine`` and ``postrefine-cell-check``; phases that alternate batch by batch are
+    summed into one segment each (:attr:`last_stats` has them per search).
+
     The triplets come from ``numpy.random.default_rng(seed)`` created afresh for every
     frame, so a frame's result depends only on its peaks and the parameters. An Indexer
     reuses buffers: it is not thread-safe; give each worker its own.
@@ -302,6 +311,7 @@ class Indexer:
         self.params = (params or IndexParams()).replace(**overrides)
         p = self.params
         self.last_stats: list = []
+        self._phase_ns = [0, 0, 0]
 
         geometry.pixel_to_q(0.5, 0.5, 0)  # the geometry's per-panel vectors, cached once
 
@@ -333,6 +343,22 @@ class Indexer:
                 f"method={self.params.method_name!r})")
 
     def _verify(self, basis, q_play, q_all, k, min_fraction):
+        """A verified lattice from a candidate cell, or None (timed in three phases)."""
+        t0 = perf_counter_ns()
+        start = self._prerefine_check(basis, q_play, k)
+        t1 = perf_counter_ns()
+        self._phase_ns[0] += t1 - t0
+        if start is None:
+            return None
+        astar, parameters, ok0 = self._refine(start, q_play, k)
+        t2 = perf_counter_ns()
+        self._phase_ns[1] += t2 - t1
+        found = self._postrefine_check(astar, parameters, ok0, q_play, q_all, min_fraction)
+        self._phase_ns[2] += perf_counter_ns() - t2
+        return found
+
+    def _prerefine_check(self, basis, q_play, k):
+        """The candidate fitted to the peaks and matched to the reference (or reduced)."""
         p = self.params
         # Least-squares fit of the candidate's three vectors to the peaks first: a cell
         # made of long vectors carries their errors into every reduced vector.
@@ -345,19 +371,20 @@ class Indexer:
                 match = self._matcher(basis)
                 if match is None:
                     return None
-                start = np.array(match.basis)
-            else:
-                hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T,
-                                            p.vector_tolerance)
-                reduced, _ = reduce_supercell(basis, hkl[ok])
-                reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
-                start, _ = niggli_reduce(reduced)
-                if np.linalg.norm(start[0]) < self._search.min_len:
-                    return None  # a dense lattice that explains any point
-                if np.linalg.det(start) < 0:
-                    start = -start
+                return np.array(match.basis)
+            hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T, p.vector_tolerance)
+            reduced, _ = reduce_supercell(basis, hkl[ok])
+            reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
+            start, _ = niggli_reduce(reduced)
+            if np.linalg.norm(start[0]) < self._search.min_len:
+                return None  # a dense lattice that explains any point
+            return -start if np.linalg.det(start) < 0 else start
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             return None  # a degenerate candidate: not a lattice
+
+    def _refine(self, start, q_play, k):
+        """Refined reciprocal basis, its model's cell parameters and the unrefined fit."""
+        p = self.params
         astar0 = np.linalg.inv(start).T
         _, ok0, _ = assign_indices(q_play, astar0, p.index_tolerance)
         astar = astar0
@@ -374,6 +401,11 @@ class Indexer:
                                excitation_weight=p.excitation_weight)
             if res.indexed.sum() >= 0.9 * ok0.sum() and self._cell_ok(res.astar):
                 astar, parameters = res.astar, res.parameters
+        return astar, parameters, ok0
+
+    def _postrefine_check(self, astar, parameters, ok0, q_play, q_all, min_fraction):
+        """The refined lattice if it explains enough peaks and matches the reference."""
+        p = self.params
         _, ok, _ = assign_indices(q_play, astar, p.index_tolerance)
         if ok.sum() < max(min_fraction * len(q_play), 1) or not self._cell_ok(astar):
             return None
@@ -469,6 +501,7 @@ class Indexer:
         q = np.ascontiguousarray(q[finite][order])
         n_peaks = q.shape[0]
         self.last_stats = []
+        self._phase_ns = [0, 0, 0]
         owner = np.full(len(peaks), -1, dtype=np.int64)
         hkl_of = np.zeros((len(peaks), 3), dtype=np.int32)
         rows = []
@@ -495,10 +528,25 @@ class Indexer:
                 owner[rows_ind[free]] = crystal
                 hkl_of[rows_ind[free]] = hkl[free]
                 remaining = remaining[~found.indexed[remaining]]
+        if profiling.active():
+            self._record_phases()
         crystals = tables.CRYSTALS.make(
             {c: [r[c] for r in rows] for c in tables.CRYSTALS.names} if rows else None)
         assigned = peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1], l=hkl_of[:, 2])
         return Indexing(crystals, assigned)
+
+    def _record_phases(self) -> None:
+        """The frame's asdf and cell-check phases as segments of the open profiler."""
+        stats = self.last_stats
+        for name, seconds in (
+                (profiling.ASDF_TRIPLETS, sum(st.triplets_s for st in stats)),
+                (profiling.ASDF_SEARCH, sum(st.search_s for st in stats)),
+                (profiling.ASDF_FINDCELL, sum(st.findcell_s for st in stats)),
+                (profiling.PREREFINE_CELL_CHECK, self._phase_ns[0] / 1e9),
+                (profiling.REFINE, self._phase_ns[1] / 1e9),
+                (profiling.POSTREFINE_CELL_CHECK, self._phase_ns[2] / 1e9)):
+            if stats:
+                profiling.record(name, seconds)
 
     def _row(self, frame, crystal, found, tries, n_peaks, radius, resolution) -> dict:
         p = self.params
