@@ -88,6 +88,7 @@ _EXPORTS = {
     "StreamWriter": "io",
     "read_stream": "io",
     "write_stream": "io",
+    "Experiment": "experiment",
     "RunStats": "runstats",
     "cell_clusters": "runstats",
     "run_stats": "runstats",
