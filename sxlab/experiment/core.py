@@ -102,22 +102,22 @@ class Experiment:
             Path(text).mkdir(parents=True, exist_ok=True)
             root = root or text
         self.engine = connect(text)
-        self.tag = str(tag)
+        self.exp_tag = str(tag)
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(S.experiments).where(
-                S.experiments.c.tag == self.tag)).mappings().first()
+                S.experiments.c.tag == self.exp_tag)).mappings().first()
             if row is None:
                 if root is None:
-                    raise ValueError(f"experiment {self.tag!r} is new in {text}: give root= "
+                    raise ValueError(f"experiment {self.exp_tag!r} is new in {text}: give root= "
                                      "(the folder for job output)")
                 try:
                     conn.execute(S.experiments.insert().values(
-                        tag=self.tag, root=str(Path(root).resolve()), created_at=_now()))
+                        tag=self.exp_tag, root=str(Path(root).resolve()), created_at=_now()))
                 except sa.exc.IntegrityError:
                     pass  # created concurrently
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(S.experiments).where(
-                S.experiments.c.tag == self.tag)).mappings().one()
+                S.experiments.c.tag == self.exp_tag)).mappings().one()
         self.id = int(row["id"])
         self.root = Path(row["root"])
         self.executor = LocalExecutor() if executor == "local" else executor
@@ -129,7 +129,7 @@ class Experiment:
         with self.engine.connect() as conn:
             n = {t.name: conn.execute(sa.select(sa.func.count()).select_from(t).where(
                 t.c.experiment_id == self.id)).scalar() for t in (S.runs, S.trials, S.blocks)}
-        return (f"<Experiment {self.tag!r} {self.engine.url.render_as_string(hide_password=True)}"
+        return (f"<Experiment {self.exp_tag!r} {self.engine.url.render_as_string(hide_password=True)}"
                 f": {n['runs']} runs, {n['trials']} trials, {n['blocks']} blocks>")
 
     def _repr_html_(self) -> str:
@@ -138,7 +138,7 @@ class Experiment:
         text = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no jobs"
         runs = self.runs()
         body = runs.tail(10).to_html(index=False) if len(runs) else ""
-        return (f"<div><b>sxlab Experiment</b> {html.escape(self.tag)} — "
+        return (f"<div><b>sxlab Experiment</b> {html.escape(self.exp_tag)} — "
                 f"{html.escape(repr(self.engine.url))}<br>{len(runs)} runs; jobs: "
                 f"{html.escape(text)}{body}</div>")
 
@@ -147,6 +147,9 @@ class Experiment:
         for w in self._watchers:
             w.stop()
         self._watchers.clear()
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()
         self.engine.dispose()
 
     def __enter__(self):
@@ -160,7 +163,7 @@ class Experiment:
             S.trials.c.experiment_id == self.id, S.trials.c.number == int(number))
         ).mappings().first()
         if row is None:
-            raise KeyError(f"experiment {self.tag!r} has no trial {number}")
+            raise KeyError(f"experiment {self.exp_tag!r} has no trial {number}")
         return dict(row)
 
     def _block(self, conn, number: int) -> dict:
@@ -168,7 +171,7 @@ class Experiment:
             S.blocks.c.experiment_id == self.id, S.blocks.c.number == int(number))
         ).mappings().first()
         if row is None:
-            raise KeyError(f"experiment {self.tag!r} has no block {number}")
+            raise KeyError(f"experiment {self.exp_tag!r} has no block {number}")
         return dict(row)
 
     def _run_ids(self, conn, runs=None, tag=None, last: int | None = None) -> list[int]:
@@ -186,7 +189,7 @@ class Experiment:
             by_name = {name: rid for rid, name in rows}
             missing = [n for n in names if n not in by_name]
             if missing:
-                raise KeyError(f"unknown run(s) {missing} in experiment {self.tag!r}")
+                raise KeyError(f"unknown run(s) {missing} in experiment {self.exp_tag!r}")
             ids = [by_name[n] for n in names]
         else:
             ids = [rid for rid, _ in rows]
@@ -337,7 +340,8 @@ class Experiment:
 
     def tag(self, runs, name: str) -> None:
         """Put tag ``name`` on ``runs`` (names); the tag is created if needed."""
-        self.add_tag(name) if name not in set(self.tags()["name"]) else None
+        if name not in set(self.tags()["name"]):
+            self.add_tag(name)
         with self.engine.begin() as conn:
             tag_id = conn.execute(sa.select(S.tags.c.id).where(
                 S.tags.c.experiment_id == self.id, S.tags.c.name == name)).scalar_one()
@@ -607,7 +611,7 @@ class Experiment:
                 S.blocks.c.id == job["block_id"])).scalar()
         if block:
             (job_dir / "geometry.geom").write_text(block)
-        spec = {"job": job["id"], "experiment": self.tag, "argv": json.loads(job["command"]),
+        spec = {"job": job["id"], "experiment": self.exp_tag, "argv": json.loads(job["command"]),
                 "params_hash": job["params_hash"], "attempt": job["attempts"] + 1,
                 "sxlab": __version__, "python": sys.executable}
         (job_dir / "job.json").write_text(json.dumps(spec, indent=1))
@@ -669,8 +673,8 @@ class Experiment:
                 return
             runs = [dict(r) for r in conn.execute(sa.select(S.runs).where(
                 S.runs.c.experiment_id == self.id, S.runs.c.status == "complete")).mappings()]
-            have = set(conn.execute(sa.select(S.jobs.c.trial_id, S.jobs.c.block_id,
-                                              S.jobs.c.run_id)).tuples())
+            have = {tuple(r) for r in conn.execute(sa.select(
+                S.jobs.c.trial_id, S.jobs.c.block_id, S.jobs.c.run_id)).all()}
             matches = {r["id"]: self._matching_blocks(conn, r["number"]) for r in runs}
         for r in runs:
             for b in matches[r["id"]]:

@@ -175,7 +175,8 @@ def read_table(engine: sa.Engine, query, dtypes: dict | None = None) -> pd.DataF
             if dt == "bool":
                 df[col] = df[col].astype(bool)
             elif dt == "object":
-                df[col] = df[col].fillna("").astype(str).astype(object)
+                s = df[col].astype(object)
+                df[col] = s.where(s.notna(), "").astype(str).astype(object)
             else:
                 df[col] = df[col].astype(dt)
     return df

@@ -148,6 +148,10 @@ def run_job(job_dir) -> int:
     return code
 
 
+#: Handles of local jobs still running when their executor was closed.
+_DETACHED: list[subprocess.Popen] = []
+
+
 def _runner_argv(job_dir) -> list[str]:
     return [sys.executable, "-m", "sxlab.experiment.jobs", str(job_dir)]
 
@@ -194,6 +198,17 @@ class LocalExecutor:
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
                 del self._procs[pid]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Reap the jobs that have finished; the others go on, detached from this object."""
+        deadline = time.monotonic() + float(timeout)
+        for pid, proc in list(self._procs.items()):
+            finished = (job_state(proc.args[-1]).get("state") in ("done", "failed"))
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()) if finished else 0.01)
+            except subprocess.TimeoutExpired:
+                _DETACHED.append(proc)  # still running: keep the handle until exit
+            del self._procs[pid]
 
     def terminate(self, external_id: str, job_dir) -> None:
         """Stop the job's process group (SIGTERM, then SIGKILL after 5 s)."""
@@ -278,6 +293,9 @@ class DaskExecutor:
 
     def poll(self) -> None:
         """Nothing to reap: job states come from the job folders."""
+
+    def close(self) -> None:
+        """Nothing to release: the tasks are fire-and-forget."""
 
     def terminate(self, external_id: str, job_dir) -> None:
         """Kill the runner on whichever worker host runs it."""
