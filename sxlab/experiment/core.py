@@ -129,8 +129,9 @@ class Experiment:
         with self.engine.connect() as conn:
             n = {t.name: conn.execute(sa.select(sa.func.count()).select_from(t).where(
                 t.c.experiment_id == self.id)).scalar() for t in (S.runs, S.trials, S.blocks)}
-        return (f"<Experiment {self.exp_tag!r} {self.engine.url.render_as_string(hide_password=True)}"
-                f": {n['runs']} runs, {n['trials']} trials, {n['blocks']} blocks>")
+        url = self.engine.url.render_as_string(hide_password=True)
+        return (f"<Experiment {self.exp_tag!r} {url}: {n['runs']} runs, {n['trials']} trials, "
+                f"{n['blocks']} blocks>")
 
     def _repr_html_(self) -> str:
         jobs = self.jobs()
