@@ -432,3 +432,86 @@ def _job_of(exp, run):
     jobs = exp.jobs()
     jobs = jobs[jobs.run == run]
     return jobs.iloc[0].to_dict() if len(jobs) else None
+
+
+# ------------------------------------------------------------- report and commands
+@pytest.fixture(scope="module")
+def processed(sim_runs, tmp_path_factory):
+    """An SQLite experiment with run0001 processed under trial 1."""
+    folder = tmp_path_factory.mktemp("processed") / "exp"
+    exp = Experiment(folder, executor=LocalExecutor(max_jobs=1, workers=1))
+    exp.add_trial(PARAMS)
+    exp.add_block(1)
+    exp.register_run("run0001", sim_runs / "run0001" / "run0001_master.h5", n_frames=6)
+    jobs = exp.wait(240)
+    exp.close()
+    assert (jobs.status == "done").all()
+    return folder, Path(jobs.job_dir[0])
+
+
+@pytest.mark.slow
+def test_report_reproduces_its_numbers(processed, sim_runs, tmp_path):
+    from sxlab.cli import main
+    from sxlab.report import file_checksum, report
+
+    folder, job_dir = processed
+    results = job_dir / "results"
+    a = report(results, tmp_path / "a" / "report.html", command="sxlab report (test)")
+    b = report(results, tmp_path / "b" / "report.html")
+    page = a.read_text()
+    assert "sxlab-provenance" in page and "Provenance" in page
+    assert sx.Params.load(results / "params.toml").digest() in page
+    master = sim_runs / "run0001" / "run0001_master.h5"
+    assert str(master) in page and file_checksum(master) in page
+    assert "sxlab report (test)" in page and "sxlab process" in page
+    assert page.count("<img") >= 2  # run-statistics figure and unit-cell histograms
+    numbers = json.loads(a.with_suffix(".numbers.json").read_text())
+    assert numbers == json.loads(b.with_suffix(".numbers.json").read_text())
+    direct = run_stats(sx.Results.load(results).frames)
+    assert numbers["total"][0]["shots"] == direct.runs.shots.sum() == 6
+    assert numbers["total"][0]["indexed"] == direct.runs.indexed.sum()
+    # the same report for a trial of the experiment, from the command line
+    out = tmp_path / "c" / "trial.html"
+    assert main(["report", "--trial", "1", "-e", str(folder), "-o", str(out)]) == 0
+    by_trial = json.loads(out.with_suffix(".numbers.json").read_text())
+    assert by_trial["runs"] == numbers["runs"]
+
+
+def test_experiment_commands(processed, tmp_path, capsys):
+    from sxlab.cli import main
+
+    folder, _ = processed
+    e = ["-e", str(folder)]
+    assert main(["experiment", "tag", "lysozyme", "run0001", *e]) == 0
+    assert main(["experiment", "runs", *e]) == 0
+    out = capsys.readouterr().out
+    assert "run0001" in out and "lysozyme" in out
+    png = tmp_path / "stats.png"
+    assert main(["experiment", "stats", "--trial", "1", "--tag", "lysozyme", "-o", str(png),
+                 *e]) == 0
+    out = capsys.readouterr().out
+    st = Experiment(folder).run_stats(1)
+    assert png.stat().st_size > 10_000
+    assert f"{int(st.runs.shots[0])}" in out and "run0001" in out
+    assert main(["experiment", "jobs", *e]) == 0
+    assert "done" in capsys.readouterr().out
+    assert main(["experiment", "trial", "list", *e]) == 0
+    assert PARAMS.digest() in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dask_executor_runs_a_job(sim_runs, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from sxlab.experiment import DaskExecutor
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        exp = Experiment(tmp_path / "exp", executor=DaskExecutor(client, workers=1))
+        exp.add_trial(PARAMS)
+        exp.add_block(1)
+        exp.register_run("run0002", sim_runs / "run0002" / "run0002_master.h5", n_frames=6)
+        jobs = exp.wait(240)
+        assert jobs.status.tolist() == ["done"] and jobs.executor.tolist() == ["dask"]
+        assert len(exp.frames(1)) == 6
+        exp.close()
