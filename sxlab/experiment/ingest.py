@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -20,7 +21,7 @@ from ..integrate import resolution_shells
 from . import schema
 from .db import insert_rows
 
-__all__ = ["committed_parts", "ingest_job", "read_part"]
+__all__ = ["committed_parts", "ingest_job", "pack_stats", "read_part", "unpack_stats"]
 
 _CELL = ["a", "b", "c", "alpha", "beta", "gamma"]
 
@@ -49,6 +50,29 @@ def read_part(results_dir, name: str) -> dict[str, pd.DataFrame]:
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def pack_stats(frames: pd.DataFrame) -> bytes:
+    """A frames table's run-statistics columns as bytes (:data:`.schema.PART_STATS_DTYPE`)."""
+    arr = np.zeros(len(frames), dtype=schema.PART_STATS_DTYPE)
+    arr["frame"] = frames["frame"].to_numpy(np.int64)
+    arr["ok"] = (frames["status"] == "ok").to_numpy()
+    for col in ("n_peaks", "hit", "n_crystals", "resolution_A", "solvent_ratio"):
+        arr[col] = frames[col].to_numpy()
+    return arr.tobytes()
+
+
+def unpack_stats(blobs) -> pd.DataFrame:
+    """Frames table (frame, status, n_peaks, hit, n_crystals, resolution_A, solvent_ratio)
+    from packed parts, concatenated in the given order."""
+    arr = np.frombuffer(b"".join(blobs), dtype=schema.PART_STATS_DTYPE)
+    return pd.DataFrame({
+        "frame": arr["frame"].astype(np.int64),
+        "status": np.where(arr["ok"].astype(bool), "ok", "failed").astype(object),
+        "n_peaks": arr["n_peaks"].astype(np.int64), "hit": arr["hit"].astype(bool),
+        "n_crystals": arr["n_crystals"].astype(np.int64),
+        "resolution_A": arr["resolution_A"].astype(np.float64),
+        "solvent_ratio": arr["solvent_ratio"].astype(np.float64)})
 
 
 def part_rows(tables: dict[str, pd.DataFrame], job_id: int, trial_id: int,
@@ -92,9 +116,11 @@ def ingest_job(engine: sa.Engine, job: dict, *, final: bool = False) -> int:
         rows = part_rows(read_part(results, name), job["id"], job["trial_id"], job["run_id"])
         try:
             with engine.begin() as conn:
+                f = rows["frames"]
                 conn.execute(schema.parts.insert().values(
-                    job_id=job["id"], name=name, n_frames=len(rows["frames"]),
-                    ingested_at=_now()))
+                    job_id=job["id"], name=name, trial_id=job["trial_id"],
+                    run_id=job["run_id"], first_frame=int(f["frame"].min()) if len(f) else 0,
+                    n_frames=len(f), stats=pack_stats(f), ingested_at=_now()))
                 for kind in ("frames", "crystals", "shells"):
                     insert_rows(conn, getattr(schema, kind), rows[kind])
                 conn.execute(schema.jobs.update().where(schema.jobs.c.id == job["id"]).values(

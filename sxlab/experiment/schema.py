@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["FRAME_COLUMNS", "metadata"]
+__all__ = ["FRAME_COLUMNS", "PART_STATS_DTYPE", "metadata"]
 
 metadata = sa.MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
@@ -140,8 +140,16 @@ parts = sa.Table(
     "parts", metadata,
     sa.Column("job_id", sa.Integer, _fk("jobs"), primary_key=True),
     sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("trial_id", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("first_frame", sa.Integer, nullable=False),
     sa.Column("n_frames", sa.Integer, nullable=False),
     sa.Column("ingested_at", _TS, nullable=False),
+    # The part's run-statistics columns packed as one NumPy structured array
+    # (PART_STATS_DTYPE): the run-statistics query reads a few hundred of these instead of
+    # a million frame rows. Written in the same transaction as the part's frame rows.
+    sa.Column("stats", sa.LargeBinary, nullable=False),
+    sa.Index("ix_parts_trial_run", "trial_id", "run_id"),
 )
 
 frames = sa.Table(
@@ -207,6 +215,10 @@ merges = sa.Table(
     sa.Column("stats_json", sa.Text, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
 )
+
+#: Columns packed in ``parts.stats`` (little-endian structured array, one item per frame).
+PART_STATS_DTYPE = [("frame", "<i8"), ("ok", "u1"), ("n_peaks", "<i4"), ("hit", "u1"),
+                    ("n_crystals", "<i4"), ("resolution_A", "<f8"), ("solvent_ratio", "<f8")]
 
 #: Columns of the database frames table that come from a job's frames table.
 FRAME_COLUMNS = ["frame", "event", "status", "error", "n_peaks", "hit", "indexed",

@@ -177,11 +177,18 @@ def upgrade() -> None:
     op.create_table('parts',
     sa.Column('job_id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('trial_id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.Integer(), nullable=False),
+    sa.Column('first_frame', sa.Integer(), nullable=False),
     sa.Column('n_frames', sa.Integer(), nullable=False),
     sa.Column('ingested_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('stats', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_parts_job_id_jobs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'name', name=op.f('pk_parts'))
     )
+    with op.batch_alter_table('parts', schema=None) as batch_op:
+        batch_op.create_index('ix_parts_trial_run', ['trial_id', 'run_id'], unique=False)
+
     op.create_table('shells',
     sa.Column('job_id', sa.Integer(), nullable=False),
     sa.Column('frame', sa.Integer(), autoincrement=False, nullable=False),
@@ -205,6 +212,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_shells_trial_run')
 
     op.drop_table('shells')
+    with op.batch_alter_table('parts', schema=None) as batch_op:
+        batch_op.drop_index('ix_parts_trial_run')
+
     op.drop_table('parts')
     with op.batch_alter_table('frames', schema=None) as batch_op:
         batch_op.drop_index('ix_frames_trial_run_frame')
