@@ -899,9 +899,10 @@ class Experiment:
         rank = {rid: k for k, rid in enumerate(rids)}
         rows.sort(key=lambda r: (rank[r.run_id], r.first_frame))
         f = unpack_stats([r.stats for r in rows])
-        run = np.repeat(np.array([names[r.run_id] for r in rows], dtype=object),
-                        [r.n_frames for r in rows])
-        f.insert(0, "run", run)
+        order = [names[rid] for rid in rids]
+        codes = np.repeat(np.array([rank[r.run_id] for r in rows], dtype=np.int64),
+                          [r.n_frames for r in rows])
+        f.insert(0, "run", pd.Categorical.from_codes(codes, categories=order))
         return f
 
     def compare_trials(self, trials, runs=None, *, tag=None, **kwargs) -> pd.DataFrame:

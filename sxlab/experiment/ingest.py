@@ -68,7 +68,8 @@ def unpack_stats(blobs) -> pd.DataFrame:
     arr = np.frombuffer(b"".join(blobs), dtype=schema.PART_STATS_DTYPE)
     return pd.DataFrame({
         "frame": arr["frame"].astype(np.int64),
-        "status": np.where(arr["ok"].astype(bool), "ok", "failed").astype(object),
+        "status": pd.Categorical.from_codes(1 - arr["ok"].astype(np.int8),
+                                            categories=["ok", "failed"]),
         "n_peaks": arr["n_peaks"].astype(np.int64), "hit": arr["hit"].astype(bool),
         "n_crystals": arr["n_crystals"].astype(np.int64),
         "resolution_A": arr["resolution_A"].astype(np.float64),
