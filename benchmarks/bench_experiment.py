@@ -166,13 +166,17 @@ def main(argv=None) -> None:
               f"Experiment.run_stats of the whole trial, median of {args.repeats} after a "
               "warm-up.", "",
               "| backend | frames | ingest rows/s (median) | ingest rows/s (overall) | "
+              "ingest rows per CPU s | "
               "run_stats s (median) | run_stats CPU s | frames() s (all columns, row read) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['backend']} | {r['frames']:,} | {r['ingest_rows_per_s_median']:,.0f}"
-                     f" | {r['ingest_rows_per_s_overall']:,.0f} | {r['query_s_median']:.3f} | "
+                     f" | {r['ingest_rows_per_s_overall']:,.0f} | {r['frames'] / r['ingest_cpu_s']:,.0f}"
+                     f" | {r['query_s_median']:.3f} | "
                      f"{r['query_cpu_s_median']:.3f} | {r['read_s_median']:.3f} |")
-    lines += ["", "Targets: ingest ≥ 50 000 rows/s on SQLite; query < 1 s."]
+    lines += ["", "Targets: ingest ≥ 50 000 rows/s on SQLite; query < 1 s. On a shared "
+              "machine the CPU columns are the ones to compare (PostgreSQL's server work "
+              "is in its own processes, outside the CPU columns)."]
     text = "\n".join(lines)
     print(text)
     if args.out:
