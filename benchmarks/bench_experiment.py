@@ -171,7 +171,8 @@ def main(argv=None) -> None:
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['backend']} | {r['frames']:,} | {r['ingest_rows_per_s_median']:,.0f}"
-                     f" | {r['ingest_rows_per_s_overall']:,.0f} | {r['frames'] / r['ingest_cpu_s']:,.0f}"
+                     f" | {r['ingest_rows_per_s_overall']:,.0f}"
+                     f" | {r['frames'] / r['ingest_cpu_s']:,.0f}"
                      f" | {r['query_s_median']:.3f} | "
                      f"{r['query_cpu_s_median']:.3f} | {r['read_s_median']:.3f} |")
     lines += ["", "Targets: ingest ≥ 50 000 rows/s on SQLite; query < 1 s. On a shared "
