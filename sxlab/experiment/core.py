@@ -22,7 +22,7 @@ from ..params import Params
 from ..runstats import RunStats, run_stats
 from . import schema as S
 from .db import connect, read_table
-from .ingest import ingest_job, unpack_stats
+from .ingest import JobIngester, ingest_job, unpack_stats
 from .jobs import LocalExecutor, job_state
 from .watch import FolderWatcher, check_run, find_runs, run_name, run_number
 
@@ -122,6 +122,7 @@ class Experiment:
         self.root = Path(row["root"])
         self.executor = LocalExecutor() if executor == "local" else executor
         self._watchers: list[FolderWatcher] = []
+        self._ingesters: dict[int, JobIngester] = {}
         self._pending: dict[str, str] = {}
 
     # ----------------------------------------------------------------- helpers
@@ -646,13 +647,13 @@ class Experiment:
                 values = {"status": "running", "started_at": _iso(st.get("started"))}
             elif st["state"] in ("done", "failed"):
                 if ingest:
-                    ingest_job(self.engine, job)
+                    self._ingest(job)
                 values = {"status": st["state"], "exit_code": st.get("exit_code"),
                           "error": st.get("error", ""), "finished_at": _iso(st.get("finished")),
                           "started_at": _iso(st.get("started"))}
             elif st["state"] == "lost":
                 if ingest:
-                    ingest_job(self.engine, job)
+                    self._ingest(job)
                 again = job["attempts"] < int(max_attempts)
                 values = {"status": "queued" if again else "failed",
                           "error": st.get("error", "")}
@@ -727,7 +728,16 @@ class Experiment:
         for job in jobs:
             if not (Path(job["job_dir"]) / "results").is_dir():
                 continue
-            added += ingest_job(self.engine, job, final=job["status"] == "done")
+            added += self._ingest(job, final=job["status"] == "done")
+        return added
+
+    def _ingest(self, job: dict, *, final: bool = False) -> int:
+        ing = self._ingesters.get(job["id"])
+        if ing is None or ing.job["job_dir"] != job["job_dir"]:
+            ing = self._ingesters[job["id"]] = JobIngester(self.engine, job)
+        added = ingest_job(self.engine, job, final=final, ingester=ing)
+        if final:
+            self._ingesters.pop(job["id"], None)
         return added
 
     def jobs(self, trial: int | None = None) -> pd.DataFrame:
@@ -774,6 +784,7 @@ class Experiment:
                 conn.execute(t.delete().where(t.c.job_id == job["id"]))
             conn.execute(S.jobs.delete().where(S.jobs.c.id == job["id"]))
         shutil.rmtree(job["job_dir"], ignore_errors=True)
+        self._ingesters.pop(job["id"], None)
 
     def restart(self, job_id: int) -> None:
         """Run a job again from scratch: its rows and output are deleted, it is queued."""
@@ -786,6 +797,7 @@ class Experiment:
                 status="queued", attempts=0, ingested_frames=0, ingest_done=False, error="",
                 exit_code=None, started_at=None, finished_at=None, submitted_at=None))
         shutil.rmtree(Path(job["job_dir"]) / "results", ignore_errors=True)
+        self._ingesters.pop(job["id"], None)
         self.update(ingest=False)
 
     def wait(self, timeout: float = 600.0, *, interval: float = 0.5) -> pd.DataFrame:

@@ -186,8 +186,9 @@ def _column_values(series: pd.Series) -> list:
     """Python values of a column, NaN / NA as None (NULL)."""
     if series.dtype.kind == "f":
         return series.astype(object).where(series.notna(), None).tolist()
-    if series.dtype == object:
-        return series.where(series.notna(), None).tolist()
+    if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        values = series.astype(object)
+        return values.where(values.notna(), None).tolist()
     return series.tolist()
 
 

@@ -1,11 +1,11 @@
 """Ingest a job's results into the database as its output directory grows, exactly once.
 
-:func:`sxlab.process_run` commits its results in parts (``parts/frames-<first>-<last>
-.parquet`` written last, after the part's peaks, crystals and reflections); a part is
-ingested in one transaction together with its row in the ``parts`` table, whose primary
-key (job, part) makes a second ingest of the same part fail and roll back. A watcher
-killed mid-way, two watchers at once, or a job resumed after a crash therefore never
-duplicate a frame row.
+A job's ``results/`` is a results directory (:mod:`sxlab.results`): its writer commits
+parts, and a :class:`sxlab.results.ResultsReader` returns the rows of the parts
+committed since its last poll. The new parts are ingested in one transaction together
+with their rows in the ``parts`` table, whose primary key (job, part) makes a second
+ingest of the same part fail and roll back. A watcher killed mid-way, two watchers at
+once, or a job resumed after a crash therefore never duplicate a frame row.
 """
 
 from __future__ import annotations
@@ -18,34 +18,19 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ..integrate import resolution_shells
+from ..results import ResultsReader
 from . import schema
 from .db import insert_rows
 
-__all__ = ["committed_parts", "ingest_job", "pack_stats", "read_part", "unpack_stats"]
+__all__ = ["JobIngester", "ingest_job", "pack_stats", "unpack_stats"]
 
 _CELL = ["a", "b", "c", "alpha", "beta", "gamma"]
 
 
-def committed_parts(results_dir) -> list[str]:
-    """Names of the committed parts of a :func:`sxlab.process_run` output directory."""
-    parts = Path(results_dir) / "parts"
-    return sorted(p.name[len("frames-"):-len(".parquet")]
-                  for p in parts.glob("frames-*.parquet"))
-
-
-def read_part(results_dir, name: str) -> dict[str, pd.DataFrame]:
-    """The frames, crystals and reflections tables of one committed part."""
-    parts = Path(results_dir) / "parts"
-    out = {}
-    for kind, cols in (("frames", None), ("crystals", None),
-                       ("reflections", ["frame", "d_A", "I", "sigma"])):
-        path = parts / f"{kind}-{name}.parquet"
-        try:
-            out[kind] = pd.read_parquet(path, columns=cols)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: part {name} is committed (its frames file "
-                                    f"exists) but its {kind} table is missing") from None
-    return out
+def _part_range(stem: str) -> tuple[int, int]:
+    """First and last frame of a part from its stem (``<first>-<last>[-<tag>]``)."""
+    first, last = stem.split("-")[:2]
+    return int(first), int(last)
 
 
 def _now() -> _dt.datetime:
@@ -82,7 +67,8 @@ def part_rows(tables: dict[str, pd.DataFrame], job_id: int, trial_id: int,
     keys = {"job_id": job_id, "trial_id": trial_id, "run_id": run_id}
     f = tables["frames"]
     frames = f[[c for c in schema.FRAME_COLUMNS if c in f.columns]].assign(**keys)
-    frames = frames.astype({"hit": bool, "indexed": bool})
+    frames = frames.astype({"hit": bool, "indexed": bool}).fillna(
+        {c: "" for c in ("event", "status", "error") if c in frames.columns})
     c = tables["crystals"]
     crystals = c[["frame", "crystal", *_CELL, "lattice", "centering",
                   "n_peaks_indexed"]].assign(**keys)
@@ -90,7 +76,79 @@ def part_rows(tables: dict[str, pd.DataFrame], job_id: int, trial_id: int,
     return {"frames": frames, "crystals": crystals, "shells": shells}
 
 
-def ingest_job(engine: sa.Engine, job: dict, *, final: bool = False) -> int:
+class JobIngester:
+    """Ingest one job's result parts as they are committed (keeps a reader between calls).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+    job : mapping
+        A ``jobs`` row (``id``, ``trial_id``, ``run_id``, ``job_dir``).
+    """
+
+    def __init__(self, engine: sa.Engine, job: dict):
+        self.engine = engine
+        self.job = dict(job)
+        self.results = Path(job["job_dir"]) / "results"
+        self._reader: ResultsReader | None = None
+
+    def ingest(self) -> int:
+        """Ingest the parts committed since the last call; returns the frame rows added."""
+        job = self.job
+        if self._reader is None:
+            self._reader = ResultsReader(self.results)
+        reader = self._reader
+        n_before = len(reader.parts)
+        try:
+            new = reader.poll()
+        except Exception:
+            self._reader = None  # read again from the start next time
+            raise
+        stems = reader.parts[n_before:]
+        if not stems:
+            return 0
+        with self.engine.connect() as conn:
+            known = set(conn.execute(sa.select(schema.parts.c.name).where(
+                schema.parts.c.job_id == job["id"])).scalars())
+        stems = [s for s in stems if s not in known]
+        if not stems:
+            return 0
+        frame_of = {kind: t["frame"].to_numpy() for kind, t in new.items()}
+        ranges = [_part_range(s) for s in stems]
+
+        def in_new(kind):
+            f = frame_of[kind]
+            keep = np.zeros(len(f), bool)
+            for lo, hi in ranges:
+                keep |= (f >= lo) & (f <= hi)
+            return new[kind][keep].reset_index(drop=True)
+
+        rows = part_rows({k: in_new(k) for k in ("frames", "crystals", "reflections")},
+                         job["id"], job["trial_id"], job["run_id"])
+        f = rows["frames"]
+        try:
+            with self.engine.begin() as conn:
+                for stem, (lo, hi) in zip(stems, ranges, strict=True):
+                    part = f[(f["frame"] >= lo) & (f["frame"] <= hi)]
+                    conn.execute(schema.parts.insert().values(
+                        job_id=job["id"], name=stem, trial_id=job["trial_id"],
+                        run_id=job["run_id"], first_frame=lo, n_frames=len(part),
+                        stats=pack_stats(part), ingested_at=_now()))
+                for kind in ("frames", "crystals", "shells"):
+                    insert_rows(conn, getattr(schema, kind), rows[kind])
+                conn.execute(schema.jobs.update().where(schema.jobs.c.id == job["id"]).values(
+                    ingested_frames=schema.jobs.c.ingested_frames + len(f)))
+        except sa.exc.IntegrityError:
+            self._reader = None  # another process ingested these parts; resynchronise
+            return 0
+        except Exception:
+            self._reader = None
+            raise
+        return len(f)
+
+
+def ingest_job(engine: sa.Engine, job: dict, *, final: bool = False,
+               ingester: JobIngester | None = None) -> int:
     """Ingest the parts of one job not yet in the database.
 
     Parameters
@@ -100,35 +158,16 @@ def ingest_job(engine: sa.Engine, job: dict, *, final: bool = False) -> int:
         A ``jobs`` row (``id``, ``trial_id``, ``run_id``, ``job_dir``).
     final : bool
         The job has finished: mark its ingest done once every part is in.
+    ingester : JobIngester, optional
+        Kept from an earlier call, so that only new parts are read.
 
     Returns
     -------
     int
         Frame rows added.
     """
-    results = Path(job["job_dir"]) / "results"
-    with engine.connect() as conn:
-        done = set(conn.execute(sa.select(schema.parts.c.name).where(
-            schema.parts.c.job_id == job["id"])).scalars())
-    added = 0
-    for name in committed_parts(results):
-        if name in done:
-            continue
-        rows = part_rows(read_part(results, name), job["id"], job["trial_id"], job["run_id"])
-        try:
-            with engine.begin() as conn:
-                f = rows["frames"]
-                conn.execute(schema.parts.insert().values(
-                    job_id=job["id"], name=name, trial_id=job["trial_id"],
-                    run_id=job["run_id"], first_frame=int(f["frame"].min()) if len(f) else 0,
-                    n_frames=len(f), stats=pack_stats(f), ingested_at=_now()))
-                for kind in ("frames", "crystals", "shells"):
-                    insert_rows(conn, getattr(schema, kind), rows[kind])
-                conn.execute(schema.jobs.update().where(schema.jobs.c.id == job["id"]).values(
-                    ingested_frames=schema.jobs.c.ingested_frames + len(rows["frames"])))
-        except sa.exc.IntegrityError:
-            continue  # another process ingested this part meanwhile
-        added += len(rows["frames"])
+    ingester = ingester or JobIngester(engine, job)
+    added = ingester.ingest()
     if final:
         with engine.begin() as conn:
             conn.execute(schema.jobs.update().where(schema.jobs.c.id == job["id"]).values(
