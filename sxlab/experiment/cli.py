@@ -36,15 +36,13 @@ def _print(table, *, file=None) -> None:
 
 
 def _cmd_init(args) -> int:
-    exp = _open(args)
-    print(repr(exp))
-    exp.close()
+    with _open(args) as exp:
+        print(repr(exp))
     return 0
 
 
 def _cmd_trial(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         if args.action == "add":
             n = exp.add_trial(args.params, comment=args.comment, active=not args.inactive,
                               d_min=args.d_min)
@@ -52,50 +50,38 @@ def _cmd_trial(args) -> int:
         elif args.action in ("activate", "deactivate"):
             exp.set_trial(args.number, active=args.action == "activate")
         _print(exp.trials())
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_block(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         if args.action == "add":
             n = exp.add_block(args.first_run, args.last_run, geometry=args.geometry,
                               mask=args.mask, mask_dataset=args.mask_dataset,
                               comment=args.comment)
             print(f"block {n}")
         _print(exp.blocks().drop(columns="params_toml"))
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_tag(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         if args.persistent or not args.runs:
             exp.add_tag(args.name, persistent=args.persistent)
         if args.runs:
             (exp.untag if args.remove else exp.tag)(args.runs, args.name)
         _print(exp.tags())
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_runs(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         _print(exp.runs())
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_watch(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         if args.once:
             _print(exp.watch(args.folder, args.template, once=True,
                              expected_frames=args.expected_frames,
@@ -108,14 +94,11 @@ def _cmd_watch(args) -> int:
         w.join()
         for err in w.errors[-5:]:
             print(f"watch error: {err}", file=sys.stderr)
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_jobs(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         if args.action != "list":
             for job in args.ids:
                 {"terminate": exp.terminate, "restart": exp.restart,
@@ -125,14 +108,11 @@ def _cmd_jobs(args) -> int:
             table = table[table.trial == args.trial]
         _print(table[["id", "trial", "block", "run", "status", "attempts", "ingested_frames",
                       "n_frames", "error"]])
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_stats(args, figure) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         st = exp.run_stats(args.trial, args.runs or None, tag=args.tag, last=args.last,
                            min_spots=args.min_spots, i_sigma=args.i_sigma,
                            hq_resolution=args.hq_resolution)
@@ -148,19 +128,14 @@ def _cmd_stats(args, figure) -> int:
             runs = exp.runs().set_index("name")
             figure(st, {r: list(t) for r, t in runs["tags"].items()}, args.output)
             print(f"wrote {args.output}")
-    finally:
-        exp.close()
     return 0
 
 
 def _cmd_merge(args) -> int:
-    exp = _open(args)
-    try:
+    with _open(args) as exp:
         res = exp.merge(args.trial, args.runs or None, tag=args.tag, symmetry=args.symmetry)
         _print(res.stats.round(3))
         _print(exp.merges().tail(1))
-    finally:
-        exp.close()
     return 0
 
 

@@ -230,11 +230,16 @@ class Experiment:
     def set_trial(self, number: int, *, active: bool | None = None,
                   comment: str | None = None) -> None:
         """Activate / deactivate a trial or change its comment."""
-        values = {k: v for k, v in (("active", active), ("comment", comment)) if v is not None}
+        self._set(S.trials, self._trial, number, active=active, comment=comment)
+
+    def _set(self, table: sa.Table, check, number: int, **values) -> None:
+        """Update the given (non-None) values of a numbered trial or block."""
+        values = {k: v for k, v in values.items() if v is not None}
         with self.engine.begin() as conn:
-            self._trial(conn, number)
-            conn.execute(S.trials.update().where(S.trials.c.experiment_id == self.id,
-                                                 S.trials.c.number == int(number)).values(**values))
+            check(conn, number)
+            if values:
+                conn.execute(table.update().where(table.c.experiment_id == self.id,
+                                                  table.c.number == int(number)).values(**values))
 
     def trial_params(self, number: int) -> Params:
         """The parameters of a trial."""
@@ -248,8 +253,8 @@ class Experiment:
                       S.trials.c.d_min_A, S.trials.c.active, S.trials.c.created_at).where(
             S.trials.c.experiment_id == self.id).order_by(S.trials.c.number)
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(q).mappings().all(),
-                                columns=[c.name for c in q.selected_columns])
+            return _frame(conn.execute(q).mappings().all(),
+                          [c.name for c in q.selected_columns])
 
     # ------------------------------------------------------------------- blocks
     def add_block(self, first_run: int, last_run: int | None = None, *, geometry=None,
@@ -320,11 +325,7 @@ class Experiment:
     def set_block(self, number: int, *, active: bool | None = None,
                   last_run: int | None = None) -> None:
         """Activate / deactivate a block or close its run range."""
-        values = {k: v for k, v in (("active", active), ("last_run", last_run)) if v is not None}
-        with self.engine.begin() as conn:
-            self._block(conn, number)
-            conn.execute(S.blocks.update().where(S.blocks.c.experiment_id == self.id,
-                                                 S.blocks.c.number == int(number)).values(**values))
+        self._set(S.blocks, self._block, number, active=active, last_run=last_run)
 
     # --------------------------------------------------------------------- tags
     def add_tag(self, name: str, *, persistent: bool = False, comment: str = "") -> None:
@@ -439,7 +440,7 @@ class Experiment:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
             tag_rows = conn.execute(tq).all()
-        t = pd.DataFrame(rows, columns=[c.name for c in S.runs.c])
+        t = _frame(rows, [c.name for c in S.runs.c])
         by_run: dict[int, list[str]] = {}
         for rid, name in tag_rows:
             by_run.setdefault(rid, []).append(name)
@@ -757,8 +758,8 @@ class Experiment:
         if trial is not None:
             q = q.where(S.trials.c.number == int(trial))
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(q).mappings().all(),
-                                columns=[c.name for c in q.selected_columns])
+            return _frame(conn.execute(q).mappings().all(),
+                          [c.name for c in q.selected_columns])
 
     def _job(self, conn, job_id: int) -> dict:
         row = conn.execute(sa.select(S.jobs).where(S.jobs.c.id == int(job_id))).mappings().first()
@@ -1017,8 +1018,17 @@ class Experiment:
              .join(S.trials, S.trials.c.id == S.merges.c.trial_id)
              .where(S.trials.c.experiment_id == self.id).order_by(S.merges.c.id))
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(q).mappings().all(),
-                                columns=[c.name for c in q.selected_columns])
+            return _frame(conn.execute(q).mappings().all(),
+                          [c.name for c in q.selected_columns])
+
+
+def _frame(rows, columns) -> pd.DataFrame:
+    """A DataFrame of query rows; timestamp columns as UTC (SQLite returns them naive)."""
+    t = pd.DataFrame(rows, columns=columns)
+    for c in t.columns:
+        if c.endswith("_at"):
+            t[c] = pd.to_datetime(t[c], utc=True)
+    return t
 
 
 def _iso(text):
