@@ -90,7 +90,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sxlab.io import write_hkl, write_mtz
-    from sxlab.merge import merge
+    from sxlab.merging import merge
 
     source = args.dir
     if source.is_dir():
