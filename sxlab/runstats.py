@@ -101,7 +101,7 @@ RUN_STATS_SCHEMA: dict[str, tuple[str, str]] = {
 }
 
 #: Per-frame resolution shells (input of :func:`frame_resolution`), as
-#: :func:`sxlab.integrate.resolution_shells` returns them (plus ``run`` for several runs).
+#: :func:`sxlab.integration.resolution_shells` returns them (plus ``run`` for several runs).
 SHELL_SCHEMA: dict[str, tuple[str, str]] = {
     "frame": ("int64", "frame index"),
     "shell": ("int64", "shell index, 0 = lowest resolution"),
@@ -174,7 +174,7 @@ def frame_resolution(shells: pd.DataFrame, i_sigma: float = 1.0) -> pd.Series:
     The resolution of a frame is the high-resolution edge (``d_min_A``) of its
     highest-resolution shell with at least one reflection and ``mean_i_sigma >= i_sigma``,
     whether or not lower shells reach it (cctbx.xfel's per-image rule; the same as
-    :func:`sxlab.integrate.resolution_estimate` on the reflections the shells came from).
+    :func:`sxlab.integration.resolution_estimate` on the reflections the shells came from).
 
     Parameters
     ----------

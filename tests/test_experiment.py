@@ -31,7 +31,7 @@ from sxlab.experiment import db as dbmod
 from sxlab.experiment import schema as S
 from sxlab.experiment.jobs import job_state
 from sxlab.experiment.watch import FolderWatcher, check_run, find_runs, run_name
-from sxlab.integrate import resolution_shells
+from sxlab.integration import resolution_shells
 from sxlab.runstats import run_stats
 
 CELL = sx.UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")

@@ -945,7 +945,7 @@ class Experiment:
         """Merge the reflections of a trial's jobs on a selection of runs; recorded.
 
         The reflections are read from the jobs' output folders, merged with
-        :func:`sxlab.merge.merge`, written to ``<root>/merges/m<NNN>/`` (``merged.mtz``,
+        :func:`sxlab.merging.merge`, written to ``<root>/merges/m<NNN>/`` (``merged.mtz``,
         ``stats.csv``, ``selection.json``) and the result recorded in the ``merges``
         table.
 
@@ -957,14 +957,14 @@ class Experiment:
         symmetry : str, optional
             Space group (default: the trial's reference cell's).
         **kwargs
-            Passed to :func:`sxlab.merge.merge`.
+            Passed to :func:`sxlab.merging.merge`.
 
         Returns
         -------
-        sxlab.merge.MergeResult
+        sxlab.merging.MergeResult
         """
         from ..io import write_mtz
-        from ..merge import merge as merge_reflections
+        from ..merging import merge as merge_reflections
 
         with self.engine.connect() as conn:
             t = self._trial(conn, trial)

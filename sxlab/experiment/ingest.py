@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from ..integrate import resolution_shells
+from ..integration import resolution_shells
 from ..results import ResultsReader
 from . import schema
 from .db import insert_rows
