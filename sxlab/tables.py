@@ -67,6 +67,9 @@ __all__ = [
     "PROFILE",
     "PROFILE_BLOCKS",
     "REFLECTIONS",
+    "RESOLUTION_SHELLS",
+    "RUN_STATS_FRAMES",
+    "RUN_STATS_RUNS",
     "RUN_SUMMARY",
     "SCALES",
     "SCHEMAS",
@@ -625,6 +628,58 @@ STREAM_HEADERS = Schema("stream_headers", "one row per header value of a chunk",
     _c("text", "str", "", "value as written"),
 ])
 
+# ================================================================ run statistics
+RESOLUTION_SHELLS = Schema("resolution_shells", "one row per non-empty resolution shell of a "
+                           "frame", [
+    _FRAME,
+    _c("shell", "int64", "", "shell index, 0 = lowest resolution"),
+    _c("d_max_A", "float64", "Å", "low-resolution edge"),
+    _c("d_min_A", "float64", "Å", "high-resolution edge"),
+    _c("n", "int64", "", "reflections in the shell"),
+    _c("mean_i_sigma", "float64", "", "mean I/σ(I) of the shell's reflections"),
+])
+
+RUN_STATS_FRAMES = Schema("run_stats_frames", "one row per shot of the selected runs", [
+    _c("run", "str", "", "run name"),
+    _c("frame", "int64", "", "frame index within the run"),
+    _c("shot", "int64", "", "position among the shots of the selection (the plots' x axis)"),
+    _c("n_peaks", "int64", "", "strong spots found on the image"),
+    _c("hit", "bool", "", "n_peaks >= min_spots"),
+    _c("indexed", "bool", "", "at least one lattice indexed"),
+    _c("n_crystals", "int64", "", "lattices indexed"),
+    _c("multi_lattice", "bool", "", "n_crystals >= n_multiples"),
+    _c("solvent_ratio", "float64", "", "water-ring over low-angle intensity"),
+    _c("solvent", "bool", "", "solvent_ratio >= solvent_cutoff"),
+    _c("resolution_A", "float64", "Å", "per-image resolution at mean I/σ >= i_sigma (NaN: none)"),
+    _c("high_quality", "bool", "", "indexed and resolution_A <= hq_resolution"),
+    _c("indexing_rate", "float64", "", "moving average of indexed (0-1)"),
+    _c("solvent_rate", "float64", "", "moving average of solvent (0-1)"),
+    _c("multi_lattice_rate", "float64", "", "moving average of multi_lattice (0-1)"),
+    _c("high_quality_rate", "float64", "",
+       "high-quality fraction of the indexed shots in the ±hq_window window (0-1)"),
+])
+
+RUN_STATS_RUNS = Schema("run_stats_runs", "one row per run (the statistics bar)", [
+    _c("run", "str", "", "run name"),
+    _c("first_shot", "int64", "", "shot index of the run's first shot in the selection"),
+    _c("last_shot", "int64", "", "shot index of the run's last shot"),
+    _c("shots", "int64", "", "images processed without error"),
+    _c("failed", "int64", "", "images that failed (not counted as shots)"),
+    _c("hits", "int64", "", "shots with n_peaks >= min_spots"),
+    _c("indexed", "int64", "", "indexed shots"),
+    _c("lattices", "int64", "", "lattices indexed in all"),
+    _c("multi_lattice", "int64", "", "shots with n_crystals >= n_multiples"),
+    _c("high_quality", "int64", "", "indexed shots with resolution_A <= hq_resolution"),
+    _c("solvent", "int64", "", "shots with solvent"),
+    _c("hit_pct", "float64", "%", "100 hits / shots"),
+    _c("indexed_pct", "float64", "%", "100 indexed / shots"),
+    _c("high_quality_pct", "float64", "%", "100 high_quality / shots"),
+    _c("solvent_pct", "float64", "%", "100 solvent / shots"),
+    _c("multi_lattice_pct", "float64", "%", "100 multi_lattice / shots"),
+    _c("indexed_of_hits_pct", "float64", "%", "100 indexed / hits"),
+    _c("median_resolution_A", "float64", "Å", "median per-image resolution of indexed shots"),
+])
+
 # ======================================================================== other
 DATASETS = Schema("datasets", "one row per registered data set", [
     _c("name", "str", "", "registry name"),
@@ -643,7 +698,7 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     PEAKS, ANNULI, HITS, CRYSTALS, PREDICTIONS, REFLECTIONS, FRAMES, RUN_SUMMARY, PROFILE,
     PROFILE_BLOCKS, MERGED, STATISTICS, SCALES, TRUTH_FRAMES, TRUTH_CRYSTALS,
     TRUTH_REFLECTIONS, TRUTH_INTENSITIES, STREAM_FRAMES, STREAM_CRYSTALS, STREAM_HEADERS,
-    DATASETS, DEMO_SUMMARY)}
+    RESOLUTION_SHELLS, RUN_STATS_FRAMES, RUN_STATS_RUNS, DATASETS, DEMO_SUMMARY)}
 
 
 def get(name: str) -> Schema:
