@@ -279,7 +279,7 @@ class _Predictor:
             q_max = self._q_limit(limits[row])
             if not q_max > 0:
                 continue
-            g_max = q_max * q_max / (2.0 * k0 * k0)
+            g_max = ewald_slope(q_max * q_max, k0)
             hkl = self._candidates(amat, q_max, radius + g_max * self.half_band)
             if centerings[row] not in _CENTERINGS:
                 raise ValueError(f"unknown centering {centerings[row]!r}")

@@ -84,10 +84,11 @@ def ewald_slope(q2, k) -> np.ndarray:
     return np.asarray(q2, dtype=float) / (2.0 * k * k)
 
 
-def bragg_wavenumber(q) -> np.ndarray:
+def bragg_wavenumber(q, *, q2=None) -> np.ndarray:
     """Wavenumber ``k_B = -|q|² / (2 q_z)`` (1/Å) putting ``q`` on the Ewald sphere.
 
-    NaN where ``q_z >= 0`` (no wavelength brings such a point into diffraction).
+    NaN where ``q_z >= 0`` (no wavelength brings such a point into diffraction);
+    ``q2``: ``|q|²`` when already known.
 
     Examples
     --------
@@ -98,7 +99,8 @@ def bragg_wavenumber(q) -> np.ndarray:
     """
     q = np.asarray(q, dtype=float)
     qz = q[..., 2]
-    q2 = np.sum(q * q, axis=-1)
+    if q2 is None:
+        q2 = np.sum(q * q, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
 
@@ -135,11 +137,10 @@ def spot_wavenumber(q, k0: float, var_r, sigma_k: float, *, q2=None) -> np.ndarr
         return np.full(q.shape[0], float(k0))
     if q2 is None:
         q2 = np.sum(q * q, axis=-1)
-    qz = q[:, 2]
+    kb = bragg_wavenumber(q, q2=q2)
     wr = np.broadcast_to(np.asarray(var_r, dtype=float), q2.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        kb = np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
-        wb = (q2 / (2.0 * kb * kb) * sigma_k) ** 2
+        wb = (ewald_slope(q2, kb) * sigma_k) ** 2
         ks = (k0 * wr + kb * wb) / (wr + wb)
     return np.where(np.isfinite(ks), ks, k0)
 
