@@ -37,11 +37,11 @@ from .results import Results, ResultsWriter
 __all__ = [
     "Context",
     "FrameResult",
-    "Results",
     "prepare",
     "process_frame",
     "process_run",
 ]
+
 
 def _empty(kind: str) -> pd.DataFrame:
     return tables.get(kind).empty()

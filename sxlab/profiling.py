@@ -111,19 +111,19 @@ _NULL = _Null()
 
 
 class _Stopwatch:
-    """The section of a disabled profiler: measures ``seconds``, records nothing."""
+    """The section of a disabled profiler: measures ``seconds``, records nothing.
 
-    __slots__ = ("_start", "seconds")
+    ``seconds`` holds the start (ns) inside the block and the duration (s) after it.
+    """
 
-    def __init__(self):
-        self.seconds = 0.0
+    __slots__ = ("seconds",)
 
     def __enter__(self):
-        self._start = perf_counter_ns()
+        self.seconds = perf_counter_ns()
         return self
 
     def __exit__(self, *exc):
-        self.seconds = (perf_counter_ns() - self._start) / 1e9
+        self.seconds = (perf_counter_ns() - self.seconds) / 1e9
         return False
 
 

@@ -13,7 +13,8 @@ import pytest
 
 import sxlab as sx
 from sxlab.params import Params
-from sxlab.pipeline import Results, prepare, process_frame, process_run
+from sxlab.pipeline import prepare, process_frame, process_run
+from sxlab.results import Results
 
 LYSO = sx.UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 PARAMS = Params(cell=LYSO).replace(peaks={"adc_threshold": 3.0, "min_snr": 6.0},

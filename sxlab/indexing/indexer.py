@@ -448,7 +448,7 @@ class Indexer:
 
             [columns: crystals]
         """
-        return self.index(peaks, frame=frame, wavelength_A=wavelength_A).crystals
+        return self._index(peaks, frame, wavelength_A, assign=False)[0]
 
     @tables.documented
     def index(self, peaks: pd.DataFrame, *, frame: int | None = None,
@@ -485,6 +485,10 @@ class Indexer:
             lattice that explains the peak (all fractional indices within
             ``index_tolerance``) and its indices there; -1 and 0 0 0 for the others.
         """
+        return Indexing(*self._index(peaks, frame, wavelength_A, assign=True))
+
+    def _index(self, peaks, frame, wavelength_A, *, assign: bool):
+        """The crystals table and, with ``assign``, the peaks with their assignment."""
         p = self.params
         if frame is None:
             frame = int(peaks["frame"].iloc[0]) if "frame" in peaks and len(peaks) else 0
@@ -532,8 +536,10 @@ class Indexer:
             self._record_phases()
         crystals = tables.CRYSTALS.make(
             {c: [r[c] for r in rows] for c in tables.CRYSTALS.names} if rows else None)
-        assigned = peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1], l=hkl_of[:, 2])
-        return Indexing(crystals, assigned)
+        if not assign:
+            return crystals, None
+        return crystals, peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1],
+                                      l=hkl_of[:, 2])
 
     def _record_phases(self) -> None:
         """The frame's asdf and cell-check phases as segments of the open profiler."""
