@@ -133,7 +133,6 @@ class _Section:
     def __init__(self, prof: Profiler, name: str):
         self._prof = prof
         self._name = name
-        self.seconds = 0.0
 
     def __enter__(self):
         prof = self._prof
@@ -161,7 +160,6 @@ class _Frame:
         self._prof = prof
         self._frame = frame
         self._token = None
-        self.seconds = 0.0
 
     def __enter__(self):
         prof = self._prof

@@ -125,6 +125,8 @@ class Column:
             raise ValueError(f"column {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.fill is _NO_FILL:
             object.__setattr__(self, "fill", _default_fill(self.dtype))
+        if self.dtype not in ("str", "category"):
+            object.__setattr__(self, "_np_dtype", np.dtype(self.dtype))
 
     def __repr__(self) -> str:
         return (f"Column(name={self.name!r}, dtype={self.dtype!r}, unit={self.unit!r}, "
@@ -145,8 +147,13 @@ class Column:
             return pd.array(np.asarray(data, dtype=object), dtype="str")
         if self.dtype == "category":
             return data if isinstance(data, pd.Categorical) else pd.Categorical(data)
-        with np.errstate(invalid="ignore"):
-            return np.asarray(data).astype(self.dtype, copy=False)
+        arr = np.asarray(data)
+        if arr.dtype == self._np_dtype:
+            return arr
+        if arr.dtype.kind == "f" and self._np_dtype.kind in "iub":
+            with np.errstate(invalid="ignore"):  # NaN to an integer: the caller's fill
+                return arr.astype(self._np_dtype)
+        return arr.astype(self._np_dtype)
 
 
 def _default_fill(dtype: str):
@@ -248,7 +255,8 @@ class Schema:
             data = {k: data[k].array for k in keys}
         else:
             n = next((len(data[k]) for k in keys if np.ndim(data[k]) > 0), 1)
-        return pd.DataFrame({c.name: c.values(data.get(c.name), n) for c in self.columns})
+        return pd.DataFrame({c.name: c.values(data.get(c.name), n) for c in self.columns},
+                            index=pd.RangeIndex(n))
 
     def empty(self) -> pd.DataFrame:
         """The table without rows, every column typed."""
