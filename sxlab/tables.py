@@ -140,6 +140,8 @@ class Column:
             if self.dtype == "category":
                 return pd.Categorical([None] * n)
             return np.full(n, self.fill, dtype=self.dtype)
+        if n is not None and np.ndim(data) == 0:  # a scalar: the same value in every row
+            data = [data] * n if self.dtype in ("str", "category") else np.full(n, data)
         if self.dtype == "str":
             if isinstance(data, pd.api.extensions.ExtensionArray | pd.Series) and str(
                     data.dtype) == "str":
