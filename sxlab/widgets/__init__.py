@@ -17,6 +17,8 @@ Every widget also carries a static PNG (``_repr_mimebundle_``) so that saved not
 rendered HTML show a picture.
 """
 
+from .painter import MaskPainter
+from .tuner import PeakTuner
 from .viewer import ImageViewer
 
-__all__ = ["ImageViewer"]
+__all__ = ["ImageViewer", "MaskPainter", "PeakTuner"]
