@@ -46,6 +46,7 @@ __all__ = [
     "predict",
     "resolution_estimate",
     "resolution_per_frame",
+    "resolution_shells",
 ]
 
 #: Profile radius (1/Å) used when neither the crystal, the caller nor the peaks give one
@@ -945,10 +946,10 @@ def resolution_estimate(reflections: pd.DataFrame, *, n_bins: int = 10,
 
     The reflections with finite ``I``, ``sigma > 0`` and ``d_A > 0`` are sorted into
     ``n_bins`` shells of equal reciprocal volume (equal steps of ``1/d³``) between their
-    lowest and highest resolution. The result is the high-resolution edge of the
-    highest-resolution shell holding at least ``min_per_bin`` reflections whose mean
-    ``I/sigma`` is at least ``min_i_over_sigma`` (cctbx.xfel's per-image resolution
-    rule), whether or not lower shells reach it.
+    lowest and highest resolution (:func:`resolution_shells`). The result is the
+    high-resolution edge of the highest-resolution shell holding at least
+    ``min_per_bin`` reflections whose mean ``I/sigma`` is at least ``min_i_over_sigma``
+    (cctbx.xfel's per-image resolution rule), whether or not lower shells reach it.
 
     Parameters
     ----------
@@ -974,37 +975,103 @@ def resolution_estimate(reflections: pd.DataFrame, *, n_bins: int = 10,
     >>> round(resolution_estimate(refl, n_bins=4), 3)
     2.203
     """
-    if int(n_bins) < 1:
+    shells = resolution_shells(reflections.assign(frame=0), n_bins=n_bins)
+    res = _shell_resolution(shells, min_i_over_sigma, min_per_bin)
+    return float(res.iloc[0]) if len(res) else math.nan
+
+
+def _shell_resolution(shells: pd.DataFrame, min_i_over_sigma: float,
+                      min_per_bin: int) -> pd.Series:
+    ok = ((shells["n"].to_numpy() >= max(int(min_per_bin), 1))
+          & (shells["mean_i_sigma"].to_numpy() >= min_i_over_sigma))
+    return shells["d_min_A"].where(ok).groupby(shells["frame"], sort=True).min()
+
+
+def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.DataFrame:
+    """Per-frame resolution shells and their mean I/σ(I) (the input of per-image resolution).
+
+    For every frame, the reflections with finite ``I``, ``sigma > 0`` and ``d_A > 0`` are
+    sorted into ``n_bins`` shells of equal reciprocal volume (equal steps of ``1/d³``)
+    between the frame's lowest and highest resolution. The per-image resolution at any
+    I/σ cutoff follows from this table (:func:`sxlab.runstats.frame_resolution`);
+    :func:`resolution_estimate` is its value at I/σ ≥ 1.
+
+    Parameters
+    ----------
+    reflections : DataFrame
+        Integrated reflections with ``frame``, ``I``, ``sigma`` and ``d_A``.
+    n_bins : int
+        Shells per frame. Default 10.
+
+    Returns
+    -------
+    DataFrame
+        One row per non-empty shell, by frame and shell:
+
+        ============  =======  ===========================================
+        frame         int64    frame index
+        shell         int64    shell index, 0 = lowest resolution
+        d_max_A       float64  low-resolution edge (Å)
+        d_min_A       float64  high-resolution edge (Å)
+        n             int64    reflections in the shell
+        mean_i_sigma  float64  mean I/σ(I) of those reflections
+        ============  =======  ===========================================
+
+    Examples
+    --------
+    >>> refl = pd.DataFrame({"frame": [0, 0, 0], "d_A": [4.0, 3.0, 2.0],
+    ...                      "I": [9.0, 3.0, 0.5], "sigma": 1.0})
+    >>> resolution_shells(refl, n_bins=2)[["shell", "n", "mean_i_sigma"]].values.tolist()
+    [[0.0, 2.0, 6.0], [1.0, 1.0, 0.5]]
+    """
+    nb = int(n_bins)
+    if nb < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     d = reflections["d_A"].to_numpy(np.float64)
     i = reflections["I"].to_numpy(np.float64)
     sig = reflections["sigma"].to_numpy(np.float64)
     ok = np.isfinite(d) & (d > 0) & np.isfinite(i) & np.isfinite(sig) & (sig > 0)
-    if not ok.any():
-        return math.nan
+    frames, code = np.unique(reflections["frame"].to_numpy(np.int64)[ok], return_inverse=True)
+    if not len(frames):
+        return pd.DataFrame({"frame": pd.Series(dtype="int64"),
+                             "shell": pd.Series(dtype="int64"),
+                             "d_max_A": pd.Series(dtype="float64"),
+                             "d_min_A": pd.Series(dtype="float64"),
+                             "n": pd.Series(dtype="int64"),
+                             "mean_i_sigma": pd.Series(dtype="float64")})
     x = d[ok] ** -3.0
     ios = i[ok] / sig[ok]
-    edges = np.linspace(x.min(), x.max(), int(n_bins) + 1)
-    b = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, int(n_bins) - 1)
-    count = np.bincount(b, minlength=int(n_bins))
-    total = np.bincount(b, weights=ios, minlength=int(n_bins))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-    passing = np.flatnonzero((count >= max(int(min_per_bin), 1)) & (mean >= min_i_over_sigma))
-    if passing.size == 0:
-        return math.nan
-    return float(edges[passing[-1] + 1] ** (-1.0 / 3.0))
+    lo = np.full(len(frames), np.inf)
+    hi = np.full(len(frames), -np.inf)
+    np.minimum.at(lo, code, x)
+    np.maximum.at(hi, code, x)
+    edges = np.linspace(lo, hi, nb + 1, axis=1)
+    b = np.clip((edges[code] <= x[:, None]).sum(axis=1) - 1, 0, nb - 1)
+    key = code * nb + b
+    count = np.bincount(key, minlength=len(frames) * nb)
+    total = np.bincount(key, weights=ios, minlength=len(frames) * nb)
+    keep = np.flatnonzero(count)
+    fk, sk = np.divmod(keep, nb)
+    return pd.DataFrame({
+        "frame": frames[fk],
+        "shell": sk.astype(np.int64),
+        "d_max_A": edges[fk, sk] ** (-1.0 / 3.0),
+        "d_min_A": edges[fk, sk + 1] ** (-1.0 / 3.0),
+        "n": count[keep].astype(np.int64),
+        "mean_i_sigma": total[keep] / count[keep],
+    })
 
 
-def resolution_per_frame(reflections: pd.DataFrame, **kwargs) -> pd.Series:
+def resolution_per_frame(reflections: pd.DataFrame, *, n_bins: int = 10,
+                         min_i_over_sigma: float = 1.0, min_per_bin: int = 1) -> pd.Series:
     """:func:`resolution_estimate` of every frame of a multi-frame reflection table.
 
     Parameters
     ----------
     reflections : DataFrame
         Integrated reflections with a ``frame`` column.
-    **kwargs
-        Passed to :func:`resolution_estimate`.
+    n_bins, min_i_over_sigma, min_per_bin
+        As for :func:`resolution_estimate`.
 
     Returns
     -------
@@ -1019,11 +1086,10 @@ def resolution_per_frame(reflections: pd.DataFrame, **kwargs) -> pd.Series:
     >>> resolution_per_frame(refl, n_bins=2).round(2).tolist()
     [2.0, 2.31]
     """
-    frames = np.unique(reflections["frame"].to_numpy(np.int64))
-    values = [resolution_estimate(group, **kwargs)
-              for _, group in reflections.groupby("frame", sort=True)]
-    index = pd.Index(frames, name="frame")
-    return pd.Series(np.asarray(values, dtype=np.float64), index=index, name="resolution_A")
+    frames = pd.Index(np.unique(reflections["frame"].to_numpy(np.int64)), name="frame")
+    shells = resolution_shells(reflections, n_bins=n_bins)
+    res = _shell_resolution(shells, min_i_over_sigma, min_per_bin)
+    return res.reindex(frames).astype(np.float64).rename("resolution_A")
 
 
 _callable.make_callable(__name__, "integrate")
