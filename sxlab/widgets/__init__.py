@@ -18,7 +18,9 @@ rendered HTML show a picture.
 """
 
 from .painter import MaskPainter
+from .profile import ProfileView
+from .runstats import RunStats
 from .tuner import PeakTuner
 from .viewer import ImageViewer
 
-__all__ = ["ImageViewer", "MaskPainter", "PeakTuner"]
+__all__ = ["ImageViewer", "MaskPainter", "PeakTuner", "ProfileView", "RunStats"]

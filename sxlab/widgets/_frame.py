@@ -10,9 +10,7 @@ coordinates; the hover readout is computed here from the pixel under the cursor.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 
 import anywidget
@@ -22,6 +20,7 @@ import traitlets as t
 
 from . import _assets
 from ._layout import Layout, codes
+from ._png import StaticPNG, figure_png
 
 CONTRASTS = ("percentile", "linear", "log")
 COLORMAPS = ("viridis", "magma", "inferno", "cividis", "gray", "gray_r", "hot")
@@ -103,7 +102,7 @@ class _Frames:
         return int(i)
 
 
-class _FrameWidget(anywidget.AnyWidget):
+class _FrameWidget(StaticPNG, anywidget.AnyWidget):
     """Base class: one detector frame in a canvas with overlays (see module docstring)."""
 
     _esm = _assets.esm("frame.js")
@@ -227,6 +226,11 @@ class _FrameWidget(anywidget.AnyWidget):
         self._overlay_bad = bad
 
     @property
+    def run(self):
+        """The run shown (None for a single image)."""
+        return self._frames.run
+
+    @property
     def frame_number(self) -> int:
         """Frame number (run index, or the image's ``frame`` attribute) shown now."""
         return self._frames.frame_number(self.frame)
@@ -338,7 +342,7 @@ class _FrameWidget(anywidget.AnyWidget):
         table = self._tables["frames"]
         if table is None or what not in table.columns:
             raise ValueError(f"no {what!r} column to navigate by: pass results= to the widget")
-        ok = table[what].to_numpy(bool)
+        ok = table[what].to_numpy(bool).copy()
         if "status" in table.columns:
             ok &= table["status"].to_numpy() == "ok"
         return np.sort(table["frame"].to_numpy()[ok])
@@ -558,20 +562,14 @@ class _FrameWidget(anywidget.AnyWidget):
 
     def to_png(self, *, dpi: int = 96) -> bytes:
         """A static picture of the widget as shown (saved notebooks and HTML show it)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        def draw(fig):
+            ax = fig.add_axes((0, 0, 1, 1))
+            self._draw_static(ax)
+            ax.text(0.01, 0.99, self._png_title(), transform=ax.transAxes, va="top",
+                    ha="left", color="w", fontsize=8,
+                    bbox={"facecolor": "k", "alpha": 0.5, "lw": 0})
 
-        fig = Figure(figsize=(6.4, 6.4 * self._aspect()), dpi=dpi)
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes((0, 0, 1, 1))
-        self._draw_static(ax)
-        title = self._png_title()
-        if title:
-            ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", ha="left",
-                    color="w", fontsize=8, bbox={"facecolor": "k", "alpha": 0.5, "lw": 0})
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return figure_png(draw, (6.4, 6.4 * self._aspect()), dpi=dpi)
 
     def _aspect(self) -> float:
         v = self.view or self._default_view()
@@ -579,16 +577,6 @@ class _FrameWidget(anywidget.AnyWidget):
 
     def _png_title(self) -> str:
         return f"{type(self).__name__} — frame {self.frame_number}"
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs)
-        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data = dict(data)
-        try:
-            data["image/png"] = base64.b64encode(self.to_png()).decode("ascii")
-        except Exception as exc:  # noqa: BLE001 - the live widget must still display
-            data["text/plain"] = f"{data.get('text/plain', '')} (no static picture: {exc})"
-        return data, meta
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} frame {self.frame_number} of {self._frames.n}, "

@@ -113,7 +113,8 @@ def render(data, bad, has_bad, lut, row0, col0, step, use_max, out, out_bad):
 
 @numba.njit(cache=True)
 def to_codes(values, vmin, vmax, log, out):
-    """Colour codes of the 1-D ``values`` into ``out``: 0 for NaN (no data), 1..255 from ``vmin`` to ``vmax``.
+    """Colour codes of the 1-D ``values`` into ``out``: 0 for NaN (no data), 1..255 from
+    ``vmin`` to ``vmax``.
 
     Linear: ``t = (v - vmin) / (vmax - vmin)``; log: ``t = log1p(v - vmin) /
     log1p(vmax - vmin)`` (values below ``vmin`` count as ``vmin``); ``t`` is clipped to
