@@ -225,5 +225,16 @@ def open_and_run(page, lab: Lab, name: str, *, timeout_s: float = 120.0) -> None
         dialog.first.click()
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                            timeout=timeout_s * 1000)
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+    for _ in range(5):
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel"
+                   ":text-is('Run All Cells')")
+        try:  # the first cell's prompt turns from "[ ]:" to "[*]:" or "[1]:"
+            page.wait_for_function("e => /\\[[*0-9]+\\]/.test(e.textContent)",
+                                   arg=prompt.element_handle(), timeout=5000)
+            return
+        except Exception:  # noqa: BLE001 - the notebook was not ready: try again
+            page.keyboard.press("Escape")
+    raise TimeoutError(f"could not run the cells of {name}")

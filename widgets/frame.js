@@ -11,6 +11,9 @@ function render({ model, el }) {
   const kind = model.get("kind");
   const root = sxEl("div", { class: `sx-widget sx-frame sx-${kind}`, tabindex: "0" });
   root.dataset.widget = kind;
+  // Keys typed in the widget are its shortcuts, not JupyterLab's.
+  root.setAttribute("data-lm-suppress-shortcuts", "true");
+  root.setAttribute("data-p-suppress-shortcuts", "true");
   el.appendChild(root);
 
   // ---------------------------------------------------------------- toolbar
@@ -399,7 +402,10 @@ function render({ model, el }) {
     else if (e.key === "p") setTrait("show", { ...model.get("show"), peaks: !model.get("show").peaks });
     else if (tool && tool.key && tool.key(e)) handled = true;
     else handled = false;
-    if (handled) e.preventDefault();
+    if (handled) {
+      e.preventDefault();
+      e.stopPropagation();
+    }
   });
   slider.addEventListener("input", () => {
     markRequest(+slider.value);

@@ -48,6 +48,8 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
         committed (:meth:`poll`, :meth:`follow`).
     viewer : ImageViewer, optional
         Linked viewer (see :meth:`link`).
+    title : str
+        Label of the widget.
     follow : float, optional
         Poll the source every ``follow`` seconds (output directory or experiment).
     **options
@@ -87,7 +89,8 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
     selected = t.Dict().tag(sync=True)
     title = t.Unicode("").tag(sync=True)
 
-    def __init__(self, source, *, viewer=None, follow: float | None = None, **options):
+    def __init__(self, source, *, viewer=None, follow: float | None = None, title: str = "",
+                 **options):
         self._source = source
         self._options = options
         self._frames = None
@@ -108,7 +111,7 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
             raise TypeError(f"RunStats needs Results, a frames DataFrame, "
                             f"sxlab.runstats.RunStats, an experiment or a directory, got "
                             f"{type(source).__name__}")
-        super().__init__()
+        super().__init__(title=title)
         self.refresh()
         if viewer is not None:
             self.link(viewer)
