@@ -68,7 +68,7 @@ function render({ model, el }) {
     // A: spots per image.
     const svgA = sxSvg("svg", { width: RS_W, height: RS_H, class: "sx-plot sx-plot-spots" });
     const ymax = Math.max(1, ...p.n_peaks) * 1.05;
-    const axA = sxAxes(svgA, { x0, x1, y0: 0, y1: ymax, width: RS_W, height: RS_H, ylabel: "strong spots" });
+    const axA = sxAxes(svgA, { x0, x1, y0: 0, y1: ymax, width: RS_W, height: RS_H, top: 24, ylabel: "strong spots" });
     runSeparators(svgA, axA, runs);
     const gPts = sxSvg("g");
     for (let i = 0; i < p.shot.length; i++) {
@@ -84,19 +84,19 @@ function render({ model, el }) {
       gPts.appendChild(c);
     }
     svgA.appendChild(gPts);
-    svgA.appendChild(sxSvg("text", { x: RS_W - 14, y: 22, class: "sx-plot-title", "text-anchor": "end", text: "spots per image (blue: indexed)" }));
+    svgA.appendChild(sxSvg("text", { x: RS_W - 14, y: 15, class: "sx-plot-title", "text-anchor": "end", text: "spots per image (blue: indexed)" }));
     plots.appendChild(svgA);
 
     // B: moving-average rates.
     const r = p.rates;
     const svgB = sxSvg("svg", { width: RS_W, height: RS_H, class: "sx-plot sx-plot-rates" });
     const rmax = Math.max(10, ...r.indexing.filter((v) => v !== null), ...r.solvent.filter((v) => v !== null), ...r.multi_lattice.filter((v) => v !== null)) * 1.05;
-    const axB = sxAxes(svgB, { x0, x1, y0: 0, y1: Math.min(rmax, 105), width: RS_W, height: RS_H, ylabel: "rate (%)" });
+    const axB = sxAxes(svgB, { x0, x1, y0: 0, y1: Math.min(rmax, 105), width: RS_W, height: RS_H, top: 24, ylabel: "rate (%)" });
     runSeparators(svgB, axB, runs);
     line(svgB, axB, r.shot, r.indexing, "sx-line-indexing");
     line(svgB, axB, r.shot, r.multi_lattice, "sx-line-multi");
     line(svgB, axB, r.shot, r.solvent, "sx-line-solvent");
-    legend(svgB, [["indexing", "sx-line-indexing"], ["multi-lattice", "sx-line-multi"], ["solvent", "sx-line-solvent"]], 60, 20);
+    legend(svgB, [["indexing", "sx-line-indexing"], ["multi-lattice", "sx-line-multi"], ["solvent", "sx-line-solvent"]], 60, 12);
     plots.appendChild(svgB);
 
     // C: per-image resolution (high resolution at the top) and high-quality rate.
@@ -106,7 +106,7 @@ function render({ model, el }) {
     const dhi = res.length ? Math.max(...res) : 5;
     const pad = Math.max(0.1, 0.05 * (dhi - dlo));
     // Inverted axis: plot -d so that small d (high resolution) is at the top.
-    const axC = sxAxes(svgC, { x0, x1, y0: -(dhi + pad), y1: -(dlo - pad), width: RS_W, height: RS_H, right: 40, ylabel: "resolution (Å)", yfmt: (v) => sxFmt(-v) });
+    const axC = sxAxes(svgC, { x0, x1, y0: -(dhi + pad), y1: -(dlo - pad), width: RS_W, height: RS_H, right: 40, top: 24, ylabel: "resolution (Å)", yfmt: (v) => sxFmt(-v) });
     runSeparators(svgC, axC, runs);
     for (let i = 0; i < p.shot.length; i++) {
       if (p.resolution_A[i] === null) continue;
@@ -122,7 +122,7 @@ function render({ model, el }) {
     svgC.appendChild(sxSvg("path", { d, class: "sx-line-hq" }));
     for (const tv of [0, 50, 100]) svgC.appendChild(sxSvg("text", { x: RS_W - 36, y: hqY(tv) + 4, class: "sx-tick-label", text: `${tv}%` }));
     const hq = (model.get("settings") || {}).hq_resolution;
-    legend(svgC, [[`high quality (≤ ${sxFmt(hq)} Å) rate`, "sx-line-hq"]], 60, 20);
+    legend(svgC, [[`high quality (≤ ${sxFmt(hq)} Å) rate`, "sx-line-hq"]], 60, 12);
     plots.appendChild(svgC);
   }
 
