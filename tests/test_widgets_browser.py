@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_service
-from lab_harness import Lab, browser, chromium_available, evaluate, lab_available, \
-    open_and_run, write_notebook
+from lab_harness import (
+    Lab,
+    browser,
+    chromium_available,
+    evaluate,
+    lab_available,
+    open_and_run,
+    write_notebook,
+)
 
 import sxlab as sx
 
