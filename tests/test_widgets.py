@@ -8,7 +8,11 @@ core functions and with the plain-NumPy references of ``tests/reference/widgets.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -408,3 +412,36 @@ def test_profile_view_follows_in_the_background(tmp_path, run):
     finally:
         view.stop()
     assert not view.following
+
+
+# ------------------------------------------------------------------------ packaging
+@pytest.mark.slow
+def test_wheel_install_ships_the_front_end(tmp_path):
+    """A non-editable install (wheel) finds the ES modules and CSS in the package."""
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=repo, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (repo / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, src / name)
+    wheels = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(src)], check=True, capture_output=True)
+    site = tmp_path / "site"
+    (wheel,) = wheels.glob("sxlab-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True, capture_output=True)
+    probe = ("import sxlab, sxlab.widgets as w\n"
+             "from sxlab.widgets import _assets\n"
+             "print(sxlab.__file__)\nprint(_assets.asset_dir())\n"
+             "print(w.ImageViewer._esm.count('export default'), len(w.RunStats._css))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr
+    pkg, assets, counts = out.stdout.strip().splitlines()
+    assert pkg.startswith(str(site)) and assets == str(site / "sxlab" / "widgets" / "static")
+    n_export, n_css = counts.split()
+    assert n_export == "1" and int(n_css) > 1000
