@@ -215,6 +215,33 @@ def test_viewer_view_request_contrast_and_mask(run):
     assert v.image_meta["nbytes"] == len(v.image) <= 720 * 600
 
 
+def test_viewer_reads_ahead_and_survives_unreadable_frames(run):
+    class Flaky:
+        """A run whose frame 2 cannot be read."""
+
+        geometry = run.geometry
+        name = "flaky"
+
+        def __len__(self):
+            return len(run)
+
+        def read(self, i):
+            if i == 2:
+                raise OSError("frame 2: truncated chunk")
+            return run.read(i)
+
+    v = sx.widgets.ImageViewer(Flaky(), frame=0)
+    for i in (1, 2, 3, 4, 3):  # frame 2 fails; the others come from the read-ahead
+        v.frame = i
+        expected = np.asarray(run.read(i)[0]).ravel() if i != 2 else None
+        if expected is None:
+            assert "frame 2" in v.status and "truncated chunk" in v.status
+            assert np.isnan(v.data).all() and v.image_meta["frame"] == 2
+        else:
+            assert v.status == ""
+            np.testing.assert_array_equal(v.data.ravel(), expected)
+
+
 def test_every_widget_carries_a_static_png(run, results):
     widgets = [sx.widgets.ImageViewer(run, results=results), sx.widgets.MaskPainter(run),
                sx.widgets.PeakTuner(run, params=PARAMS), sx.widgets.RunStats(results),

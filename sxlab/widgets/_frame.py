@@ -11,6 +11,7 @@ coordinates; the hover readout is computed here from the pixel under the cursor.
 from __future__ import annotations
 
 import html
+import threading
 import time
 
 import anywidget
@@ -77,6 +78,8 @@ class _Frames:
             self.n = 1
             self._single = (values, dict(getattr(source, "attrs", {}) or {}))
         self.geometry = geometry
+        self._ahead = None  # (index, result or exception) read in advance
+        self._thread = None
         if self._single is not None:
             self.shape = self._single[0].shape
         elif geometry is not None:
@@ -86,6 +89,31 @@ class _Frames:
 
     def read(self, i: int):
         """``(data float32 flat, bad bool flat or None, attrs)`` of frame ``i``."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == i:
+            if isinstance(ahead[1], BaseException):
+                raise ahead[1]
+            return ahead[1]
+        return self._read(i)
+
+    def prefetch(self, i: int) -> None:
+        """Read frame ``i`` in a background thread (the next :meth:`read` waits for it)."""
+        if self.run is None or not 0 <= i < self.n or self._thread is not None:
+            return
+
+        def work():
+            try:
+                self._ahead = (i, self._read(i))
+            except Exception as exc:  # noqa: BLE001 - raised when the frame is asked for
+                self._ahead = (i, exc)
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def _read(self, i: int):
         if self._single is not None:
             values, attrs = self._single
             data = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
@@ -207,6 +235,8 @@ class _FrameWidget(StaticPNG, anywidget.AnyWidget):
             bad, attrs = None, {}
             status = f"frame {i}: {type(exc).__name__}: {exc}"
         self._read_s = time.perf_counter() - t0
+        self._direction = -1 if i < getattr(self, "_shown", -1) else 1
+        self._shown = i
         self._data, self._bad, self._attrs = data, bad, attrs
         self._limits_cache.clear()
         with self.hold_sync():
@@ -215,6 +245,8 @@ class _FrameWidget(StaticPNG, anywidget.AnyWidget):
             self._update_frame_tables()
             self._after_load()
             self.render_view()
+        # Frames are mostly stepped through in order: read the next one meanwhile.
+        self._frames.prefetch(i + self._direction)
 
     def _after_load(self) -> None:
         """Hook for subclasses, called when a frame has been loaded (before rendering)."""
