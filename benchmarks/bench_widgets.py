@@ -27,14 +27,14 @@ Run ``python benchmarks/bench_widgets.py`` (``make bench`` runs every benchmark)
 
 from __future__ import annotations
 
-import _common
-
 import os  # noqa: E402,I001
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import _common
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from lab_harness import Lab, browser, evaluate, open_and_run, write_notebook  # noqa: E402
