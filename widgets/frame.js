@@ -122,6 +122,7 @@ function render({ model, el }) {
     inFlight = seq;
     pending = false;
     lastSentAt = performance.now();
+    root.dataset.sent = String(seq);
     setTrait("view", { ...viewRect(), width: CANVAS_W, height: CANVAS_H, seq });
   }
   function resetView() {

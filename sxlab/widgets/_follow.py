@@ -1,45 +1,13 @@
-"""Following a growing output directory, and periodic polling in a notebook.
+"""Periodic polling in a notebook: :class:`Poller` calls a function every few seconds.
 
-:class:`PartsFollower` reads the committed parts of a :func:`sxlab.process_run` output
-directory (``parts/<kind>-<first>-<last>.parquet``, committed once the part's frames file
-exists) that it has not read before; :class:`Poller` calls a function every few seconds
-on the kernel's event loop (a thread where no loop runs).
+It runs on the kernel's event loop when there is one (a task), else in a daemon thread.
+The widgets poll a growing results directory with :class:`sxlab.results.ResultsReader`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
-
-import pandas as pd
-
-
-class PartsFollower:
-    """New committed parts of one table of an output directory, part by part."""
-
-    def __init__(self, path, kind: str):
-        self.path = Path(path)
-        self.kind = kind
-        self._seen: set[str] = set()
-
-    def read_new(self) -> pd.DataFrame | None:
-        """Rows of the parts committed since the last call (None when there are none)."""
-        parts = self.path / "parts"
-        stems = sorted(p.name[len("frames-"):-len(".parquet")]
-                       for p in parts.glob("frames-*.parquet"))
-        tables = []
-        for stem in stems:
-            if stem in self._seen:
-                continue
-            f = parts / f"{self.kind}-{stem}.parquet"
-            if not f.is_file():
-                continue
-            tables.append(pd.read_parquet(f))
-            self._seen.add(stem)
-        if not tables:
-            return None
-        return pd.concat(tables, ignore_index=True)
 
 
 class Poller:

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import traitlets as t
 
-from ..profiling import PROFILE_SCHEMA, profile_blocks
+from .. import tables
+from ..profiling import profile_blocks
+from ..results import ResultsReader
 from . import _assets
-from ._follow import PartsFollower, Poller
+from ._follow import Poller
 from ._png import StaticPNG, figure_png
 
 __all__ = ["ProfileView"]
@@ -29,7 +31,8 @@ class ProfileView(StaticPNG, anywidget.AnyWidget):
         A profile table (:data:`sxlab.profiling.PROFILE_SCHEMA`), e.g.
         ``results.profile``.
     path : str or Path, optional
-        Output directory to read committed parts from (see :meth:`poll`).
+        Results directory to read committed parts from as they appear
+        (:class:`sxlab.results.ResultsReader`; see :meth:`poll`).
     block, top, level : int
         Frames per block, categories kept (the others summed as "other") and depth of
         the categories, as in :func:`sxlab.plots.profile`.
@@ -72,8 +75,9 @@ class ProfileView(StaticPNG, anywidget.AnyWidget):
     def __init__(self, table: pd.DataFrame | None = None, *, path=None, block: int = 133,
                  top: int = 10, level: int = 1, include_wait: bool = True,
                  follow: float | None = None, **kwargs):
-        self._table = _empty() if table is None else table.reset_index(drop=True)
-        self._follower = PartsFollower(path, "profile") if path is not None else None
+        self._table = (tables.PROFILE.empty() if table is None
+                       else table.reset_index(drop=True))
+        self._follower = ResultsReader(path) if path is not None else None
         self._poller = None
         super().__init__(block=int(block), top=int(top), level=int(level),
                          include_wait=bool(include_wait), **kwargs)
@@ -101,9 +105,7 @@ class ProfileView(StaticPNG, anywidget.AnyWidget):
         """
         if self._follower is None:
             raise ValueError("this ProfileView follows no directory: pass path=")
-        new = self._follower.read_new()
-        if new is None:
-            return 0
+        new = self._follower.poll()["profile"]
         self.append(new)
         return len(new)
 
@@ -159,6 +161,3 @@ class ProfileView(StaticPNG, anywidget.AnyWidget):
 
         return figure_png(draw, (8, 4.5), dpi=dpi, layout="constrained")
 
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=d) for c, d in PROFILE_SCHEMA.items()})

@@ -11,8 +11,9 @@ import pandas as pd
 import traitlets as t
 
 from .. import runstats as _rs
+from ..results import ResultsReader
 from . import _assets
-from ._follow import PartsFollower, Poller
+from ._follow import Poller
 from ._png import StaticPNG, figure_png
 
 __all__ = ["RunStats"]
@@ -99,7 +100,7 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
         self._viewer = None
         self._viewer_run = None
         if isinstance(source, (str, Path)):
-            self._follower = PartsFollower(source, "frames")
+            self._follower = ResultsReader(source)
             self._frames = None
         elif isinstance(source, _rs.RunStats):
             self.stats = source
@@ -123,8 +124,8 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
         """Recompute from the source (re-reads an experiment or the directory's parts)."""
         src = self._source
         if self._follower is not None:
-            new = self._follower.read_new()
-            if new is not None:
+            new = self._follower.poll()["frames"]
+            if len(new):
                 self._frames = new if self._frames is None else pd.concat(
                     [self._frames, new], ignore_index=True)
             if self._frames is None:

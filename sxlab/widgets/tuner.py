@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import traitlets as t
 
+from .. import tables
 from ..params import HitParams, Params
 from ..peaks import PeakFinder, PeakFinderParams
 from ..pipeline import build_mask
@@ -221,7 +222,8 @@ class PeakTuner(_FrameWidget):
     def sample_table(self) -> pd.DataFrame:
         """Peaks per frame of the sampled frames with the current parameters.
 
-        Columns ``frame``, ``n_peaks``, ``hit``; empty when ``sample`` is 0.
+        The :data:`sxlab.tables.HITS` table (``frame``, ``n_peaks``, ``hit``); empty when
+        ``sample`` is 0.
         """
         if self._sample_rows is None:
             self._recompute_sample()
@@ -241,8 +243,7 @@ class PeakTuner(_FrameWidget):
             peaks = self._finder(data.reshape(shape), None if bad is None else bad.reshape(shape),
                                  frame=int(i))
             rows.append({"frame": int(i), "n_peaks": len(peaks), "hit": self._is_hit(len(peaks))})
-        table = pd.DataFrame(rows, columns=["frame", "n_peaks", "hit"]).astype(
-            {"frame": "int64", "n_peaks": "int64", "hit": "bool"})
+        table = tables.HITS.make({k: [r[k] for r in rows] for k in ("frame", "n_peaks", "hit")})
         self._sample_rows = table
         if not len(table):
             return
