@@ -438,7 +438,8 @@ function render({ model, el }) {
     for (const n of names) model.on(`change:${n}`, fn);
   };
   onChange(["frame", "n_frames", "contrast", "colormap", "reduce", "show", "nav", "info_html", "status"], syncControls);
-  model.on("change:image", onImage);
+  // image_meta changes with every reply (its seq), the image bytes only when they differ.
+  model.on("change:image_meta", onImage);
   model.on("change:mask_image", () => {
     buildOffscreen();
     draw();
