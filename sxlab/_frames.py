@@ -1,7 +1,7 @@
 """Frames and bad-pixel masks as the numba kernels take them.
 
 The prepared per-frame objects (:class:`~sxlab.peaks.PeakFinder`,
-:class:`~sxlab.integrate.Integrator`) check a frame's shape, keep the dtypes their kernels
+:class:`~sxlab.integration.Integrator`) check a frame's shape, keep the dtypes their kernels
 are compiled for and convert the others, and flatten the frame to the layout their
 kernels index.
 """

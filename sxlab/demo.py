@@ -105,7 +105,7 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
     """
     from . import datasets
     from .cell import UnitCell
-    from .merge import merge
+    from .merging import merge
     from .pipeline import process_run
 
     t_start = time.perf_counter()

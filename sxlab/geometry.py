@@ -474,6 +474,7 @@ class Detector:
         state.pop("_maps", None)
         state.pop("data_shape", None)
         state.pop("_ray_tables", None)
+        state.pop("_panel_vectors", None)
         return state
 
     def __setstate__(self, state):
@@ -575,14 +576,22 @@ class Detector:
                 raise ValueError("panel is required for a stacked detector")
             panel = self.panel_of_pixel(fs, ss)
         pid = self._panel_ids(panel, fs.size)
+        corner, fs_m, ss_m, min_fs, min_ss = self._panel_vectors
+        on = (pid >= 0) & (pid < len(self.panels))
         out = np.full((fs.size, 3), np.nan)
-        for i in np.unique(pid):
-            if i < 0:
-                continue
-            p = self.panels[i]
-            sel = pid == i
-            out[sel] = _panel_lab(p, fs[sel] - p.min_fs, ss[sel] - p.min_ss)
+        p = pid[on]
+        out[on] = (corner[p] + (fs[on] - min_fs[p])[:, None] * fs_m[p]
+                   + (ss[on] - min_ss[p])[:, None] * ss_m[p])
         return out
+
+    @cached_property
+    def _panel_vectors(self) -> tuple:
+        """Per-panel corner, fs and ss step vectors (m) and data-array origin (cached)."""
+        return (np.array([p.corner_m() for p in self.panels]),
+                np.array([p.fs_m() for p in self.panels]),
+                np.array([p.ss_m() for p in self.panels]),
+                np.array([p.min_fs for p in self.panels], dtype=float),
+                np.array([p.min_ss for p in self.panels], dtype=float))
 
     def panel_of_pixel(self, fs, ss, module=None) -> np.ndarray:
         """Index of the panel containing each data-array coordinate (-1: none)."""
@@ -612,9 +621,7 @@ class Detector:
     @cached_property
     def _ray_tables(self) -> tuple:
         """Per-panel arrays for the ray-intersection kernel (geometry-only, cached)."""
-        corner = np.array([p.corner_m() for p in self.panels])
-        fs_m = np.array([p.fs_m() for p in self.panels])
-        ss_m = np.array([p.ss_m() for p in self.panels])
+        corner, fs_m, ss_m, min_fs, min_ss = self._panel_vectors
         normal = np.cross(fs_m, ss_m)
         gram = np.empty((len(self.panels), 2, 2))
         gram[:, 0, 0] = np.einsum("ij,ij->i", fs_m, fs_m)
@@ -624,8 +631,7 @@ class Detector:
             corner, fs_m, ss_m, normal, np.linalg.inv(gram),
             np.array([p.width for p in self.panels], dtype=float),
             np.array([p.height for p in self.panels], dtype=float),
-            np.array([p.min_fs for p in self.panels], dtype=float),
-            np.array([p.min_ss for p in self.panels], dtype=float),
+            min_fs, min_ss,
         )
 
     def _ray_to_pixel(self, d: np.ndarray):
@@ -639,13 +645,23 @@ class Detector:
         ray_to_pixel(d, *self._ray_tables, panel, fs, ss)
         return panel, fs, ss
 
-    def lab_to_q(self, xyz) -> np.ndarray:
-        """Scattering vectors (1/Å) of lab positions, shape (n, 3)."""
-        return _lab_to_q(np.atleast_2d(xyz), self.beam.wavelength_A)
+    def lab_to_q(self, xyz, wavelength_A: float | None = None) -> np.ndarray:
+        """Scattering vectors (1/Å) of lab positions, shape (n, 3).
 
-    def pixel_to_q(self, fs, ss, panel=None) -> np.ndarray:
-        """Scattering vectors (1/Å) of data-array coordinates, shape (n, 3)."""
-        return self.lab_to_q(self.pixel_to_lab(fs, ss, panel))
+        ``wavelength_A`` defaults to the beam's.
+        """
+        lam = self.beam.wavelength_A if wavelength_A is None else wavelength_A
+        if not (np.isfinite(lam) and lam > 0):
+            raise ValueError(f"a finite, positive wavelength is needed, got {lam}")
+        return _lab_to_q(np.atleast_2d(xyz), lam)
+
+    def pixel_to_q(self, fs, ss, panel=None, *, wavelength_A: float | None = None
+                   ) -> np.ndarray:
+        """Scattering vectors (1/Å) of data-array coordinates, shape (n, 3).
+
+        ``wavelength_A`` defaults to the beam's; NaN rows for points on no panel.
+        """
+        return self.lab_to_q(self.pixel_to_lab(fs, ss, panel), wavelength_A)
 
     def q_to_pixel(self, q, wavelength_A: float | None = None):
         """Where a diffracted beam of scattering vector ``q`` (1/Å) hits the detector.

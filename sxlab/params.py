@@ -2,7 +2,7 @@
 
 A :class:`Params` groups one frozen section per stage. Each stage's own parameter class
 is the one home of its defaults (:class:`~sxlab.peaks.PeakFinderParams`,
-:class:`~sxlab.index.IndexParams`, :class:`~sxlab.integrate.IntegrationParams`); this
+:class:`~sxlab.indexing.IndexParams`, :class:`~sxlab.integration.IntegrationParams`); this
 module adds the sections that belong to the pipeline (masking, hit decision, which
 stages run, the reference cell) and the file format.
 
@@ -35,8 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .cell import UnitCell
-from .index import IndexParams
-from .integrate import IntegrationParams
+from .indexing import IndexParams
+from .integration import IntegrationParams
 from .peaks import PeakFinderParams
 
 __all__ = ["HitParams", "MaskParams", "Params", "ParamsError", "StageParams"]

@@ -132,11 +132,11 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
 
         finder = PeakFinder(geometry, mask, params.peaks)
     if st.index:
-        from .index import Indexer
+        from .indexing import Indexer
 
         indexer = Indexer(geometry, params.cell, params.index)
     if st.integrate:
-        from .integrate import Integrator
+        from .integration import Integrator
 
         integrator = Integrator(geometry, mask, params.integrate)
     high, low = _solvent_angles(geometry)
@@ -224,16 +224,16 @@ def process_frame(image, bad=None, context: Context | None = None, *,
         if ctx.indexer is not None and row["hit"]:
             t0 = time.perf_counter()
             with prof.section("index"):
-                crystals = ctx.indexer(peaks, frame=frame)
+                crystals, peaks = ctx.indexer.index(peaks, frame=frame)
             row["index_s"] = time.perf_counter() - t0
             row["n_crystals"] = len(crystals)
             row["indexed"] = len(crystals) > 0
         if ctx.integrator is not None and crystals is not None and len(crystals):
-            from .integrate import resolution_estimate
+            from .integration import resolution_estimate
 
             t0 = time.perf_counter()
             with prof.section("integration"):
-                reflections = ctx.integrator(image, crystals, bad, peaks=peaks)
+                reflections = ctx.integrator(image, crystals, bad)
             row["integrate_s"] = time.perf_counter() - t0
             row["n_reflections"] = len(reflections)
             row["resolution_A"] = float(resolution_estimate(reflections))

@@ -99,7 +99,7 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     labelled in Å. CC1/2, CC* and completeness share the left axis (0–1); mean I/σ(I)
     is on a right-hand axis. A dotted line marks CC* = ``threshold`` and a dashed one
     the resolution where CC* falls below it (``stats.attrs["d_cc_star_A"]``, or
-    :func:`sxlab.merge.cc_star_resolution`).
+    :func:`sxlab.merging.cc_star_resolution`).
 
     Parameters
     ----------
@@ -131,7 +131,7 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     """
     from matplotlib.ticker import FuncFormatter
 
-    from .merge import cc_star_resolution
+    from .merging import cc_star_resolution
 
     t = stats[stats["shell"] >= 0].sort_values("shell")
     if not len(t):

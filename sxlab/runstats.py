@@ -101,7 +101,7 @@ RUN_STATS_SCHEMA: dict[str, tuple[str, str]] = {
 }
 
 #: Per-frame resolution shells (input of :func:`frame_resolution`), as
-#: :func:`sxlab.integrate.resolution_shells` returns them (plus ``run`` for several runs).
+#: :func:`sxlab.integration.resolution_shells` returns them (plus ``run`` for several runs).
 SHELL_SCHEMA: dict[str, tuple[str, str]] = {
     "frame": ("int64", "frame index"),
     "shell": ("int64", "shell index, 0 = lowest resolution"),
@@ -174,7 +174,7 @@ def frame_resolution(shells: pd.DataFrame, i_sigma: float = 1.0) -> pd.Series:
     The resolution of a frame is the high-resolution edge (``d_min_A``) of its
     highest-resolution shell with at least one reflection and ``mean_i_sigma >= i_sigma``,
     whether or not lower shells reach it (cctbx.xfel's per-image rule; the same as
-    :func:`sxlab.integrate.resolution_estimate` on the reflections the shells came from).
+    :func:`sxlab.integration.resolution_estimate` on the reflections the shells came from).
 
     Parameters
     ----------
@@ -273,15 +273,6 @@ def _check_columns(frames: pd.DataFrame, needed) -> None:
                        f"{list(needed)} (as sxlab.process_run writes them)")
 
 
-def _order_runs(frames: pd.DataFrame) -> pd.DataFrame:
-    """Runs in order of first appearance, frames ascending within each run."""
-    runs = pd.unique(frames["run"])
-    rank = pd.Series(np.arange(len(runs)), index=runs)
-    key = rank.loc[frames["run"].to_numpy()].to_numpy()
-    order = np.lexsort((frames["frame"].to_numpy(), key))
-    return frames.iloc[order].reset_index(drop=True)
-
-
 def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=None,
               last: int | None = None, min_spots: int | None = None,
               solvent_cutoff: float = 1.0, n_multiples: int = 2, i_sigma: float = 1.0,
@@ -343,50 +334,38 @@ def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=
         raise KeyError("frames table has no 'hit' column: give min_spots")
     if int(n_multiples) < 2:
         raise ValueError(f"n_multiples must be >= 2, got {n_multiples}")
-    f = frames if "run" in frames.columns else frames.assign(run="")
-    f = f.assign(run=f["run"].astype(str))
-    if runs is not None:
-        runs = [str(r) for r in ([runs] if isinstance(runs, str) else runs)]
-        unknown = [r for r in runs if r not in set(f["run"])]
-        if unknown:
-            raise KeyError(f"run(s) {unknown} not in the frames table")
-        f = f[f["run"].isin(runs)]
-        rank = {r: k for k, r in enumerate(runs)}
-        f = f.iloc[np.argsort(f["run"].map(rank).to_numpy(), kind="stable")]
-    f = _order_runs(f)
-    if last is not None:
-        keep = pd.unique(f["run"])[-int(last):] if int(last) > 0 else []
-        f = f[f["run"].isin(keep)].reset_index(drop=True)
-    run_order = list(pd.unique(f["run"]))
-    ok = (f["status"] == "ok").to_numpy() if "status" in f.columns else np.ones(len(f), bool)
-    failed = f.loc[~ok, "run"].value_counts()
-    f = f[ok].reset_index(drop=True)
-    n = len(f)
+    idx, names, run_order, failed = _select(frames, runs, last)
+    n = len(idx)
 
-    n_peaks = f["n_peaks"].to_numpy(np.int64)
-    if "n_crystals" in f.columns:
-        n_crystals = f["n_crystals"].to_numpy(np.int64)
+    def col(name, dtype=None):
+        return frames[name].to_numpy(dtype)[idx]
+
+    run_col = names[idx]
+    frame = col("frame", np.int64)
+    n_peaks = col("n_peaks", np.int64)
+    if "n_crystals" in frames.columns:
+        n_crystals = col("n_crystals", np.int64)
     else:
-        n_crystals = f["indexed"].to_numpy(bool).astype(np.int64)
+        n_crystals = col("indexed", bool).astype(np.int64)
     indexed = n_crystals > 0
-    hit = (n_peaks >= int(min_spots)) if min_spots is not None else f["hit"].to_numpy(bool)
-    ratio = f["solvent_ratio"].to_numpy(np.float64)
+    hit = (n_peaks >= int(min_spots)) if min_spots is not None else col("hit", bool)
+    ratio = col("solvent_ratio", np.float64)
     solvent = np.isfinite(ratio) & (ratio >= float(solvent_cutoff))
     multi = n_crystals >= int(n_multiples)
     if shells is not None:
-        res = _resolution_from_shells(f, shells, i_sigma)
+        res = _resolution_from_shells(run_col, frame, shells, i_sigma)
     elif float(i_sigma) != 1.0:
         raise ValueError(f"i_sigma={i_sigma} needs the per-frame resolution shells "
                          "(shells=...): the frames table's resolution_A is at I/σ >= 1")
     else:
-        res = f["resolution_A"].to_numpy(np.float64).copy()
+        res = col("resolution_A", np.float64).copy()
     res[~indexed] = np.nan
     hq = indexed & (res <= float(hq_resolution))
 
     h = int(window) if window is not None else min(50, max(n // 20, 1))
     out = pd.DataFrame({
-        "run": f["run"].to_numpy(object),
-        "frame": f["frame"].to_numpy(np.int64),
+        "run": pd.Series(run_col, dtype=object),
+        "frame": frame,
         "shot": np.arange(n, dtype=np.int64),
         "n_peaks": n_peaks,
         "hit": hit,
@@ -403,28 +382,67 @@ def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=
         "high_quality_rate": moving_average(hq, int(hq_window), weights=indexed),
     })
     for extra in ("event", "filename"):
-        if extra in f.columns:
-            out[extra] = f[extra].to_numpy(object)
+        if extra in frames.columns:
+            out[extra] = pd.Series(col(extra, object), dtype=object)
     params = {"min_spots": min_spots, "solvent_cutoff": float(solvent_cutoff),
               "n_multiples": int(n_multiples), "i_sigma": float(i_sigma),
               "hq_resolution": float(hq_resolution), "half_window": h,
               "hq_half_window": int(hq_window)}
     table = _run_table(out, float(hq_resolution), run_order)
-    table["failed"] = table["run"].map(failed).fillna(0).astype(np.int64)
+    table["failed"] = np.array([failed.get(r, 0) for r in table["run"]], dtype=np.int64)
     return RunStats(out, table, params)
 
 
-def _resolution_from_shells(f: pd.DataFrame, shells: pd.DataFrame, i_sigma: float):
+def _select(frames: pd.DataFrame, runs, last):
+    """Rows of the selected shots in order (failed frames left out), the run name of every
+    input row, the runs in order and the failed frames per run."""
+    if "run" in frames.columns:
+        names = frames["run"].to_numpy(object)
+        step = max(1, len(names) // 64)
+        if len(names) and not all(isinstance(v, str) for v in names[::step]):
+            names = names.astype(str).astype(object)
+    else:
+        names = np.full(len(frames), "", dtype=object)
+    codes, uniq = pd.factorize(names, sort=False)
+    uniq = np.asarray(uniq, dtype=object)
+    if runs is not None:
+        runs = [str(r) for r in ([runs] if isinstance(runs, str) else runs)]
+        unknown = [r for r in runs if r not in set(uniq)]
+        if unknown:
+            raise KeyError(f"run(s) {unknown} not in the frames table")
+        pos = {r: k for k, r in enumerate(runs)}
+        rank_of_code = np.array([pos.get(u, -1) for u in uniq], dtype=np.int64)
+    else:
+        rank_of_code = np.arange(len(uniq), dtype=np.int64)
+    rank = rank_of_code[codes] if len(codes) else np.zeros(0, np.int64)
+    chosen = np.sort(np.unique(rank[rank >= 0]))
+    if last is not None:
+        chosen = chosen[-int(last):] if int(last) > 0 else chosen[:0]
+    keep = np.isin(rank, chosen)
+    frame = frames["frame"].to_numpy(np.int64)
+    key = rank * (int(frame.max()) + 1 if len(frame) else 1) + frame
+    rows = np.flatnonzero(keep)
+    if len(rows) > 1 and not bool(np.all(key[rows][1:] >= key[rows][:-1])):
+        rows = rows[np.argsort(key[rows], kind="stable")]
+    order_of_rank = {r: k for k, r in enumerate(rank_of_code)}
+    run_order = [uniq[order_of_rank[r]] for r in chosen]
+    ok = (frames["status"].to_numpy(object)[rows] == "ok") if "status" in frames.columns \
+        else np.ones(len(rows), bool)
+    bad = pd.Series(names[rows[~ok]]).value_counts() if (~ok).any() else pd.Series(dtype=int)
+    return rows[ok], names, run_order, bad.to_dict()
+
+
+def _resolution_from_shells(run_col: np.ndarray, frame: np.ndarray, shells: pd.DataFrame,
+                            i_sigma: float) -> np.ndarray:
     by_run = "run" in shells.columns
     res = frame_resolution(shells.assign(run=shells["run"].astype(str)) if by_run else shells,
                            i_sigma)
     if by_run:
-        idx = pd.MultiIndex.from_arrays([f["run"].to_numpy(object),
-                                         f["frame"].to_numpy(np.int64)])
+        idx = pd.MultiIndex.from_arrays([run_col, frame])
     else:
-        if f["run"].nunique() > 1:
+        if len(set(run_col)) > 1:
             raise KeyError("the shell table needs a 'run' column for several runs")
-        idx = pd.Index(f["frame"].to_numpy(np.int64))
+        idx = pd.Index(frame)
     return res.reindex(idx).to_numpy(np.float64, copy=True)
 
 

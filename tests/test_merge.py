@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 import sxlab as sx
-from sxlab import _merge_kernels as kern
+from sxlab import _merging_kernels as kern
 from sxlab.geometry import builtin_geometry
-from sxlab.merge import (
+from sxlab.merging import (
     _AsuTable,
     ambiguity_operators,
     cc_star,
@@ -662,11 +662,10 @@ def test_merging_stats_plot(lysozyme):
     plt.close(ax.figure)
 
 
-def test_module_is_callable_and_input_is_checked(lysozyme):
-    import sxlab.merge as merge_module
+def test_merge_function_and_input_is_checked(lysozyme):
+    import sxlab.merging as merging
 
-    assert sx.merge is merge_module and callable(sx.merge)
-    assert sx.MergeResult is merge_module.MergeResult
+    assert sx.merge is merging.merge and sx.MergeResult is merging.MergeResult
     obs = observations(lysozyme, 17).head(2000)
     with pytest.raises(KeyError, match="sigma"):
         sx.merge(obs.drop(columns="sigma"), "P43212")

@@ -9,8 +9,8 @@ LYSO = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 
 
 def test_defaults_come_from_the_stage_modules():
-    from sxlab.index import IndexParams
-    from sxlab.integrate import IntegrationParams
+    from sxlab.indexing import IndexParams
+    from sxlab.integration import IntegrationParams
     from sxlab.peaks import PeakFinderParams
 
     p = Params()

@@ -12,7 +12,7 @@ from reference import runstats as ref
 
 import sxlab as sx
 from sxlab import runstats
-from sxlab.integrate import resolution_per_frame, resolution_shells
+from sxlab.integration import resolution_per_frame, resolution_shells
 from sxlab.runstats import cell_clusters, frame_resolution, run_stats, strongest
 
 matplotlib.use("Agg")

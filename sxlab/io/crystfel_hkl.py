@@ -182,7 +182,7 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     --------
     >>> merged = read_hkl("partialator.hkl")  # doctest: +SKIP
     """
-    from ..merge import _as_gemmi_cell, _d_spacing
+    from ..merging import _as_gemmi_cell, _d_spacing
 
     path = Path(path)
     lines = path.read_text().splitlines()

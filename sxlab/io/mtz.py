@@ -99,7 +99,7 @@ def write_mtz(merged: pd.DataFrame, path: str | os.PathLike, cell=None, space_gr
     ds.crystal_name = dataset
     ds.wavelength = float(wavelength_A)
     if anomalous:
-        from ..merge import _AsuTable, _d_spacing
+        from ..merging import _AsuTable, _d_spacing
 
         d = _d_spacing(gcell, hkl)
         lim = float(d[np.isfinite(d)].min()) if np.isfinite(d).any() else 1.0

@@ -21,7 +21,7 @@ reflection, as CrystFEL's partialator does with its ``unity`` model:
    (:func:`merging_statistics`): completeness, multiplicity, ⟨I/σ⟩, CC1/2, CC*,
    Rsplit, and the resolution where CC* falls below 0.5 (:func:`cc_star_resolution`).
 
-The module is callable as its main function: ``sx.merge(reflections, "P43212")``.
+The notebook spelling is ``sx.merge(reflections, "P43212")``, this module's :func:`merge`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import _callable, tables
-from . import _merge_kernels as _k
+from . import _merging_kernels as _k
+from . import tables
 from .cell import UnitCell, _space_group
 
 __all__ = [
@@ -1136,5 +1136,3 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         ambiguity_changes=[int(c) for c in changes if c >= 0], counts=counts,
     )
 
-
-_callable.make_callable(__name__, "merge")
