@@ -472,3 +472,24 @@ def test_wheel_install_ships_the_front_end(tmp_path):
     assert pkg.startswith(str(site)) and assets == str(site / "sxlab" / "widgets" / "static")
     n_export, n_css = counts.split()
     assert n_export == "1" and int(n_css) > 1000
+
+
+def test_runstats_from_an_experiment_requeries_on_refresh(results):
+    class Database:
+        """Stands for sx.Experiment: run_stats(trial, ...) from the frames it holds."""
+
+        def __init__(self):
+            self.frames = results.frames.iloc[:4]
+            self.calls = []
+
+        def run_stats(self, trial, **options):
+            self.calls.append((trial, options))
+            return sx.run_stats(self.frames, **options)
+
+    db = Database()
+    w = sx.widgets.RunStats(db, trial=3, hq_resolution=2.0)
+    assert db.calls == [(3, {"hq_resolution": 2.0})]
+    assert w.points["n_shots"] == 4 and w.settings["hq_resolution"] == 2.0
+    db.frames = results.frames
+    w.refresh()
+    assert w.points["n_shots"] == len(results.frames) and len(db.calls) == 2

@@ -106,9 +106,11 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
             self.stats = source
         elif isinstance(source, pd.DataFrame):
             self._frames = source
+        elif hasattr(source, "run_stats"):
+            pass  # an experiment database: queried by refresh()
         elif hasattr(source, "frames") and isinstance(source.frames, pd.DataFrame):
             self._frames = source.frames
-        elif not hasattr(source, "run_stats"):
+        else:
             raise TypeError(f"RunStats needs Results, a frames DataFrame, "
                             f"sxlab.runstats.RunStats, an experiment or a directory, got "
                             f"{type(source).__name__}")
