@@ -358,6 +358,20 @@ class Broker:
                             f"series:{series}")
         return None if v is None else _s(v)
 
+    def wait_run(self, *, since: float = 0.0, run: str | None = None,
+                 timeout_s: float | None = None) -> str | None:
+        """Key of the first run registered at or after ``since`` (epoch seconds), named
+        ``run`` if given; waits up to ``timeout_s`` (None: forever), then None."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for k in self.client.zrangebyscore(self._runs_key(), since, "+inf"):
+                key = _s(k)
+                if run is None or split_key(key)[3] == run:
+                    return key
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
     def run_keys(self) -> list[str]:
         """Stream keys of the beamtime's runs, oldest first."""
         return [_s(k) for k in self.client.zrange(self._runs_key(), 0, -1)]
