@@ -468,7 +468,8 @@ class Broker:
                 rows.append({**base, "group": name, "consumers": int(g["consumers"]),
                              "delivered": delivered, "acked": max(delivered - pending, 0),
                              "pending": pending, "lag": max(last_ms - delivered, 0),
-                             "trimmed": int(info.get(f"trimmed:{name}", 0)),
+                             "trimmed": int(info.get(f"trimmed:{name}", 0))
+                             + int(info.get("trimmed:", 0)),
                              "frames_per_s": float(sum(rates)) if rates else np.nan})
         out = pd.DataFrame(rows, columns=list(STATUS_SCHEMA))
         return out.astype(STATUS_SCHEMA)

@@ -163,7 +163,13 @@ class Ingest:
 
     def _resume(self, key: str, series: int) -> _RunState:
         info = self.broker.info(key)
-        st = _RunState(key=key, series=series, last_ms=_ms(info.get("last_id", "0-0")),
+        # The stream's newest entry is the truth (an ingest killed between appending and
+        # updating the info hash leaves the hash behind).
+        top = self.broker.client.xrevrange(key, "+", "-", count=1)
+        last_ms = _ms(info.get("last_id", "0-0"))
+        if top and _s(top[0][1].get(b"type", b"")) in ("image", "failed"):
+            last_ms = max(last_ms, _ms(top[0][0]))
+        st = _RunState(key=key, series=series, last_ms=last_ms,
                        trim_ms=int(info.get("trim_ms", 1)), t_first=time.time())
         if info.get("nimages"):
             st.nimages = int(info["nimages"])
@@ -259,7 +265,12 @@ class Ingest:
                                               "last_frame": frame, "rate:ingest": rate,
                                               "heartbeat": now})
         pipe.hincrby(f"{st.key}:info", "frames_in", 1)
-        pipe.execute()
+        for r in pipe.execute(raise_on_error=False):
+            if isinstance(r, Exception):
+                # An id Redis already holds: a frame appended just before a restart.
+                self.summary.duplicates += 1
+                log.warning("%s: frame %d already in the stream; the copy was dropped "
+                            "(%s)", st.key, frame, r)
         self._trim(st)
 
     def _trim(self, st: _RunState) -> None:
