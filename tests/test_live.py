@@ -170,10 +170,10 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
     procs = []
     broker = Broker(redis_url, beamtime=beamtime)
     try:
-        procs.append(replay := _python("replay", run500, "--endpoint", endpoint, "--rate", 60,
-                                       "--frames", n, "--run-name", "faults", log=logs))
         procs.append(ingest := _python(*ingest_args, log=logs))
         procs += [w0 := worker(0), w1 := worker(1)]
+        procs.append(replay := _python("replay", run500, "--endpoint", endpoint, "--rate", 20,
+                                       "--frames", n, "--run-name", "run500", log=logs))
         _wait(lambda: broker.run_keys(), 60, "the run to be registered")
         key = broker.run_keys()[0]
         rkey = derived_key(key, "results")
@@ -182,14 +182,17 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
         w0.wait()
         _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 150, 120, "frame 150")
         ingest.send_signal(signal.SIGKILL)                   # the ingest dies
+        assert broker.info(key)["state"] == "receiving"      # ... in the middle of the run
         ingest.wait()
         time.sleep(0.5)
         procs.append(ingest2 := _python(*ingest_args, log=logs))   # ... and is restarted
         _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 250, 120, "frame 250")
         procs.append(w2 := worker(2))                        # a worker joins late
         _wait(lambda: broker.finished(key, "process"), 240, "every frame acknowledged")
-        for p in (w1, w2, ingest2, replay):
-            assert p.wait(60) == 0
+        rcs = {name: p.wait(60) for name, p in (("w1", w1), ("w2", w2),
+                                                 ("ingest", ingest2), ("replay", replay))}
+        logs.flush()
+        assert set(rcs.values()) == {0}, (rcs, (tmp_path / "children.log").read_text()[-3000:])
         info = broker.info(key)
         res = LiveOutput(out, params[0], sx.open_run(run500).geometry).finish(broker, key)
     finally:

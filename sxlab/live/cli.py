@@ -51,8 +51,11 @@ def _cmd_replay(args) -> int:
         print(f"series {s.series}: {s.frames} frames sent at {s.rate_hz:.2f} frames/s",
               file=sys.stderr)
         if stop.is_set():
-            return 1
-    return 0
+            break
+    import zmq
+
+    zmq.Context.instance().term()          # every queued message is sent (or lingered out)
+    return 1 if stop.is_set() else 0
 
 
 def _broker(args):

@@ -209,7 +209,7 @@ class Replay:
                     while time.perf_counter() < target:
                         pass
                 out.send_times.append(time.time())
-                sock.send_multipart(parts, copy=False)
+                sock.send_multipart(parts)
                 out.frames += 1
             t1 = time.perf_counter()
             sock.send_multipart(encode(SeriesEnd(self.series, f"sxlab-replay-{self.series}"),
@@ -218,7 +218,8 @@ class Replay:
                 out.rate_hz = (out.frames - 1) / (out.send_times[-1] - out.send_times[0])
             out.wall_s = t1 - t0 if t0 is not None else 0.0
         finally:
-            sock.close()
+            # Closing waits (up to linger_s) until queued messages have gone out.
+            sock.close(linger=int(linger_s * 1000))
         return out
 
     def __repr__(self) -> str:
