@@ -26,7 +26,7 @@ from sxlab import datasets
 from sxlab.demo import demo_params
 from sxlab.io import NXmxWriter
 from sxlab.live.broker import Broker, derived_key
-from sxlab.live.eiger import ImageMessage, SeriesEnd, encode
+from sxlab.live.eiger import SeriesEnd, encode
 from sxlab.live.ingest import Ingest
 from sxlab.live.replay import Replay
 from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server, free_port
