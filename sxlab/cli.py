@@ -49,7 +49,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from sxlab.pipeline import Results
+    from sxlab.results import Results
 
     res = Results.load(args.dir)
     print(res.summary().astype(object).T.to_string(header=False))
@@ -97,7 +97,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         if (source / "reflections.parquet").is_file():
             reflections = pd.read_parquet(source / "reflections.parquet")
         else:
-            from sxlab.pipeline import Results
+            from sxlab.results import Results
 
             reflections = Results.load(source).reflections
     else:

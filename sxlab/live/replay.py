@@ -207,7 +207,7 @@ class Replay:
                     if delay > 0.002:
                         time.sleep(delay - 0.0015)
                     while time.perf_counter() < target:
-                        pass
+                        time.sleep(0)           # lets other threads run while it waits
                 out.send_times.append(time.time())
                 sock.send_multipart(parts)
                 out.frames += 1

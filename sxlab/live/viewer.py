@@ -114,7 +114,7 @@ class Tail:
         self.key = None
         self._rows: list[dict] = []
         self._last_id = "-"
-        self._parts: set[str] = set()
+        self._reader = None
         self._peaks: dict[int, pd.DataFrame] = {}
         self._t0 = time.time()
         self._n = 0
@@ -158,29 +158,27 @@ class Tail:
         return state, new
 
     def _poll_dir(self) -> tuple[str, list[dict]]:
-        from sxlab.pipeline import committed_parts, read_parts
+        from sxlab.results import ResultsReader
 
-        if not (self.dir / "parts").is_dir():
-            return "waiting", []
-        new = [s for s in committed_parts(self.dir) if s not in self._parts]
-        rows = []
-        if new:
-            t = read_parts(self.dir, new)
-            self._parts.update(new)
-            f = t["frames"]
-            now = time.time()
-            for r in f.itertuples():
-                rows.append({"frame": int(r.frame), "status": r.status, "hit": bool(r.hit),
-                             "indexed": bool(r.indexed), "n_peaks": int(r.n_peaks),
-                             "solvent_ratio": float(r.solvent_ratio),
-                             "resolution_A": float(r.resolution_A), "t_committed": now})
-            hits = f[f.hit]
-            if len(hits):
-                last = int(hits.frame.max())
-                p = t["peaks"]
-                self._peaks = {last: p[p.frame == last][["fs", "ss", "intensity"]]}
-            if self.run is None and len(f):
-                self.run = str(f.run.iloc[0])
+        if self._reader is None:
+            self._reader = ResultsReader(self.dir)
+        t = self._reader.poll()
+        f = t["frames"]
+        now = time.time()
+        rows = [{"frame": int(r.frame), "status": r.status, "hit": bool(r.hit),
+                 "indexed": bool(r.indexed), "n_peaks": int(r.n_peaks),
+                 "solvent_ratio": float(r.solvent_ratio),
+                 "resolution_A": float(r.resolution_A), "t_committed": now}
+                for r in f.itertuples()]
+        hits = f[f.hit]
+        if len(hits):
+            last = int(hits.frame.max())
+            p = t["peaks"]
+            self._peaks = {last: p[p.frame == last][["fs", "ss", "intensity"]]}
+        if self.run is None and len(f):
+            self.run = str(f.run.iloc[0])
+        if not self._reader.parts:
+            return "waiting", rows
         state = "finished" if (self.dir / "frames.parquet").exists() else "receiving"
         return state, rows
 
