@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sxlab import tables
+
 __all__ = [
     "Broker",
     "ConsumerGroup",
     "Entry",
-    "STATUS_SCHEMA",
     "frame_id",
     "id_frame",
     "stream_key",
@@ -29,24 +30,6 @@ __all__ = [
 
 PREFIX = "sx"
 HEADER_ID = "0-1"
-
-#: Columns of :meth:`Broker.status` (one row per run and consumer group).
-STATUS_SCHEMA = {
-    "stream": "object",
-    "run": "object",
-    "state": "object",
-    "frames_in": "int64",
-    "cached": "int64",
-    "group": "object",
-    "consumers": "int64",
-    "delivered": "int64",
-    "acked": "int64",
-    "pending": "int64",
-    "lag": "int64",
-    "trimmed": "int64",
-    "frames_per_s": "float64",
-}
-
 
 def _safe(part: str, what: str) -> str:
     part = str(part)
@@ -435,11 +418,17 @@ class Broker:
         return target.xadd(key, fields, maxlen=maxlen, approximate=maxlen is not None)
 
     # ----------------------------------------------------------------- status
+    @tables.documented
     def status(self, run: str | None = None) -> pd.DataFrame:
         """Per run and consumer group: frames in, cached, delivered, acknowledged,
         pending, lag, trimmed before being read, and the group's frames/s.
 
-        Columns: see :data:`STATUS_SCHEMA`.
+        Returns
+        -------
+        DataFrame
+            One row per run and group (:data:`sxlab.tables.BROKER_STATUS`):
+
+            [columns: broker_status]
         """
         keys = [self.resolve(run)] if run else self.run_keys()
         rows = []
@@ -471,8 +460,8 @@ class Broker:
                              "trimmed": int(info.get(f"trimmed:{name}", 0))
                              + int(info.get("trimmed:", 0)),
                              "frames_per_s": float(sum(rates)) if rates else np.nan})
-        out = pd.DataFrame(rows, columns=list(STATUS_SCHEMA))
-        return out.astype(STATUS_SCHEMA)
+        return tables.BROKER_STATUS.make(pd.DataFrame(rows, columns=list(
+            tables.BROKER_STATUS.names)))
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
