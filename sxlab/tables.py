@@ -651,7 +651,7 @@ BROKER_STATUS = Schema("broker_status", "one row per run and consumer group of t
     _c("pending", "int64", "", "entries delivered and not yet acknowledged"),
     _c("lag", "int64", "", "frames appended but not yet delivered to the group"),
     _c("trimmed", "int64", "", "frames trimmed from the cache before the group read them"),
-    _c("frames_per_s", "float64", "1/s", "frames acknowledged per second (last 10 s)"),
+    _c("rate_hz", "float64", "Hz", "frames acknowledged per second (last 10 s)"),
 ])
 
 #: Every schema by name.

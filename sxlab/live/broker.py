@@ -445,7 +445,7 @@ class Broker:
                 rows.append({**base, "group": "", "consumers": 0, "delivered": 0,
                              "acked": 0, "pending": 0, "lag": frames_in,
                              "trimmed": int(info.get("trimmed:", 0)),
-                             "frames_per_s": np.nan})
+                             "rate_hz": np.nan})
             for g in groups:
                 name = _s(g["name"])
                 delivered = min(_ms(g["last-delivered-id"]), last_ms)
@@ -459,7 +459,7 @@ class Broker:
                              "pending": pending, "lag": max(last_ms - delivered, 0),
                              "trimmed": int(info.get(f"trimmed:{name}", 0))
                              + int(info.get("trimmed:", 0)),
-                             "frames_per_s": float(sum(rates)) if rates else np.nan})
+                             "rate_hz": float(sum(rates)) if rates else np.nan})
         return tables.BROKER_STATUS.make(pd.DataFrame(rows, columns=list(
             tables.BROKER_STATUS.names)))
 
