@@ -178,7 +178,7 @@ def main() -> None:
             trial_s = 6.0 if args.quick else 15.0
             best = None
             trials = []
-            for factor in (1.0, 0.8, 0.65, 0.5, 0.35, 0.25):
+            for factor in (0.7, 0.5, 0.35, 0.25, 0.15):
                 rate = round(capacity * factor, 2)
                 n = max(12, int(rate * trial_s))
                 t = live_trial(run, ppath, rate, n, workdir)

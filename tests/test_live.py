@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,7 +179,9 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
         key = broker.run_keys()[0]
         rkey = derived_key(key, "results")
         _wait(lambda: broker.client.xlen(rkey) >= 30, 120, "30 processed frames")
-        w0.send_signal(signal.SIGKILL)                       # worker dies mid-run
+        _wait(lambda: broker.client.xpending_range(key, "process", "-", "+", 4,
+                                                   consumername="w0"), 60, "w0 busy")
+        w0.send_signal(signal.SIGKILL)                       # worker dies mid-frame
         w0.wait()
         _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 150, 120, "frame 150")
         ingest.send_signal(signal.SIGKILL)                   # the ingest dies
@@ -206,6 +209,9 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
     assert (res.frames.status == "ok").all(), res.frames[res.frames.status != "ok"].error
     _assert_same_tables(batch500, res, frames=range(n))
     assert {0, 1, 2} <= set(res.frames.worker)              # the late worker did work
+    log = (tmp_path / "children.log").read_text()
+    reclaimed = sum(int(m) for m in re.findall(r"(\d+) reclaimed from dead workers", log))
+    assert reclaimed >= 1                                   # w0's frames were taken over
     assert int(info.get("duplicates", 0)) >= 0 and info["state"] == "ended"
 
 

@@ -169,6 +169,8 @@ class ConsumerGroup:
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self._own_checked = False
         self._claim_cursor = "0-0"
+        #: Where the last :meth:`read` got its entries: "own", "claimed" or "new".
+        self.last_source = "new"
         self.create(start)
 
     def create(self, start: str = "0") -> None:
@@ -221,11 +223,14 @@ class ConsumerGroup:
                                           count=count)
             own = self._entries(resp[0][1]) if resp else []
             if own:
+                self.last_source = "own"
                 return own
             self._own_checked = True
         claimed = self.claim(count)
         if claimed:
+            self.last_source = "claimed"
             return claimed
+        self.last_source = "new"
         block = None if block_s is None else max(1, int(block_s * 1000))
         resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                       count=count, block=block)

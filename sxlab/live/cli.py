@@ -128,8 +128,8 @@ def _cmd_worker(args) -> int:
                                 publish=tuple(p for p in args.publish.split(",") if p))
             s = worker.run(stop=stop)
             print(f"worker {worker.consumer}: {s.frames} frames of {key} ({s.failed} "
-                  f"failed), {1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame",
-                  file=sys.stderr)
+                  f"failed, {s.reclaimed} reclaimed from dead workers), "
+                  f"{1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame", file=sys.stderr)
             if not args.follow:
                 break
             args.since = broker.client.zscore(f"{broker.prefix}:{broker.beamtime}:runs",

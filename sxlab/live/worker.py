@@ -37,12 +37,6 @@ __all__ = ["LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
 
 log = logging.getLogger("sxlab.live")
 
-#: Fields of a ``results`` stream entry (one per processed frame).
-RESULT_FIELDS = ("frame", "status", "error", "hit", "indexed", "n_peaks", "n_crystals",
-                 "n_reflections", "resolution_A", "solvent_ratio", "worker", "t_received",
-                 "t_committed", "total_s", "peaks")
-
-
 def geometry_from_header(header: dict):
     """Detector geometry of a run: the CrystFEL geometry in the header appendix, else
     a single-panel detector built from the SIMPLON configuration."""
@@ -320,6 +314,8 @@ class LiveWorker:
         t0 = time.perf_counter()
         entries = self.group.read(count=self.batch, block_s=block_s)
         wait_s = time.perf_counter() - t0
+        if self.group.last_source == "claimed":
+            self.summary.reclaimed += len(entries)
         if not entries:
             self.summary.wait_s += wait_s
             return 0
