@@ -197,6 +197,13 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
         logs.flush()
         assert set(rcs.values()) == {0}, (rcs, (tmp_path / "children.log").read_text()[-3000:])
         info = broker.info(key)
+        # The growing directory (parts only, not finished) serves the batch commands.
+        from sxlab.cli import main
+
+        assert not (out / "frames.parquet").exists()
+        assert main(["stats", str(out)]) == 0
+        assert main(["profile", str(out), "-o", str(tmp_path / "profile.png")]) == 0
+        assert main(["merge", str(out), "-y", "P43212", "-o", str(tmp_path / "m.mtz")]) == 0
         res = LiveOutput(out, params[0], sx.open_run(run500).geometry).finish(broker, key)
     finally:
         for p in procs:
