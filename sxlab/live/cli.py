@@ -122,7 +122,8 @@ def _cmd_worker(args) -> int:
                 key = broker.wait_run(since=args.since, run=args.run, timeout_s=1.0)
             if key is None:
                 continue
-            worker = LiveWorker(broker, key, args.out, params, geometry=args.geometry,
+            out = args.out / key.rsplit(":", 1)[1] if args.follow else args.out
+            worker = LiveWorker(broker, key, out, params, geometry=args.geometry,
                                 group=args.group, consumer=args.name, worker=args.worker,
                                 claim_idle_s=args.claim_idle, batch=args.batch,
                                 publish=tuple(p for p in args.publish.split(",") if p))
@@ -275,7 +276,8 @@ def register(sub) -> None:
     p.add_argument("--run", help="run name or stream key (default: the next run)")
     p.add_argument("--since", type=float, default=0.0, metavar="EPOCH",
                    help="take the first run registered after this time")
-    p.add_argument("--follow", action="store_true", help="go on with the next runs")
+    p.add_argument("--follow", action="store_true",
+                   help="go on with the next runs (each into DIR/<run>)")
     p.add_argument("--group", default="process", help="consumer group")
     p.add_argument("--name", help="consumer name (default: host-pid)")
     p.add_argument("--worker", type=int, default=0, metavar="K", help="worker number")
