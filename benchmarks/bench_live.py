@@ -6,8 +6,8 @@ For each detector (``lysozyme-4m``: EIGER X 4M, ``lysozyme-16m``: EIGER2 X 16M, 
 hits) and each parameter set (full processing, and the fast peak-search and indexing
 modes), on this machine:
 
-1. the batch pipeline (:func:`sxlab.process_run`, 2 workers) on the same frames: frames/s,
-   and the CPU per frame of one worker;
+1. the batch pipeline (:func:`sxlab.process_run`, 2 workers) on the same frames (hits and
+   non-hits alternating, looped): frames/s, and the CPU per frame of one worker;
 2. live runs, each with an embedded Redis server, the ingest and 2 workers as separate
    processes and the replay detector in this process (a short warm-up series first), at
    decreasing replay rates until one is sustained (every frame committed within 5 s of
@@ -68,9 +68,19 @@ def settings(params, mode: str):
     return params
 
 
+def half_hits(run, params):
+    """The run's frames reordered so that hits and non-hits alternate (50 % hits)."""
+    res = sx.process_run(run, params, executor="serial", progress=False)
+    hits = res.frames.frame[res.frames.hit].tolist()
+    blank = res.frames.frame[~res.frames.hit].tolist()
+    n = max(len(hits), len(blank))
+    order = [x for pair in zip((hits * n)[:n], (blank * n)[:n], strict=True) for x in pair]
+    return run[order]
+
+
 def batch(run, params, frames: int):
     """Batch frames/s with 2 workers, and one worker's CPU ms per frame (in process)."""
-    sub = run[:frames]
+    sub = run[np.arange(frames) % len(run)]
     sx.process_run(run[:2], params, executor="serial", progress=False)   # warm-up
     c0 = time.process_time()
     serial = sx.process_run(sub, params, executor="serial", progress=False)
@@ -170,13 +180,13 @@ def main() -> None:
     rows = []
     for det in args.detectors.split(","):
         name = DATASETS[det]
-        run = sx.datasets.load(name, progress=False)
         base = demo_params(sx.datasets.truth(name))
+        run = half_hits(sx.datasets.load(name, progress=False), base)
         for mode in args.modes.split(","):
             params = settings(base, mode)
             ppath = workdir / f"{det}-{mode}.toml"
             params.save(ppath)
-            n_batch = min(len(run), 20 if det == "4m" else 6)
+            n_batch = 60 if det == "4m" else 24
             batch_fps, cpu_ms, serial = batch(run, params, n_batch)
             hits = float(serial.frames.hit.mean())
             capacity = 2000.0 / cpu_ms          # 2 workers, frames/s
