@@ -114,8 +114,8 @@ def _module_name(path: Path, root: Path) -> str:
 
 
 def _private_name_imports(path: Path, root: Path) -> list[str]:
-    """``from <other module> import _name`` statements of a module (private modules of
-    one's own package, e.g. kernels, are imported as modules and allowed)."""
+    """``from <other module> import _name`` statements of a module. A package's private
+    modules are its own: importing them (e.g. kernels) or names from them is allowed."""
     module = _module_name(path, root.parent)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
@@ -130,6 +130,9 @@ def _private_name_imports(path: Path, root: Path) -> list[str]:
             target = node.module or ""
         if target.split(".")[0] != root.name:
             continue
+        parent, _, last = target.rpartition(".")
+        if last.startswith("_") and parent == package:
+            continue  # names of a private module of one's own package
         for alias in node.names:
             name = alias.name
             if not name.startswith("_") or name.startswith("__"):

@@ -48,6 +48,7 @@ COVERED = {
     "sxlab.demo.summarize": "demo_summary",
     "sxlab.io.mtz.read_mtz": "merged",
     "sxlab.io.crystfel_hkl.read_hkl": "merged",
+    "sxlab.live.broker.Broker.status": "broker_status",
 }
 
 
@@ -220,3 +221,29 @@ def test_batch_directory_stream_truth_and_summaries(demo, tmp_path):
     check(st.frames, tables.RUN_STATS_FRAMES, "run_stats frames", extra=True)
     check(st.runs, tables.RUN_STATS_RUNS, "run_stats runs")
     assert np.all(res.frames.frame.to_numpy() == np.arange(4))
+
+
+def test_broker_status(tmp_path):
+    from conftest import require_service
+
+    from sxlab.live.broker import Broker, ConsumerGroup
+    from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server
+
+    try:
+        find_redis_server()
+        ok = True
+    except RedisNotFoundError:
+        ok = False
+    require_service("redis", ok)
+    with EmbeddedRedis(directory=tmp_path) as server, \
+            Broker(server.url, beamtime="contract") as broker:
+        check(broker.status(), tables.BROKER_STATUS, "Broker.status, no run")
+        key = broker.key("run0001")
+        broker.register_run(key)
+        check(broker.status(), tables.BROKER_STATUS, "Broker.status, run without group")
+        for i in range(3):
+            broker.publish(key, {"frame": i})
+        group = ConsumerGroup(broker.client, key, "process")
+        group.ack([e.id for e in group.read(2, block_s=None)])
+        status = check(broker.status(key), tables.BROKER_STATUS, "Broker.status, a group")
+        assert status.group.tolist() == ["process"]
