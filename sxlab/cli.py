@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-adu", type=float, metavar="ADU",
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
+
+    from sxlab.live.cli import register as register_live
+
+    register_live(sub)
     return parser
 
 

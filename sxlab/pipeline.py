@@ -56,9 +56,16 @@ __all__ = [
     "Context",
     "FrameResult",
     "Results",
+    "atomic_parquet",
+    "failed_result",
+    "committed_parts",
+    "finish_output",
     "prepare",
+    "prepare_output",
     "process_frame",
     "process_run",
+    "read_parts",
+    "write_part",
 ]
 
 FRAME_SCHEMA = {
@@ -247,7 +254,8 @@ def _frame_row(frame: int, attrs: dict, worker: int) -> dict:
 
 
 def process_frame(image, bad=None, context: Context | None = None, *,
-                  frame: int | None = None, read_s: float = 0.0) -> FrameResult:
+                  frame: int | None = None, read_s: float = 0.0,
+                  wait_s: float = 0.0) -> FrameResult:
     """Run every enabled stage on one frame.
 
     Parameters
@@ -260,6 +268,12 @@ def process_frame(image, bad=None, context: Context | None = None, *,
         From :func:`prepare`.
     frame : int, optional
         Frame index (default: ``image.attrs["frame"]``).
+    read_s : float
+        Seconds spent reading (decoding) the frame, recorded as ``load-image-data``
+        and counted in ``total_s``.
+    wait_s : float
+        Seconds spent waiting for the frame to arrive (live processing), recorded as
+        the profile segment ``wait``; not counted in ``total_s``.
 
     Returns
     -------
@@ -279,6 +293,8 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     peaks = crystals = reflections = None
     t_start = time.perf_counter()
     with prof.frame(frame):
+        if wait_s:
+            prof.add("wait", wait_s)
         if read_s:
             prof.add("load-image-data", read_s)
         if ctx.finder is not None:
@@ -313,9 +329,15 @@ def process_frame(image, bad=None, context: Context | None = None, *,
                        _concat("profile", [prof.table(clear=True)]))
 
 
-def _failed(frame: int, exc: BaseException, worker: int, run_name: str = "") -> FrameResult:
-    row = _frame_row(frame, {"run": run_name}, worker)
-    row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+def failed_result(frame: int, error, worker: int = 0, run_name: str = "",
+                  attrs: dict | None = None) -> FrameResult:
+    """The result of a frame that could not be processed: a ``failed`` row saying why.
+
+    ``error`` is an exception (recorded as ``Type: message``) or a text.
+    """
+    row = _frame_row(frame, {"run": run_name, **(attrs or {})}, worker)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    row.update(status="failed", error=text)
     return FrameResult(row, _empty("peaks"), _empty("crystals"), _empty("reflections"),
                        _empty("profile"))
 
@@ -326,13 +348,13 @@ def _process_index(run, i: int, ctx: Context) -> FrameResult:
     try:
         image, bad = run.read(i)
     except Exception as exc:  # noqa: BLE001 - recorded per frame, processing goes on
-        return _failed(i, exc, ctx.worker, getattr(run, "name", ""))
+        return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
     read_s = time.perf_counter() - t0
     try:
         return process_frame(image, bad, ctx, frame=i, read_s=read_s)
     except Exception as exc:  # noqa: BLE001
         ctx.profiler.clear()
-        return _failed(i, exc, ctx.worker, getattr(run, "name", ""))
+        return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
 
 
 # --------------------------------------------------------------------- executors
@@ -448,7 +470,7 @@ class Results:
         """Read the tables an earlier :func:`process_run` wrote to ``out``."""
         out = Path(out)
         params = Params.load(out / "params.toml")
-        tables = _read_parts(out)
+        tables = read_parts(out)
         geometry = None
         if (out / "geometry.geom").is_file():
             from .io.crystfel_geom import read_geom
@@ -491,33 +513,59 @@ class Results:
         return f"<div><b>sxlab Results</b>{where}{table}</div>"
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
-def _write_part(out: Path, results: list[FrameResult]) -> None:
-    """Write one chunk's tables; the frames file, written last, commits the part."""
-    parts = out / "parts"
+def write_part(out: Path, results: list[FrameResult], *, tag: str = "") -> str:
+    """Write the tables of some frames as one part of an output directory.
+
+    The frames file, written last, commits the part. ``tag`` (e.g. a worker name)
+    makes the part's name unique when several writers may write the same frames.
+    Returns the part's stem.
+    """
+    parts = Path(out) / "parts"
     first = min(r.frame["frame"] for r in results)
     last = max(r.frame["frame"] for r in results)
-    stem = f"{first:09d}-{last:09d}"
+    stem = f"{first:09d}-{last:09d}" + (f"-{tag}" if tag else "")
     # The frames table is written last: it commits the part.
     for kind in ("peaks", "crystals", "reflections", "profile", "frames"):
         table = _concat(kind, [r.table(kind) for r in results])
-        _atomic_parquet(table, parts / f"{kind}-{stem}.parquet")
+        atomic_parquet(table, parts / f"{kind}-{stem}.parquet")
+    return stem
 
 
-def _read_parts(out: Path) -> dict[str, pd.DataFrame]:
-    """All committed parts, sorted by frame (parts without their frames file are ignored)."""
-    parts = out / "parts"
-    stems = sorted(p.name[len("frames-"):-len(".parquet")]
-                   for p in parts.glob("frames-*.parquet"))
+def committed_parts(out) -> list[str]:
+    """Stems of the committed parts of an output directory, oldest commit first."""
+    files = list((Path(out) / "parts").glob("frames-*.parquet"))
+    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return [p.name[len("frames-"):-len(".parquet")] for p in files]
+
+
+def read_parts(out, stems: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Tables of committed parts, sorted by frame, every frame once.
+
+    A frame committed in several parts (a live frame delivered again after its
+    worker died between committing and acknowledging it) is taken from the newest
+    part. ``stems`` restricts the reading to those parts (default: all committed).
+    """
+    parts = Path(out) / "parts"
+    if stems is None:
+        stems = committed_parts(out)
+    raw = {kind: [pd.read_parquet(parts / f"{kind}-{s}.parquet") for s in stems]
+           for kind in _TABLES}
+    owner: dict[int, int] = {}
+    for k, f in enumerate(raw["frames"]):
+        owner.update(dict.fromkeys(f["frame"].tolist(), k))
+    if len(owner) < sum(len(f) for f in raw["frames"]):
+        for kind in _TABLES:
+            raw[kind] = [t[t["frame"].map(owner).to_numpy() == k]
+                         for k, t in enumerate(raw[kind])]
     tables = {}
     for kind in _TABLES:
-        frames_tables = [pd.read_parquet(parts / f"{kind}-{s}.parquet") for s in stems]
-        t = _concat(kind, frames_tables)
+        t = _concat(kind, raw[kind])
         keys = [c for c in ("frame", "crystal", "panel", "h", "k", "l", "path", "start_s")
                 if c in t.columns]
         tables[kind] = t.sort_values(keys, kind="stable").reset_index(drop=True)
@@ -535,9 +583,11 @@ def _versions() -> dict:
             "h5py": h5py.__version__, "platform": platform.platform()}
 
 
-def _prepare_out(out: Path, params: Params, run, overwrite: bool) -> None:
+def prepare_output(out, params: Params, geometry, overwrite: bool = False) -> None:
+    """Create (or check, to resume) an output directory for ``params`` and ``geometry``."""
     from .io.crystfel_geom import write_geom
 
+    out = Path(out)
     if overwrite and out.exists():
         shutil.rmtree(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -555,17 +605,18 @@ def _prepare_out(out: Path, params: Params, run, overwrite: bool) -> None:
     (out / "params.sha256").write_text(params.digest() + "\n")
     (out / "versions.json").write_text(json.dumps(_versions(), indent=1))
     try:
-        (out / "geometry.geom").write_text(write_geom(run.geometry))
+        (out / "geometry.geom").write_text(write_geom(geometry))
     except ValueError:
         pass
 
 
-def _finish_out(out: Path, results: Results) -> None:
+def finish_output(out, results: Results) -> None:
     """Consolidated tables and the CrystFEL stream, rewritten from the committed parts."""
     from .io.stream import write_stream
 
+    out = Path(out)
     for kind in _TABLES:
-        _atomic_parquet(getattr(results, kind), out / f"{kind}.parquet")
+        atomic_parquet(getattr(results, kind), out / f"{kind}.parquet")
     tmp = out / "results.stream.tmp"
     write_stream(tmp, results.geometry, results.frames, results.peaks, results.crystals,
                  results.reflections, cell=results.params.cell)
@@ -619,8 +670,8 @@ def process_run(run, params: Params | None = None, *, executor="local",
     out = Path(out) if out is not None else None
     done: set[int] = set()
     if out is not None:
-        _prepare_out(out, params, run, overwrite)
-        done = set(_read_parts(out)["frames"].frame.tolist())
+        prepare_output(out, params, run.geometry, overwrite)
+        done = set(read_parts(out)["frames"].frame.tolist())
     todo = [i for i in range(len(run)) if i not in done]
     collected: list[FrameResult] = []
     bar = None
@@ -632,7 +683,7 @@ def process_run(run, params: Params | None = None, *, executor="local",
     try:
         for results in _iter_results(run, params, todo, executor, n_workers, chunk_size):
             if out is not None:
-                _write_part(out, results)
+                write_part(out, results)
             else:
                 collected.extend(results)
             for r in results:
@@ -647,7 +698,7 @@ def process_run(run, params: Params | None = None, *, executor="local",
         if bar is not None:
             bar.close()
     if out is not None:
-        tables = _read_parts(out)
+        tables = read_parts(out)
     else:
         tables = {k: _concat(k, [r.table(k) for r in collected]) for k in _TABLES}
         order = tables["frames"].frame.argsort(kind="stable")
@@ -659,5 +710,5 @@ def process_run(run, params: Params | None = None, *, executor="local",
     res = Results(*(tables[k] for k in _TABLES), params=params,
                   wall_s=time.perf_counter() - t0, out=out, geometry=run.geometry)
     if out is not None:
-        _finish_out(out, res)
+        finish_output(out, res)
     return res
