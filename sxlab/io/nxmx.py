@@ -188,6 +188,26 @@ class NXmxWriter:
         NXmx ``sensor_material`` (DIALS needs it for parallax correction).
     sensor_thickness_m : float
         NXmx ``sensor_thickness`` in metres.
+    frame_info : mapping of str to dtype, optional
+        Per-frame values to store with the frames, given to :meth:`write` /
+        :meth:`write_chunk` as keywords: ``/entry/data/<name>`` in each data file and,
+        concatenated, in the master. ``frame_number`` (e.g. the frame numbers of the
+        source run when only some frames are stored) becomes the NXdata axis of the
+        frame dimension.
+    collections : mapping, optional
+        ``{name: {field: value}}``: NXcollection groups ``/entry/<name>`` of the master
+        (e.g. how the frames were selected). :attr:`collections` can be changed while
+        writing; every master write uses its current content.
+    atomic : bool
+        For files that others read while they are written: each data file is written as
+        ``<name>.part`` and renamed when complete, and the master is replaced atomically
+        (written beside it, then renamed) at start and whenever a data file completes,
+        with a virtual dataset over the complete data files only. A reader never sees a
+        partial file or a frame that is not complete. Not with ``n_frames``.
+    resume : bool
+        With ``atomic``: keep the complete data files an earlier writer of the same master
+        left (their frames count as written, :meth:`stored_info` lists their
+        ``frame_info``), delete its ``.part`` files and go on with the next data file.
 
     Notes
     -----
@@ -232,6 +252,10 @@ class NXmxWriter:
         start_time: _dt.datetime | None = None,
         sensor_material: str = "Si",
         sensor_thickness_m: float = 450e-6,
+        frame_info: Mapping | None = None,
+        collections: Mapping | None = None,
+        atomic: bool = False,
+        resume: bool = False,
     ):
         self.master_path = os.fspath(master_path)
         self.detector = detector
@@ -272,15 +296,33 @@ class NXmxWriter:
         self._fixed_time = start_time is not None
         self._start = start_time if start_time is not None else _dt.datetime.now(
             _dt.timezone.utc)
+        self.frame_info = {k: np.dtype(v) for k, v in (frame_info or {}).items()}
+        bad = [k for k in self.frame_info if k == "data" or not re.fullmatch(r"\w+", k)]
+        if bad:
+            raise ValueError(f"frame_info names {bad} are not usable dataset names")
+        self.collections = {k: dict(v) for k, v in (collections or {}).items()}
+        self.atomic = bool(atomic)
+        if self.atomic and self.n_frames is not None:
+            raise ValueError("atomic=True writes the master as files complete; n_frames "
+                             "(a master written ahead) does not go with it")
+        if resume and not self.atomic:
+            raise ValueError("resume=True needs atomic=True (complete files are recognised "
+                             "by their final names)")
         self.n_written = 0
         self.data_paths: list[str] = []
         self._counts: list[int] = []
+        self._info: list[dict[str, list]] = []
         self._file: h5py.File | None = None
         self._dset = None
+        self._info_dsets: dict = {}
         self._closed = False
         self._master_counts: list[int] | None = None
+        if resume:
+            self._resume()
         if self.n_frames is not None:
             self._write_master(self._planned_counts())
+        elif self.atomic:
+            self._write_master(self._counts)
 
     # ----------------------------------------------------------------- helpers
     def _make_pixel_mask(self, pixel_mask) -> np.ndarray:
@@ -346,40 +388,72 @@ class NXmxWriter:
             raise ValueError(
                 f"frame {index}: more frames than n_frames={self.n_frames} announced"
             )
-        k, j = divmod(index, self.frames_per_file)
-        if j == 0:
+        if self._file is not None and self._counts[-1] >= self.frames_per_file:
             self._close_data_file()
-            cap = self.frames_per_file
-            if self.n_frames is not None:
-                cap = min(cap, self.n_frames - index)
-            path = data_file_name(self.master_path, k + 1)
-            f = h5py.File(path, "w")
-            f.attrs["NX_class"] = "NXroot"
-            entry = _group(f, "entry", "NXentry")
-            data = _group(entry, "data", "NXdata")
-            data.attrs["signal"] = "data"
-            dset = data.create_dataset(
-                "data",
-                shape=(0, *self.frame_shape),
-                maxshape=(cap, *self.frame_shape),
-                chunks=(1, *self.frame_shape),
-                dtype=self.dtype,
-                **self._filter,
-            )
-            dset.attrs["image_nr_low"] = np.int64(index + 1)
-            dset.attrs["image_nr_high"] = np.int64(index + cap)
-            self._file, self._dset = f, dset
-            self.data_paths.append(path)
-            self._counts.append(0)
+        if self._file is None:
+            self._open_data_file(index)
+        j = self._counts[-1]
         self._dset.resize(j + 1, axis=0)
         return self._dset, j
 
-    def _advance(self) -> None:
+    def _open_data_file(self, index: int) -> None:
+        cap = self.frames_per_file
+        if self.n_frames is not None:
+            cap = min(cap, self.n_frames - index)
+        path = data_file_name(self.master_path, len(self._counts) + 1)
+        f = h5py.File(path + ".part" if self.atomic else path, "w")
+        f.attrs["NX_class"] = "NXroot"
+        entry = _group(f, "entry", "NXentry")
+        data = _group(entry, "data", "NXdata")
+        data.attrs["signal"] = "data"
+        dset = data.create_dataset(
+            "data",
+            shape=(0, *self.frame_shape),
+            maxshape=(cap, *self.frame_shape),
+            chunks=(1, *self.frame_shape),
+            dtype=self.dtype,
+            **self._filter,
+        )
+        dset.attrs["image_nr_low"] = np.int64(index + 1)
+        dset.attrs["image_nr_high"] = np.int64(index + cap)
+        self._info_dsets = {
+            name: data.create_dataset(name, shape=(0,), maxshape=(cap,), dtype=dt)
+            for name, dt in self.frame_info.items()
+        }
+        self._file, self._dset = f, dset
+        self.data_paths.append(path)
+        self._counts.append(0)
+        self._info.append({name: [] for name in self.frame_info})
+
+    def _advance(self, info: dict) -> None:
+        missing = set(self.frame_info) - set(info)
+        unknown = set(info) - set(self.frame_info)
+        if missing or unknown:
+            raise ValueError(
+                f"frame {self.n_written}: per-frame values {sorted(info)} given, the writer "
+                f"stores {sorted(self.frame_info)}"
+            )
+        j = self._counts[-1]
+        for name, ds in self._info_dsets.items():
+            ds.resize(j + 1, axis=0)
+            ds[j] = info[name]
+            self._info[-1][name].append(info[name])
         self.n_written += 1
         self._counts[-1] += 1
 
-    def write(self, frame) -> None:
-        """Append one frame of shape ``detector.data_shape``.
+    @property
+    def frames_in_file(self) -> int:
+        """Frames in the data file being written (0 when none is open)."""
+        return self._counts[-1] if self._file is not None else 0
+
+    def stored_info(self) -> dict[str, np.ndarray]:
+        """The ``frame_info`` values of every frame written so far, in frame order."""
+        return {name: np.concatenate([np.asarray(i[name], dtype=dt) for i in self._info])
+                if self._info else np.zeros(0, dt) for name, dt in self.frame_info.items()}
+
+    def write(self, frame, **info) -> None:
+        """Append one frame of shape ``detector.data_shape`` (``info``: its
+        ``frame_info`` values).
 
         Raises
         ------
@@ -390,26 +464,27 @@ class NXmxWriter:
         arr = self._check_frame(frame, self.n_written)
         dset, j = self._next_dataset()
         dset[j] = arr
-        self._advance()
+        self._advance(info)
 
     def write_many(self, frames: Iterable) -> None:
         """Append several frames (an array with a leading frame axis or an iterable)."""
         for frame in frames:
             self.write(frame)
 
-    def write_chunk(self, blob: bytes) -> None:
+    def write_chunk(self, blob, **info) -> None:
         """Append one frame given as an already compressed chunk (HDF5 direct chunk write).
 
         ``blob`` must be the frame encoded with this writer's ``compression`` (for
         ``"bslz4"`` the whole bitshuffle-LZ4 block including its 12-byte header, as sent
         by EIGER detectors) and decompress to ``detector.data_shape`` in ``dtype``. It is
-        stored without being decoded or checked.
+        stored without being decoded or checked. ``info``: the frame's ``frame_info``
+        values.
         """
         if self.compression is None:
             raise ValueError("write_chunk needs a compressed writer (compression is None)")
         dset, j = self._next_dataset()
         dset.id.write_direct_chunk((j,) + (0,) * len(self.frame_shape), bytes(blob))
-        self._advance()
+        self._advance(info)
 
     # ------------------------------------------------------------------ master
     def _close_data_file(self) -> None:
@@ -417,13 +492,53 @@ class NXmxWriter:
             low = int(self._dset.attrs["image_nr_low"])
             self._dset.attrs["image_nr_high"] = np.int64(low + self._dset.shape[0] - 1)
             self._file.close()
+            if self.atomic:
+                path = self.data_paths[-1]
+                os.replace(path + ".part", path)
+                self._write_master(self._counts)
         self._file = self._dset = None
+        self._info_dsets = {}
+
+    def finish_file(self) -> None:
+        """Close the data file being written now (with ``atomic``: rename it and rewrite
+        the master so that its frames are visible); the next frame starts a new one."""
+        self._close_data_file()
+
+    def _resume(self) -> None:
+        prefix = data_file_name(self.master_path, 1)[: -len("000001.h5")]
+        for part in sorted(Path(prefix).parent.glob(Path(prefix).name + "*.h5.part")):
+            part.unlink()
+        while True:
+            path = data_file_name(self.master_path, len(self._counts) + 1)
+            if not os.path.exists(path):
+                break
+            with h5py.File(path, "r") as f:
+                ds = f.get("entry/data/data")
+                if not isinstance(ds, h5py.Dataset):
+                    raise ValueError(f"{path}: no /entry/data/data to resume from")
+                if tuple(ds.shape[1:]) != self.frame_shape or ds.dtype != self.dtype:
+                    raise ValueError(
+                        f"{path} holds {ds.dtype} frames of shape {tuple(ds.shape[1:])}; "
+                        f"this writer writes {self.dtype} frames of shape {self.frame_shape}"
+                    )
+                info = {}
+                for name, dt in self.frame_info.items():
+                    values = f.get(f"entry/data/{name}")
+                    if not isinstance(values, h5py.Dataset) or len(values) != ds.shape[0]:
+                        raise ValueError(f"{path}: no /entry/data/{name} for its "
+                                         f"{ds.shape[0]} frames")
+                    info[name] = values[()].astype(dt).tolist()
+                self._counts.append(int(ds.shape[0]))
+            self.data_paths.append(path)
+            self._info.append(info)
+        self.n_written = int(sum(self._counts))
 
     def _write_master(self, counts: list[int], end_time: str | None = None) -> None:
         det = self.detector
         shape = self.master_shape
         total = int(sum(counts))
-        with h5py.File(self.master_path, "w") as f:
+        target = self.master_path + ".tmp" if self.atomic else self.master_path
+        with h5py.File(target, "w") as f:
             _set_attrs(f, NX_class="NXroot", default="entry", creator="sxlab")
             entry = _group(f, "entry", "NXentry")
             entry.attrs["default"] = "data"
@@ -447,6 +562,11 @@ class NXmxWriter:
             for k in range(len(counts)):
                 name = os.path.basename(data_file_name(self.master_path, k + 1))
                 data[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+            self._write_frame_info(data, counts)
+            for name, fields in self.collections.items():
+                coll = _group(entry, name, "NXcollection")
+                for key, value in fields.items():
+                    coll[key] = value
 
             self._write_instrument(entry, det)
             sample = _group(entry, "sample", "NXsample")
@@ -454,7 +574,22 @@ class NXmxWriter:
             sample["depends_on"] = "."
             source = _group(entry, "source", "NXsource")
             source["name"] = "unknown"
+        if self.atomic:
+            os.replace(target, self.master_path)
         self._master_counts = list(counts)
+
+    def _write_frame_info(self, data, counts: list[int]) -> None:
+        """Per-frame values of the frames in the master (when all of them are known)."""
+        n = len(counts)
+        if not self.frame_info or [len(next(iter(i.values()), [])) for i in self._info[:n]] \
+                != list(counts):
+            return
+        for name, dt in self.frame_info.items():
+            values = [np.asarray(i[name], dtype=dt) for i in self._info[:n]]
+            data[name] = np.concatenate(values) if values else np.zeros(0, dt)
+        if "frame_number" in self.frame_info:
+            data.attrs["axes"] = ["frame_number"] + ["."] * len(self.master_shape)
+            data.attrs["frame_number_indices"] = 0
 
     def _write_instrument(self, entry, det: Detector) -> None:
         inst = _group(entry, "instrument", "NXinstrument")
@@ -609,7 +744,8 @@ class NXmxWriter:
                 seconds=float(self.frame_time or 0.0) * self.n_written))
         else:
             end = _utc_now()
-        if self._master_counts == self._counts and os.path.exists(self.master_path):
+        if (not self.atomic and self._master_counts == self._counts
+                and os.path.exists(self.master_path)):
             with h5py.File(self.master_path, "r+") as f:
                 f["entry/end_time"] = end
         else:

@@ -36,8 +36,13 @@ key                                content
                                    before group ``g`` read them
 ``sx:<bt>:<src>_<kind>:<run>``     **derived streams** published by consumers:
                                    ``results`` (one entry per processed frame),
-                                   ``hits`` (the frame entries of hits, blob untouched,
-                                   same ids), and later ``indexed``, ``binned`` ...
+                                   ``hits``, ``indexed`` (the frame entries of hits /
+                                   indexed frames and a seeded blank sample, blob
+                                   untouched, ids by Redis: :mod:`sxlab.live.storage`),
+                                   ``binned<N>`` (a frame stream of its own, with
+                                   header: :mod:`sxlab.live.binner`)
+``sx:<bt>:<src>:<run>:storage``    hash: the run's blank sample (``blank_fraction``,
+                                   ``blank_seed``)
 =================================  ====================================================
 
 Frame stream entries. Ids are ``<frame + 1>-0`` (the header is ``0-1``, the end entry
