@@ -190,3 +190,74 @@ def test_geometry_from_dials_files(tmp_path, rng, name):
                                back.pixel_to_lab(fs, ss, panel=pid), rtol=0, atol=1e-9)
     plain = read_nxmx_geometry(work / "moved.nxs")
     assert plain.n_panels == det.n_panels and len(plain.data_shape) == 2
+
+
+# ----------------------------------------------------------------- the live writer
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server
+
+    try:
+        find_redis_server()
+        ok = True
+    except RedisNotFoundError:
+        ok = False
+    require_service("redis", ok)
+    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+def publish_run(broker, name, det, frames, pixel_mask, *, saturation):
+    """A run in the broker as the ingest leaves it: header, frame entries, end."""
+    from sxlab.io import write_geom
+    from sxlab.io.compression import compress
+    from sxlab.live.broker import HEADER_ID, frame_id
+
+    key = broker.key(name)
+    c = broker.client
+    config = {"countrate_correction_count_cutoff": saturation, "sensor_material": "Si",
+              "sensor_thickness": 450e-6, "frame_time": 0.01, "count_time": 0.0099,
+              "nimages": len(frames)}
+    c.hset(f"{key}:header", mapping={
+        "run": name, "series": 1, "config": json.dumps(config),
+        "appendix": json.dumps({"run": name, "geometry": write_geom(det)}),
+        "shape": json.dumps(list(det.data_shape)),
+        "pixel_mask": compress(pixel_mask.astype(np.uint32), "bslz4"), "created": 1.0e9})
+    c.xadd(key, {"type": "header", "series": 1}, id=HEADER_ID)
+    blobs = []
+    for f, frame in enumerate(frames):
+        blobs.append(compress(frame, "bslz4"))
+        c.xadd(key, {"type": "image", "frame": f, "series": 1,
+                     "shape": json.dumps(list(frame.shape)), "dtype": str(frame.dtype),
+                     "encoding": "bslz4", "data": blobs[-1]}, id=frame_id(f))
+    end = frame_id(len(frames))
+    c.xadd(key, {"type": "end", "series": 1, "n_frames": len(frames)}, id=end)
+    c.hset(f"{key}:info", mapping={"state": "ended", "n_frames": len(frames),
+                                    "frames_in": len(frames), "end_id": end,
+                                    "last_id": frame_id(len(frames) - 1)})
+    broker.register_run(key, 1)
+    return key, blobs
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_dials_reads_live_writer(tmp_path, rng, redis_url, name):
+    import uuid
+
+    from sxlab.live.broker import Broker
+    from sxlab.live.writer import LiveWriter
+
+    _require_dials()
+    det, frames, pixel_mask = layout_run(name, rng)
+    with Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}") as broker:
+        key, blobs = publish_run(broker, name, det, frames, pixel_mask, saturation=1000)
+        writer = LiveWriter(broker, key, tmp_path / "raw", frames_per_file=1)
+        writer.run(idle_timeout_s=60)
+        assert writer.done
+    master = tmp_path / "raw" / f"{name}_master.h5"
+    summary, arrays = dials_models(master, tmp_path / "dials", frames=len(frames))
+    assert_dials_sees(summary, arrays, det, saturation=1000, pixel_mask=pixel_mask,
+                      frames=frames)
+    run = open_run(master)
+    assert run.frame_shape == det.data_shape and run.geometry == det
+    for i, blob in enumerate(blobs):
+        assert run.read_compressed(i) == blob

@@ -389,3 +389,82 @@ def test_binning_worker_publishes_binned_frames_and_geometry(tmp_path, broker, s
     worker = LiveWorker(broker, key, tmp_path / "out", claim_idle_s=1)
     assert worker.params.integrate.radii == tuple(r / 2 for r in
                                                    sx.Params().integrate.radii)
+
+
+def _orientation(row) -> np.ndarray:
+    """Rotation taking the cell's standard reciprocal basis to the found one."""
+    from test_index import ASTAR
+
+    astar = row[ASTAR].to_numpy(float).reshape(3, 3)
+    b = sx.UnitCell(row.a, row.b, row.c, row.alpha, row.beta, row.gamma).reciprocal_basis
+    u, _, vt = np.linalg.svd(np.linalg.solve(b, astar).T)
+    return u @ vt
+
+
+@pytest.mark.slow
+def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker):
+    """2x2-binned 16M frames, processed live, give the crystals of the unbinned frames."""
+    from test_index import laue_rotations
+
+    from sxlab import datasets
+    from sxlab.demo import demo_params
+    from sxlab.live.binner import LiveBinner
+    from sxlab.live.worker import LiveWorker
+
+    run = datasets.load("lysozyme-16m", progress=False)
+    params = demo_params(datasets.truth("lysozyme-16m"))
+    unbinned = sx.process_run(run, params, executor="local", n_workers=1, progress=False)
+    feed = Feeder(broker, run, n_frames=len(run), name="r16")
+    feed.end()
+    LiveBinner(broker, feed.key, 2).run(idle_timeout_s=60)
+    worker = LiveWorker(broker, derived_key(feed.key, "binned2"), tmp_path / "out", params,
+                        claim_idle_s=1)
+    worker.run(idle_timeout_s=120)
+    binned = worker.output.finish(broker, worker.key)
+    a = unbinned.crystals.set_index("frame")
+    b = binned.crystals.set_index("frame")
+    assert len(a) >= 4 and list(a.index) == list(b.index)       # same frames, one each
+    rotations = laue_rotations(params.cell)
+    for frame in a.index:
+        ua, ub = _orientation(a.loc[frame]), _orientation(b.loc[frame])
+        err = min(np.degrees(np.arccos(np.clip((np.trace(ub @ (ua @ s).T) - 1) / 2, -1, 1)))
+                  for s in rotations)
+        assert err < 0.05, f"frame {frame}: orientations differ by {err:.3f} deg"
+
+
+# ----------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_live_run_writes_binned_hits_with_blank_sample(tmp_path, redis_url, params):
+    """``sxlab live run --write DIR --store hits --blank-sample 0.3 --bin 2``."""
+    from sxlab.binning import bin_geometry
+    from sxlab.live.server import free_port
+    from sxlab.live.storage import blank_sample
+    from sxlab.live.supervisor import run_live
+
+    n = 24
+    ppath = tmp_path / "trial.toml"
+    params.save(ppath)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    replay = _python("replay", SAMPLE, "--endpoint", endpoint, "--rate", 50, "--frames", n,
+                     "--loop", "--format", "stream2", "--run-name", "e2e")
+    try:
+        summary = run_live(endpoint, ppath, tmp_path / "out", n_workers=1,
+                           broker_url=redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}",
+                           claim_idle_s=5, timeout_s=400, progress=False,
+                           write=tmp_path / "raw", store="hits", blank_sample=0.3,
+                           blank_seed=5, bin_factor=2, frames_per_file=5)
+    finally:
+        replay.wait(60)
+    frames = summary.results.frames
+    assert frames.frame.tolist() == list(range(n)) and (frames.status == "ok").all()
+    assert summary.master == str(tmp_path / "raw" / "e2e_binned2_hits_master.h5")
+    hits = set(frames.frame[frames.hit])
+    blanks = {f for f in range(n) if f not in hits and blank_sample(f, 0.3, 5)}
+    with h5py.File(summary.master) as m:
+        numbers = set(m["entry/data/frame_number"][()].tolist())
+        assert m["entry/storage/policy"].asstr()[()] == "hits"
+        assert m["entry/storage/binning_factor"][()] == 2
+    assert hits and blanks and numbers == hits | blanks
+    run = sx.open_run(summary.master)
+    assert run.geometry == bin_geometry(sx.open_run(SAMPLE).geometry, 2)
+    assert sum(summary.restarts.values()) == 0
