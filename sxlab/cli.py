@@ -49,7 +49,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from sxlab.pipeline import Results
+    from sxlab.results import Results
 
     res = Results.load(args.dir)
     print(res.summary().astype(object).T.to_string(header=False))
@@ -76,7 +76,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     source = args.dir
     if source.is_dir():
-        table = pd.read_parquet(source / "profile.parquet")
+        if (source / "profile.parquet").is_file():
+            table = pd.read_parquet(source / "profile.parquet")
+        else:  # a directory still being written (live run): its committed parts
+            from sxlab.results import Results
+
+            table = Results.load(source).profile
     else:
         table = read_crystfel_profile(source)
     ax = plots.profile(table, block=args.block, top=args.top,
@@ -97,7 +102,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         if (source / "reflections.parquet").is_file():
             reflections = pd.read_parquet(source / "reflections.parquet")
         else:
-            from sxlab.pipeline import Results
+            from sxlab.results import Results
 
             reflections = Results.load(source).reflections
     else:

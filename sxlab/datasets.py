@@ -28,6 +28,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import tables
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -142,13 +144,16 @@ def _load_registry(registry: Path | None = None) -> dict[str, DatasetInfo]:
     return out
 
 
+@tables.documented
 def list_datasets(registry: Path | None = None):
     """Table of the registered data sets.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``name``, ``kind``, ``description``, ``cached`` (bool: present locally).
+        One row per data set (:data:`sxlab.tables.DATASETS`):
+
+        [columns: datasets]
 
     Examples
     --------
@@ -156,19 +161,12 @@ def list_datasets(registry: Path | None = None):
     >>> "lysozyme-demo" in set(sx.datasets.list_datasets().name)
     True
     """
-    import pandas as pd
-
-    rows = []
-    for ds in _load_registry(registry).values():
-        rows.append(
-            {
-                "name": ds.name,
-                "kind": ds.kind,
-                "description": ds.description,
-                "cached": _is_present(ds),
-            }
-        )
-    return pd.DataFrame(rows, columns=["name", "kind", "description", "cached"])
+    entries = list(_load_registry(registry).values())
+    return tables.DATASETS.make({
+        "name": [ds.name for ds in entries], "kind": [ds.kind for ds in entries],
+        "description": [ds.description for ds in entries],
+        "cached": [_is_present(ds) for ds in entries],
+    })
 
 
 def info(name: str, registry: Path | None = None) -> DatasetInfo:

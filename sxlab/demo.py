@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from . import tables
+
 
 def demo_params(truth):
     """Processing parameters for a simulated data set: its cell, beam stop and detector."""
@@ -78,11 +80,19 @@ def _merged_cc(merged: pd.DataFrame, intensities: pd.DataFrame) -> tuple[float, 
     return float(np.corrcoef(both.I, both.I_true)[0, 1]), len(both)
 
 
+@tables.documented
 def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
               executor: str = "local") -> pd.DataFrame:
     """Process data set ``name`` end to end and return the summary as a two-column table.
 
     The per-shell merging statistics are in ``table.attrs["merging_stats"]``.
+
+    Returns
+    -------
+    DataFrame
+        One row per quantity (:data:`sxlab.tables.DEMO_SUMMARY`):
+
+        [columns: demo_summary]
 
     Every stage sxlab has runs through :func:`sxlab.process_run`, then the reflections
     are merged with :func:`sxlab.merge` in the data set's space group; the numbers are
@@ -166,7 +176,8 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
         ("load / generate (s)", f"{t_load:.1f}"),
         ("total time (s)", f"{time.perf_counter() - t_start:.1f}"),
     ]
-    table = pd.DataFrame(rows, columns=["quantity", "value"])
+    table = tables.DEMO_SUMMARY.make({"quantity": [q for q, _ in rows],
+                                      "value": [str(v) for _, v in rows]})
     table.attrs["merging_stats"] = result.stats
     return table
 

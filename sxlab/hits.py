@@ -29,12 +29,12 @@ import pandas as pd
 import xarray as xr
 
 from . import _hits_kernels as _k
+from . import tables
 from .geometry import Detector
 from .masks import Mask, _as_bad_array, _check_shape
 
 __all__ = [
     "DEFAULT_MIN_PEAKS",
-    "HIT_TABLE_COLUMNS",
     "RadialProfiler",
     "RunStatistics",
     "SolventRatio",
@@ -50,9 +50,6 @@ __all__ = [
 #: Default ``min_peaks``: the cctbx.xfel strong-spot cutoff and DIALS' stills default
 #: (CrystFEL's ``--min-peaks`` defaults to 0, xia2.ssx uses 10).
 DEFAULT_MIN_PEAKS = 16
-
-#: Columns and dtypes of :func:`hit_table`.
-HIT_TABLE_COLUMNS = {"frame": "int64", "n_peaks": "int64", "hit": "bool"}
 
 
 # ============================================================================ hits
@@ -124,6 +121,7 @@ def is_hit(peaks, min_peaks: int = DEFAULT_MIN_PEAKS, max_peaks: int | None = No
                     f"{type(peaks).__name__}")
 
 
+@tables.documented
 def hit_table(peaks: pd.DataFrame, frames, *, min_peaks: int = DEFAULT_MIN_PEAKS,
               max_peaks: int | None = None) -> pd.DataFrame:
     """Peak count and hit decision for every frame, including frames without peaks.
@@ -140,13 +138,9 @@ def hit_table(peaks: pd.DataFrame, frames, *, min_peaks: int = DEFAULT_MIN_PEAKS
     Returns
     -------
     pandas.DataFrame
-        One row per frame, in the order given:
+        One row per frame, in the order given (:data:`sxlab.tables.HITS`):
 
-        ========  =====  ==========================================
-        frame     int64  frame number
-        n_peaks   int64  number of peaks in the table for the frame
-        hit       bool   ``min_peaks <= n_peaks <= max_peaks``
-        ========  =====  ==========================================
+        [columns: hits]
 
     Raises
     ------
@@ -177,9 +171,8 @@ def hit_table(peaks: pd.DataFrame, frames, *, min_peaks: int = DEFAULT_MIN_PEAKS
         raise ValueError(f"peaks of frames not in `frames`: {list(unknown[:5])}"
                          f"{' ...' if len(unknown) > 5 else ''}")
     n = counts.reindex(frame_ids, fill_value=0).to_numpy(dtype=np.int64)
-    return pd.DataFrame({"frame": frame_ids, "n_peaks": n,
-                         "hit": _hit_rule(n, min_peaks, max_peaks).astype(bool)}
-                        ).astype(HIT_TABLE_COLUMNS)
+    return tables.HITS.make({"frame": frame_ids, "n_peaks": n,
+                             "hit": _hit_rule(n, min_peaks, max_peaks)})
 
 
 # ================================================================== radial binning

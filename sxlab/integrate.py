@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import _callable
+from . import _callable, tables
 from . import _integrate_kernels as _k
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
@@ -36,8 +36,6 @@ from .geometry import Detector
 __all__ = [
     "DEFAULT_PROFILE_RADIUS_INVA",
     "PARTIALITY_MODELS",
-    "PREDICTION_SCHEMA",
-    "REFLECTION_SCHEMA",
     "IntegrationParams",
     "Integrator",
     "apparent_resolution",
@@ -55,58 +53,12 @@ DEFAULT_PROFILE_RADIUS_INVA = 0.002
 #: Names accepted as ``partiality_model``.
 PARTIALITY_MODELS = ("xsphere", "gaussian")
 
-#: Columns and dtypes of a prediction table (see :func:`predict`).
-PREDICTION_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "crystal": "int64",
-    "h": "int32",
-    "k": "int32",
-    "l": "int32",
-    "fs": "float64",
-    "ss": "float64",
-    "panel": "int16",
-    "d_A": "float64",
-    "partiality": "float64",
-    "excitation_error_invA": "float64",
-}
-
-#: Columns and dtypes of a reflection table (see :meth:`Integrator.__call__`).
-REFLECTION_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "crystal": "int64",
-    "h": "int32",
-    "k": "int32",
-    "l": "int32",
-    "I": "float64",
-    "sigma": "float64",
-    "bg": "float64",
-    "peak": "float64",
-    "fs": "float64",
-    "ss": "float64",
-    "panel": "int16",
-    "d_A": "float64",
-    "partiality": "float64",
-    "excitation_error_invA": "float64",
-    "n_peak_px": "int32",
-    "n_bg_px": "int32",
-    "flag_masked": "bool",
-    "flag_saturated": "bool",
-    "flag_edge": "bool",
-    "flag_overlap": "bool",
-}
-
 _BASIS_COLUMNS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 # A top-hat spectrum of half width sqrt(3)·σ has the variance of a Gaussian of width σ.
 _TOPHAT_HALF_WIDTH = math.sqrt(3.0)
 # Variance of a uniform ball of radius R along any axis is R²/5.
 _BALL_VARIANCE = 0.2
 _CENTERINGS = "PABCIFRH"
-
-
-def _table(schema: dict[str, str], cols: dict | None = None) -> pd.DataFrame:
-    """A table with every column of ``schema``, in order, with its dtype."""
-    return pd.DataFrame({c: np.asarray(cols[c] if cols else []).astype(dt, copy=False)
-                         for c, dt in schema.items()})
 
 
 # ========================================================================= parameters
@@ -452,7 +404,7 @@ class _Predictor:
             self._buf = np.empty((int(n * 1.25) + 1, 3), dtype=np.int32)
 
     def arrays(self, crystals: pd.DataFrame, peaks=None) -> dict:
-        """Predicted reflections of every crystal row, as arrays (PREDICTION_SCHEMA)."""
+        """Predicted reflections of every crystal row, as arrays (the PREDICTIONS columns)."""
         columns = set(crystals.columns.tolist())
         missing = {"frame", "crystal", *_BASIS_COLUMNS} - columns
         if missing:
@@ -504,7 +456,7 @@ class _Predictor:
                 "wr": np.full(len(hkl), _BALL_VARIANCE * radius * radius),
             })
         if not parts:
-            return {c: np.zeros(0, dtype=dt) for c, dt in PREDICTION_SCHEMA.items()}
+            return {c: np.zeros(0, dtype=dt) for c, dt in tables.PREDICTIONS.dtypes.items()}
         cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         kstar = self._spot_wavenumber(cat["q"], cat["q2"], cat["wr"])
         panel, fs, ss = self.geometry.q_to_pixel(cat["q"], wavelength_A=1.0 / kstar)
@@ -532,6 +484,7 @@ class _Predictor:
         return np.where(np.isfinite(ks), ks, k0)
 
 
+@tables.documented
 def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None = None,
             profile_radius_invA: float | None = None, partiality_model: str = "xsphere",
             push_res_invA: float = math.inf, peaks: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -571,21 +524,10 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
     Returns
     -------
     DataFrame
-        One row per predicted reflection, sorted by crystal row, then h, k, l:
+        One row per predicted reflection (:data:`sxlab.tables.PREDICTIONS`), sorted by
+        crystal row, then h, k, l:
 
-        =====================  =======  =============================================
-        frame, crystal         int64    from the crystal's row
-        h, k, l                int32    Miller indices
-        fs, ss                 float64  predicted spot centre (data-array pixels,
-                                        pixel centres at +0.5)
-        panel                  int16    panel index
-        d_A                    float64  resolution (Å)
-        partiality             float64  model partiality, 0..1 (see Notes)
-        excitation_error_invA  float64  s = k0 - |q + k0 ẑ| (1/Å), > 0 inside the
-                                        Ewald sphere
-        =====================  =======  =============================================
-
-        Dtypes are those of :data:`PREDICTION_SCHEMA`; an empty table keeps every column.
+        [columns: predictions]
 
     Notes
     -----
@@ -628,7 +570,7 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
     """
     params = IntegrationParams(d_min_A=d_min_A, profile_radius_invA=profile_radius_invA,
                                partiality_model=partiality_model, push_res_invA=push_res_invA)
-    return _table(PREDICTION_SCHEMA, _Predictor(geometry, params).arrays(crystals, peaks))
+    return tables.PREDICTIONS.make(_Predictor(geometry, params).arrays(crystals, peaks))
 
 
 # ======================================================================== integration
@@ -787,14 +729,24 @@ class Integrator:
             self._saturation[i] = pn.max_adu if p.saturation is None else p.saturation
 
     # ------------------------------------------------------------------- frames
+    @tables.documented
     def predict(self, crystals: pd.DataFrame, *, peaks: pd.DataFrame | None = None
                 ) -> pd.DataFrame:
-        """Predicted reflections of ``crystals`` (see :func:`predict`) with these params."""
-        return _table(PREDICTION_SCHEMA, self._predictor.arrays(crystals, peaks))
+        """Predicted reflections of ``crystals`` (see :func:`predict`) with these params.
+
+        Returns
+        -------
+        DataFrame
+            One row per predicted reflection (:data:`sxlab.tables.PREDICTIONS`):
+
+            [columns: predictions]
+        """
+        return tables.PREDICTIONS.make(self._predictor.arrays(crystals, peaks))
 
     def _frame_arrays(self, image, bad):
         return frame_arrays(image, bad, self.shape, self._shape2d, self._no_bad)
 
+    @tables.documented
     def __call__(self, image, crystals: pd.DataFrame | None = None, bad=None, *,
                  peaks: pd.DataFrame | None = None,
                  predictions: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -816,48 +768,26 @@ class Integrator:
             The frame's peaks, for a finite ``push_res_invA`` and for estimating profile
             radii the crystals table does not give.
         predictions : DataFrame, optional
-            Reflections to integrate (columns of :data:`PREDICTION_SCHEMA`, e.g. from
+            Reflections to integrate (columns of :data:`sxlab.tables.PREDICTIONS`, e.g. from
             :meth:`predict`) instead of predicting from ``crystals``.
 
         Returns
         -------
         DataFrame
-            One row per predicted reflection, in the order of the predictions:
+            One row per predicted reflection (:data:`sxlab.tables.REFLECTIONS`), in the
+            order of the predictions; ``sigma`` as in the Notes of the class:
 
-            =====================  =======  ==========================================
-            frame, crystal         int64    frame and lattice index
-            h, k, l                int32    Miller indices
-            I                      float64  summed intensity above background (ADU)
-            sigma                  float64  σ(I) (ADU; see Notes of the class)
-            bg                     float64  mean background per pixel (ADU)
-            peak                   float64  largest usable peak pixel (ADU)
-            fs, ss                 float64  predicted position (data-array pixels,
-                                            pixel centres at +0.5)
-            panel                  int16    panel index
-            d_A                    float64  resolution (Å)
-            partiality             float64  model partiality (see :func:`predict`)
-            excitation_error_invA  float64  s = k0 - |q + k0 ẑ| (1/Å)
-            n_peak_px              int32    usable pixels summed in the peak
-            n_bg_px                int32    usable background pixels
-            flag_masked            bool     a peak pixel is masked or bad
-            flag_saturated         bool     a peak pixel is saturated
-            flag_edge              bool     the rings reach beyond the panel
-            flag_overlap           bool     peak region shared with another
-                                            reflection
-            =====================  =======  ==========================================
-
-            Dtypes are those of :data:`REFLECTION_SCHEMA`; an empty table keeps every
-            column.
+            [columns: reflections]
         """
         img, bad2d, has_bad = self._frame_arrays(image, bad)
         if predictions is not None:
-            missing = set(PREDICTION_SCHEMA) - set(predictions.columns.tolist())
+            missing = set(tables.PREDICTIONS.names) - set(predictions.columns.tolist())
             if missing:
                 raise KeyError(f"predictions lack the columns {sorted(missing)}")
             ok = ((predictions["panel"].to_numpy() >= 0)
                   & np.isfinite(predictions["fs"].to_numpy(np.float64))
                   & np.isfinite(predictions["ss"].to_numpy(np.float64)))
-            pred = {c: predictions[c].to_numpy()[ok] for c in PREDICTION_SCHEMA}
+            pred = {c: predictions[c].to_numpy()[ok] for c in tables.PREDICTIONS.names}
         elif crystals is None:
             raise ValueError("pass the frame's crystals or predictions")
         else:
@@ -880,7 +810,7 @@ class Integrator:
             "flag_edge": (flags & _k.FLAG_EDGE) != 0,
             "flag_overlap": (flags & _k.FLAG_OVERLAP) != 0,
         })
-        return _table(REFLECTION_SCHEMA, out)
+        return tables.REFLECTIONS.make(out)
 
     def __repr__(self) -> str:
         p = self.params
@@ -889,6 +819,7 @@ class Integrator:
                 f"params {p.digest()}>")
 
 
+@tables.documented
 def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *, mask=None,
               bad=None, peaks: pd.DataFrame | None = None,
               predictions: pd.DataFrame | None = None, params: IntegrationParams | None = None,
@@ -920,7 +851,10 @@ def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *
     Returns
     -------
     DataFrame
-        One row per reflection; columns as in :meth:`Integrator.__call__`.
+        One row per reflection (:data:`sxlab.tables.REFLECTIONS`), as
+        :meth:`Integrator.__call__` returns it:
+
+        [columns: reflections]
 
     Examples
     --------

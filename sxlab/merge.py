@@ -1,7 +1,7 @@
 """Merging of still-shot intensities and data-quality statistics.
 
 :func:`merge` turns a reflection table (one row per measured reflection of one crystal,
-see :data:`sxlab.integrate.REFLECTION_SCHEMA`) into one intensity per symmetry-unique
+see :data:`sxlab.tables.REFLECTIONS`) into one intensity per symmetry-unique
 reflection, as CrystFEL's partialator does with its ``unity`` model:
 
 1. **selection**: flagged, saturated, non-finite and (with partiality correction) low
@@ -33,14 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import _callable
+from . import _callable, tables
 from . import _merge_kernels as _k
 from .cell import UnitCell, _space_group
 
 __all__ = [
-    "MERGED_SCHEMA",
-    "SCALES_SCHEMA",
-    "STATS_SCHEMA",
     "MergeResult",
     "ambiguity_operators",
     "cc_star",
@@ -50,49 +47,6 @@ __all__ = [
     "merge",
     "merging_statistics",
 ]
-
-# ============================================================================ schemas
-#: Columns of a merged reflection table: column -> (dtype, description with unit).
-MERGED_SCHEMA: dict[str, tuple[str, str]] = {
-    "h": ("int32", "Miller index h (reciprocal asymmetric unit; I(-): its Friedel mate)"),
-    "k": ("int32", "Miller index k"),
-    "l": ("int32", "Miller index l"),
-    "I": ("float64", "mean of the scaled observations (scale of the mean crystal)"),
-    "sigma": ("float64", "σ(I) = sqrt(max(variance of the observations, mean σ_i²) / n)"),
-    "n_obs": ("int64", "observations merged"),
-    "d_A": ("float64", "resolution d (Å)"),
-}
-
-#: Columns of a statistics table (one row per resolution shell, then the overall row).
-STATS_SCHEMA: dict[str, tuple[str, str]] = {
-    "shell": ("int64", "shell number from low resolution, 0-based; -1: all shells"),
-    "d_max_A": ("float64", "low-resolution limit of the shell (Å)"),
-    "d_min_A": ("float64", "high-resolution limit of the shell (Å)"),
-    "n_obs": ("int64", "observations merged into the shell's unique reflections"),
-    "n_unique": ("int64", "unique reflections measured"),
-    "n_possible": ("int64", "unique reflections possible (gemmi, absences excluded)"),
-    "completeness": ("float64", "n_unique / n_possible (fraction, 0-1)"),
-    "multiplicity": ("float64", "n_obs / n_unique"),
-    "i_over_sigma": ("float64", "mean I/σ(I) of the merged reflections"),
-    "n_pairs": ("int64", "reflections measured in both half data sets"),
-    "cc_half": ("float64", "CC1/2: Pearson CC of the two half data sets"),
-    "cc_star": ("float64", "CC* = sqrt(2 CC1/2 / (1 + CC1/2)); 0 where CC1/2 <= 0"),
-    "r_split": ("float64", "Rsplit = Σ|I1 - I2| / (√2 · ½ Σ(I1 + I2)) (fraction)"),
-}
-
-#: Columns of the per-crystal scale table (:attr:`MergeResult.scales`).
-SCALES_SCHEMA: dict[str, tuple[str, str]] = {
-    "frame": ("int64", "frame index"),
-    "crystal": ("int64", "lattice index within the frame"),
-    "n_obs": ("int64", "observations selected for merging"),
-    "n_scaled": ("int64", "observations used in the last scale fit"),
-    "scale": ("float64", "linear scale G (I_obs ≈ G exp(-2 B s²) I_merged)"),
-    "b_A2": ("float64", "relative B factor (Å²)"),
-    "reindex_op": ("str", "operator applied to the crystal's hkl ('h,k,l': none)"),
-    "cc": ("float64", "CC of the crystal's scaled intensities with the merged ones"),
-    "rejected": ("bool", "left out of the merged data"),
-    "reason": ("str", "why it was rejected ('' when kept)"),
-}
 
 # Indexing-ambiguity resolver: passes after the first, and the overlap (reflections in
 # common with the reference) below which a crystal keeps its setting.
@@ -104,22 +58,6 @@ _GAUSS_NEWTON_STEPS = 20
 #: Fewest reflections measured in both halves for a CC1/2 (NaN with fewer).
 MIN_PAIRS = 10
 _REQUIRED = ("frame", "crystal", "h", "k", "l", "I", "sigma")
-
-
-def _dtype(schema_entry) -> str:
-    return schema_entry[0]
-
-
-def _table(schema: dict, cols: dict | None = None) -> pd.DataFrame:
-    """A table with every column of ``schema``, in order, with its dtype."""
-    out = {}
-    for c, entry in schema.items():
-        values = cols[c] if cols else []
-        if _dtype(entry) == "str":
-            out[c] = pd.array(np.asarray(values, dtype=object), dtype="str")
-        else:
-            out[c] = np.asarray(values).astype(_dtype(entry), copy=False)
-    return pd.DataFrame(out)
 
 
 # =========================================================================== symmetry
@@ -414,7 +352,7 @@ def _shell_table(d, i, sig, n, i1, i2, pair, possible_d, possible_w, n_shells, d
                  d_max) -> pd.DataFrame:
     """Statistics per shell (and overall) of merged reflections with resolution ``d``."""
     if not len(d) and (d_min is None or d_max is None):
-        return _table(STATS_SCHEMA)
+        return tables.STATISTICS.empty()
     d_min = float(np.min(d)) if d_min is None else float(d_min)
     d_max = float(np.max(d)) if d_max is None else float(d_max)
     edges = _shell_edges(d_min, d_max, n_shells)
@@ -464,7 +402,7 @@ def _shell_table(d, i, sig, n, i1, i2, pair, possible_d, possible_w, n_shells, d
             "cc_star": float(cc_star(cc)),
             "r_split": rsplit,
         })
-    stats = _table(STATS_SCHEMA, {c: [r[c] for r in rows] for c in STATS_SCHEMA})
+    stats = tables.STATISTICS.make({c: [r[c] for r in rows] for c in tables.STATISTICS.names})
     stats.attrs["d_cc_star_A"] = cc_star_resolution(stats)
     return stats
 
@@ -481,7 +419,7 @@ def cc_star_resolution(stats: pd.DataFrame, threshold: float = 0.5) -> float:
     Parameters
     ----------
     stats : DataFrame
-        A statistics table (:data:`STATS_SCHEMA`).
+        A statistics table (:data:`sxlab.tables.STATISTICS`).
     threshold : float
         Default 0.5.
 
@@ -519,6 +457,7 @@ def _possible(table: _AsuTable, anomalous: bool) -> tuple[np.ndarray, np.ndarray
     return table.d, w
 
 
+@tables.documented
 def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.DataFrame,
                        symmetry, *, cell=None, anomalous: bool | None = None,
                        n_shells: int = 20, d_min: float | None = None,
@@ -532,7 +471,7 @@ def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.Data
     Parameters
     ----------
     merged, half1, half2 : DataFrame
-        Tables with ``h, k, l, I, sigma, n_obs`` (:data:`MERGED_SCHEMA`); the halves
+        Tables with ``h, k, l, I, sigma, n_obs`` (:data:`sxlab.tables.MERGED`); the halves
         are paired with ``merged`` after mapping to the asymmetric unit.
     symmetry : str, gemmi.SpaceGroup or UnitCell
     cell : optional
@@ -549,23 +488,10 @@ def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.Data
     -------
     DataFrame
         One row per shell from low to high resolution and a last row (``shell`` -1) for
-        all of them:
+        all of them (:data:`sxlab.tables.STATISTICS`; ``cc_half`` is NaN with fewer than
+        10 pairs):
 
-        ============  =======  ======================================================
-        shell         int64    shell number from low resolution, 0-based; -1: all
-        d_max_A       float64  low-resolution limit (Å)
-        d_min_A       float64  high-resolution limit (Å)
-        n_obs         int64    observations merged
-        n_unique      int64    unique reflections measured
-        n_possible    int64    possible unique reflections (gemmi; no absences)
-        completeness  float64  n_unique / n_possible (fraction)
-        multiplicity  float64  n_obs / n_unique
-        i_over_sigma  float64  mean I/σ(I) of the merged reflections
-        n_pairs       int64    reflections in both halves
-        cc_half       float64  CC1/2 (Pearson; NaN with fewer than 10 pairs)
-        cc_star       float64  sqrt(2 CC1/2 / (1 + CC1/2)); 0 where CC1/2 <= 0
-        r_split       float64  Σ|I1 - I2| / (√2 · ½ Σ(I1 + I2)) (fraction)
-        ============  =======  ======================================================
+        [columns: statistics]
 
         ``attrs["d_cc_star_A"]`` holds :func:`cc_star_resolution` of the table.
 
@@ -589,7 +515,7 @@ def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.Data
     finite = d[np.isfinite(d)]
     lim = min(finite.min() if len(finite) else np.inf, d_min or np.inf)
     if not np.isfinite(lim):
-        return _table(STATS_SCHEMA)
+        return tables.STATISTICS.empty()
     table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
 
     def groups(t):
@@ -634,15 +560,15 @@ class MergeResult(tuple):
     Attributes
     ----------
     merged : DataFrame
-        Merged reflections (:data:`MERGED_SCHEMA`); ``attrs`` hold ``symmetry``,
+        Merged reflections (:data:`sxlab.tables.MERGED`); ``attrs`` hold ``symmetry``,
         ``cell`` (six parameters) and ``anomalous``.
     stats : DataFrame
         Statistics in shells (:func:`merging_statistics`).
     scales : DataFrame
-        One row per crystal (:data:`SCALES_SCHEMA`): G, relative B, the reindexing
+        One row per crystal (:data:`sxlab.tables.SCALES`): G, relative B, the reindexing
         operator, CC with the merged data, whether and why it was rejected.
     half1, half2 : DataFrame
-        The two half data sets (:data:`MERGED_SCHEMA`) of the reflections in ``merged``,
+        The two half data sets (:data:`sxlab.tables.MERGED`) of the reflections in ``merged``,
         split by :func:`frame_half`, for CrystFEL's ``.hkl1`` / ``.hkl2``.
     cell : UnitCell
         The cell used (with the space group).
@@ -966,6 +892,7 @@ def _crystal_cc(cidx, n_cryst, use, x, y) -> np.ndarray:
     return np.where((n >= 3) & (vx > 0) & (vy > 0), cc, np.nan)
 
 
+@tables.documented
 def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
           iterations: int = 3, min_measurements: int = 2, partiality: bool = False,
           min_partiality: float = 0.1, anomalous: bool = False, resolve_ambiguity="auto",
@@ -979,7 +906,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     ----------
     reflections : DataFrame
         One row per observation with ``frame, crystal, h, k, l, I, sigma``
-        (:data:`sxlab.integrate.REFLECTION_SCHEMA`); ``d_A`` is used to fit the cell
+        (:data:`sxlab.tables.REFLECTIONS`); ``d_A`` is used to fit the cell
         when none is given, ``partiality`` with ``partiality=True``, ``peak`` with
         ``max_adu`` and the ``flag_*`` columns with ``reject_flags``.
     symmetry : str, gemmi.SpaceGroup or UnitCell
@@ -1035,36 +962,20 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         Unpacks as ``(merged, stats)``; the per-crystal scales are ``.scales``, the
         half data sets ``.half1`` and ``.half2``.
 
-        ``merged`` (:data:`MERGED_SCHEMA`), one row per unique reflection with at least
-        ``min_measurements`` observations, sorted by resolution (low first):
+        ``merged`` (:data:`sxlab.tables.MERGED`), one row per unique reflection with at least
+        ``min_measurements`` observations, sorted by resolution (low first); ``I`` and
+        ``sigma`` are on the scale of the mean crystal:
 
-        =======  =======  ===========================================================
-        h, k, l  int32    indices in gemmi's reciprocal asymmetric unit (I(-) rows of
-                          anomalous data: its Friedel mate, ``-h -k -l``)
-        I        float64  mean of the scaled observations
-        sigma    float64  sqrt(max(variance of the observations, mean σ_i²) / n)
-        n_obs    int64    observations merged
-        d_A      float64  resolution (Å)
-        =======  =======  ===========================================================
+        [columns: merged]
 
         ``stats``: see :func:`merging_statistics`.
 
-        ``scales`` (:data:`SCALES_SCHEMA`), one row per crystal:
+        ``scales`` (:data:`sxlab.tables.SCALES`), one row per crystal; ``scale`` has a
+        geometric mean of 1 and ``b_A2`` a mean of 0 over the merged crystals; ``reason``
+        is one of "too few reflections", "scale not finite", "G <= 0", "extreme B" or
+        "no reflection in the asymmetric unit":
 
-        ========  =======  ==========================================================
-        frame     int64    frame index
-        crystal   int64    lattice index within the frame
-        n_obs     int64    observations selected
-        n_scaled  int64    observations used in the last scale fit
-        scale     float64  G (``I_obs ≈ G exp(-2 B s²) I_merged``; geometric mean 1
-                           over the merged crystals)
-        b_A2      float64  relative B (Å²; mean 0 over the merged crystals)
-        reindex_op str     operator applied to the hkl ("h,k,l": none)
-        cc        float64  CC of the crystal's scaled intensities with the merged set
-        rejected  bool     left out of the merge
-        reason    str      "too few reflections", "scale not finite", "G <= 0",
-                           "extreme B" or "no reflection in the asymmetric unit"
-        ========  =======  ==========================================================
+        [columns: scales]
 
     Notes
     -----
@@ -1192,7 +1103,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
 
     def merged_table(nn, mm, ss):
         idx = out[nn[out] > 0]
-        t = _table(MERGED_SCHEMA, {
+        t = tables.MERGED.make({
             "h": group_hkl[idx, 0], "k": group_hkl[idx, 1], "l": group_hkl[idx, 2],
             "I": mm[idx], "sigma": ss[idx], "n_obs": nn[idx], "d_A": group_d[idx]})
         t.attrs.update(attrs)
@@ -1208,7 +1119,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
                          possible_d, possible_w, int(n_shells), d_min, d_max)
 
     ref = mean[np.where(g >= 0, g, n_groups)]
-    scales = _table(SCALES_SCHEMA, {
+    scales = tables.SCALES.make({
         "frame": obs.c_frame, "crystal": obs.c_crystal, "n_obs": n_obs_c,
         "n_scaled": n_scaled, "scale": gscale, "b_A2": bscale,
         "reindex_op": np.asarray(op_names, dtype=object)[assign],

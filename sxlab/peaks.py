@@ -19,43 +19,16 @@ import numpy as np
 import pandas as pd
 
 from . import _peaks_kernels as _k
+from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
 from .geometry import Detector
 
 __all__ = [
-    "ANNULUS_SCHEMA",
-    "PEAK_SCHEMA",
     "PeakFinder",
     "PeakFinderParams",
     "find_peaks",
 ]
-
-#: Columns of a peak table and their dtypes (see :meth:`PeakFinder.__call__`).
-PEAK_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "panel": "int16",
-    "fs": "float64",
-    "ss": "float64",
-    "intensity": "float64",
-    "snr": "float64",
-    "npix": "int32",
-    "background": "float64",
-    "max_value": "float64",
-    "d_A": "float64",
-    "two_theta_deg": "float64",
-}
-
-#: Columns of the per-annulus statistics table (see :meth:`PeakFinder.annulus_stats`).
-ANNULUS_SCHEMA: dict[str, str] = {
-    "annulus": "int32",
-    "r_px": "float64",
-    "n_pixels": "int64",
-    "n_used": "int64",
-    "mean": "float64",
-    "sigma": "float64",
-    "threshold": "float64",
-}
 
 _METHODS = ("peakfinder8", "dispersion")
 # Full peakfinder8 mode: pixels at or above mean + _BOUND_FRACTION * min_snr * sigma of the
@@ -485,6 +458,7 @@ class PeakFinder:
             self._cand_idx = np.empty(int(m * 1.25) + 1, np.int64)
             self._cand_val = np.empty(self._cand_idx.size, np.float64)
 
+    @tables.documented
     def __call__(self, image, bad=None, *, frame: int | None = None) -> pd.DataFrame:
         """Find the peaks of one frame.
 
@@ -505,23 +479,11 @@ class PeakFinder:
         Returns
         -------
         DataFrame
-            One row per peak, sorted by ``panel``, then ``intensity`` (descending), then
-            the index of the peak's first pixel:
+            One row per peak (:data:`sxlab.tables.PEAKS`), sorted by ``panel``, then
+            ``intensity`` (descending), then the index of the peak's first pixel; not
+            indexed yet (``crystal`` -1):
 
-            =============  =======  ==================================================
-            frame          int64    frame index
-            panel          int16    panel index in ``geometry.panels``
-            fs, ss         float64  centroid, data-array pixels (pixel centres at +0.5)
-            intensity      float64  sum of value - background over the peak (ADU)
-            snr            float64  intensity / (local sigma · sqrt(npix))
-            npix           int32    pixels in the peak
-            background     float64  mean local background (ADU per pixel)
-            max_value      float64  largest pixel value of the peak (ADU)
-            d_A            float64  resolution at the centroid (Å)
-            two_theta_deg  float64  scattering angle at the centroid (degrees)
-            =============  =======  ==================================================
-
-            Dtypes are those of :data:`PEAK_SCHEMA`; an empty table keeps every column.
+            [columns: peaks]
         """
         if frame is None:
             frame = getattr(image, "attrs", {}).get("frame", -1)
@@ -549,15 +511,14 @@ class PeakFinder:
             tth = np.degrees(np.arctan2(np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2]))
         else:
             d = tth = np.zeros(0)
-        cols = {
+        return tables.PEAKS.make({
             "frame": np.full(order.size, frame), "panel": panel, "fs": fs, "ss": ss,
             "intensity": inten[order], "snr": snr[order], "npix": npix[order],
             "background": bg[order], "max_value": vmax[order], "d_A": d, "two_theta_deg": tth,
-        }
-        return pd.DataFrame({c: np.asarray(v).astype(PEAK_SCHEMA[c], copy=False)
-                             for c, v in cols.items()})
+        }, fill_missing=True)
 
     # ------------------------------------------------------------------ extras
+    @tables.documented
     def annulus_stats(self, image, bad=None) -> pd.DataFrame:
         """peakfinder8's clipped statistics of every annulus for one frame.
 
@@ -569,19 +530,9 @@ class PeakFinder:
         Returns
         -------
         DataFrame
-            One row per annulus:
+            One row per annulus (:data:`sxlab.tables.ANNULI`):
 
-            =========  =======  ====================================================
-            annulus    int32    annulus index, ``floor(r_px)``
-            r_px       float64  inner radius of the annulus (pixels from the beam)
-            n_pixels   int64    good pixels of the annulus in this frame (in fast
-                                mode: good pixels of the sample)
-            n_used     int64    pixels of the final clipped statistics
-            mean       float64  clipped mean (ADU)
-            sigma      float64  clipped standard deviation (ADU)
-            threshold  float64  candidate threshold max(adc_threshold, mean +
-                                min_snr · sigma); inf without statistics
-            =========  =======  ====================================================
+            [columns: annuli]
         """
         if self.params.method != "peakfinder8":
             raise ValueError("annulus statistics belong to method='peakfinder8'")
@@ -595,9 +546,8 @@ class PeakFinder:
         else:
             n_pix = self._n_good
         a = np.arange(self.n_annuli)
-        return pd.DataFrame({
-            "annulus": a.astype(np.int32), "r_px": a.astype(np.float64),
-            "n_pixels": np.asarray(n_pix, np.int64), "n_used": self._count.copy(),
+        return tables.ANNULI.make({
+            "annulus": a, "r_px": a, "n_pixels": n_pix, "n_used": self._count.copy(),
             "mean": self._mean.copy(), "sigma": self._sigma.copy(),
             "threshold": self._cthr.copy(),
         })
@@ -629,6 +579,7 @@ def _mask_good(mask, shape: tuple) -> np.ndarray:
     return good.copy()
 
 
+@tables.documented
 def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | None = None,
                params: PeakFinderParams | None = None, **overrides) -> pd.DataFrame:
     """Find the peaks of one frame (builds a :class:`PeakFinder` and calls it).
@@ -654,7 +605,10 @@ def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | N
     Returns
     -------
     DataFrame
-        One row per peak; columns as in :meth:`PeakFinder.__call__`.
+        One row per peak (:data:`sxlab.tables.PEAKS`), ordered as by
+        :meth:`PeakFinder.__call__`:
+
+        [columns: peaks]
 
     Examples
     --------

@@ -8,126 +8,50 @@ output directory, results are written in committed parts as they arrive, so a re
 the same directory resumes where an interrupted one stopped; every frame appears exactly
 once.
 
-Frame-table columns (:data:`FRAME_SCHEMA`):
-
-================  ======  ============================================================
-column            dtype   meaning
-================  ======  ============================================================
-frame             int64   global frame index in the run
-run               str     run name
-event             str     CrystFEL-style event id within the file (``//<index>``)
-filename          str     file the frame was read from
-status            str     ``ok`` or ``failed``
-error             str     error text of a failed frame (empty when ok)
-n_peaks           int64   peaks found
-hit               bool    ``hits.min_peaks <= n_peaks`` (``<= max_peaks`` when set)
-indexed           bool    at least one crystal indexed
-n_crystals        int64   lattices indexed
-n_reflections     int64   reflections integrated
-resolution_A      float64 highest-resolution shell with mean I/σ(I) ≥ 1 (NaN if none)
-solvent_ratio     float64 mean intensity at the water-ring angle over the low angle
-worker            int64   worker that processed the frame
-read_s .. total_s float64 wall seconds per stage: read, peaks, index, integrate, total
-================  ======  ============================================================
+The tables are those of :mod:`sxlab.tables`: :data:`~sxlab.tables.FRAMES`,
+:data:`~sxlab.tables.PEAKS`, :data:`~sxlab.tables.CRYSTALS`,
+:data:`~sxlab.tables.REFLECTIONS` and :data:`~sxlab.tables.PROFILE`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import html
-import json
 import multiprocessing
 import os
-import platform
-import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from . import tables
 from .params import Params
+from .results import Results, ResultsWriter
 
 __all__ = [
-    "FRAME_SCHEMA",
     "Context",
     "FrameResult",
     "Results",
-    "atomic_parquet",
     "failed_result",
-    "committed_parts",
-    "finish_output",
     "prepare",
-    "prepare_output",
     "process_frame",
     "process_run",
-    "read_parts",
-    "write_part",
 ]
 
-FRAME_SCHEMA = {
-    "frame": "int64",
-    "run": "object",
-    "event": "object",
-    "filename": "object",
-    "status": "object",
-    "error": "object",
-    "n_peaks": "int64",
-    "hit": "bool",
-    "indexed": "bool",
-    "n_crystals": "int64",
-    "n_reflections": "int64",
-    "resolution_A": "float64",
-    "solvent_ratio": "float64",
-    "worker": "int64",
-    "read_s": "float64",
-    "peaks_s": "float64",
-    "index_s": "float64",
-    "integrate_s": "float64",
-    "total_s": "float64",
-}
-
-_TABLES = ("frames", "peaks", "crystals", "reflections", "profile")
-
-
-def _schema(kind: str) -> dict:
-    """Column -> dtype of a table (schemas may carry (dtype, description) pairs)."""
-    return {c: (t[0] if isinstance(t, tuple) else t) for c, t in _raw_schema(kind).items()}
-
-
-def _raw_schema(kind: str) -> dict:
-    if kind == "frames":
-        return FRAME_SCHEMA
-    if kind == "peaks":
-        from .peaks import PEAK_SCHEMA
-
-        return PEAK_SCHEMA
-    if kind == "crystals":
-        from .index import CRYSTAL_SCHEMA
-
-        return CRYSTAL_SCHEMA
-    if kind == "reflections":
-        from .integrate import REFLECTION_SCHEMA
-
-        return REFLECTION_SCHEMA
-    from .profiling import PROFILE_SCHEMA
-
-    return PROFILE_SCHEMA
-
-
 def _empty(kind: str) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _schema(kind).items()})
+    return tables.get(kind).empty()
 
 
-def _concat(kind: str, tables) -> pd.DataFrame:
-    tables = [t for t in tables if t is not None and len(t)]
-    if not tables:
-        return _empty(kind)
-    out = pd.concat(tables, ignore_index=True)
-    return out.astype({c: t for c, t in _schema(kind).items() if c in out.columns})
+def _concat(kind: str, parts) -> pd.DataFrame:
+    return tables.get(kind).concat(parts)
+
+
+def _tables_of(results: list[FrameResult]) -> dict[str, pd.DataFrame]:
+    """The five tables of several frames' results, each concatenated."""
+    return {kind: _concat(kind, [r.table(kind) for r in results])
+            for kind in ("frames", "peaks", "crystals", "reflections", "profile")}
 
 
 # ---------------------------------------------------------------------------- context
@@ -244,7 +168,7 @@ class FrameResult:
 
 
 def _frame_row(frame: int, attrs: dict, worker: int) -> dict:
-    row = {c: None for c in FRAME_SCHEMA}
+    row = dict.fromkeys(tables.FRAMES.names)
     row.update(frame=int(frame), run=str(attrs.get("run", "")),
                event=str(attrs.get("event", "")), filename=str(attrs.get("source", "")),
                status="ok", error="", n_peaks=0, hit=False, indexed=False, n_crystals=0,
@@ -278,7 +202,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     Returns
     -------
     FrameResult
-        ``frame`` (a dict with the :data:`FRAME_SCHEMA` columns), ``peaks``,
+        ``frame`` (a dict with the :data:`sxlab.tables.FRAMES` columns), ``peaks``,
         ``crystals``, ``reflections`` and ``profile`` tables.
     """
     if context is None:
@@ -333,7 +257,8 @@ def failed_result(frame: int, error, worker: int = 0, run_name: str = "",
                   attrs: dict | None = None) -> FrameResult:
     """The result of a frame that could not be processed: a ``failed`` row saying why.
 
-    ``error`` is an exception (recorded as ``Type: message``) or a text.
+    ``error`` is an exception (recorded as ``Type: message``) or a text; ``attrs`` may
+    give the frame's ``event`` and ``source`` (as :meth:`Run.read` attrs do).
     """
     row = _frame_row(frame, {"run": run_name, **(attrs or {})}, worker)
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -438,191 +363,6 @@ def _iter_results(run, params: Params, todo: list[int], executor, n_workers: int
                      "dask.distributed.Client")
 
 
-# -------------------------------------------------------------------------- results
-@dataclass
-class Results:
-    """Tables of a processed run, in frame order.
-
-    Attributes
-    ----------
-    frames, peaks, crystals, reflections, profile : DataFrame
-        See :data:`FRAME_SCHEMA` and the schemas of :mod:`sxlab.peaks`,
-        :mod:`sxlab.index`, :mod:`sxlab.integrate` and :mod:`sxlab.profiling`.
-    params : Params
-    wall_s : float
-        Wall time of the processing call (0 for results loaded from disk).
-    out : pathlib.Path or None
-        Output directory.
-    """
-
-    frames: pd.DataFrame
-    peaks: pd.DataFrame
-    crystals: pd.DataFrame
-    reflections: pd.DataFrame
-    profile: pd.DataFrame
-    params: Params
-    wall_s: float = 0.0
-    out: Path | None = None
-    geometry: object = field(default=None, repr=False)
-
-    @classmethod
-    def load(cls, out) -> Results:
-        """Read the tables an earlier :func:`process_run` wrote to ``out``."""
-        out = Path(out)
-        params = Params.load(out / "params.toml")
-        tables = read_parts(out)
-        geometry = None
-        if (out / "geometry.geom").is_file():
-            from .io.crystfel_geom import read_geom
-
-            geometry = read_geom(out / "geometry.geom")
-        return cls(*(tables[k] for k in _TABLES), params=params, out=out, geometry=geometry)
-
-    def summary(self) -> pd.DataFrame:
-        """One-row table: frames, failed, hits, indexed, crystals, rates, times."""
-        f = self.frames
-        ok = f[f.status == "ok"]
-        n = len(f)
-        hits = int(ok.hit.sum())
-        indexed = int(ok.indexed.sum())
-        return pd.DataFrame([{
-            "frames": n,
-            "failed": int((f.status != "ok").sum()),
-            "hits": hits,
-            "hit_rate": hits / n if n else np.nan,
-            "indexed": indexed,
-            "indexing_rate": indexed / hits if hits else np.nan,
-            "crystals": int(ok.n_crystals.sum()),
-            "reflections": len(self.reflections),
-            "median_resolution_A": float(ok.resolution_A.median()) if indexed else np.nan,
-            "ms_per_frame": 1e3 * float(ok.total_s.mean()) if len(ok) else np.nan,
-            "wall_s": self.wall_s,
-        }])
-
-    def __repr__(self) -> str:
-        s = self.summary().astype(object).iloc[0]
-        return (f"<Results {s.frames} frames, {s.failed} failed, {s.hits} hits "
-                f"({100 * s.hit_rate:.1f} %), {s.indexed} indexed "
-                f"({100 * (s.indexing_rate if s.hits else 0):.1f} % of hits), "
-                f"{s.reflections} reflections>")
-
-    def _repr_html_(self) -> str:
-        s = self.summary()
-        table = s.to_html(index=False, float_format=lambda v: f"{v:.3g}")
-        where = f" — {html.escape(str(self.out))}" if self.out else ""
-        return f"<div><b>sxlab Results</b>{where}{table}</div>"
-
-
-def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def write_part(out: Path, results: list[FrameResult], *, tag: str = "") -> str:
-    """Write the tables of some frames as one part of an output directory.
-
-    The frames file, written last, commits the part. ``tag`` (e.g. a worker name)
-    makes the part's name unique when several writers may write the same frames.
-    Returns the part's stem.
-    """
-    parts = Path(out) / "parts"
-    first = min(r.frame["frame"] for r in results)
-    last = max(r.frame["frame"] for r in results)
-    stem = f"{first:09d}-{last:09d}" + (f"-{tag}" if tag else "")
-    # The frames table is written last: it commits the part.
-    for kind in ("peaks", "crystals", "reflections", "profile", "frames"):
-        table = _concat(kind, [r.table(kind) for r in results])
-        atomic_parquet(table, parts / f"{kind}-{stem}.parquet")
-    return stem
-
-
-def committed_parts(out) -> list[str]:
-    """Stems of the committed parts of an output directory, oldest commit first."""
-    files = list((Path(out) / "parts").glob("frames-*.parquet"))
-    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return [p.name[len("frames-"):-len(".parquet")] for p in files]
-
-
-def read_parts(out, stems: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Tables of committed parts, sorted by frame, every frame once.
-
-    A frame committed in several parts (a live frame delivered again after its
-    worker died between committing and acknowledging it) is taken from the newest
-    part. ``stems`` restricts the reading to those parts (default: all committed).
-    """
-    parts = Path(out) / "parts"
-    if stems is None:
-        stems = committed_parts(out)
-    raw = {kind: [pd.read_parquet(parts / f"{kind}-{s}.parquet") for s in stems]
-           for kind in _TABLES}
-    owner: dict[int, int] = {}
-    for k, f in enumerate(raw["frames"]):
-        owner.update(dict.fromkeys(f["frame"].tolist(), k))
-    if len(owner) < sum(len(f) for f in raw["frames"]):
-        for kind in _TABLES:
-            raw[kind] = [t[t["frame"].map(owner).to_numpy() == k]
-                         for k, t in enumerate(raw[kind])]
-    tables = {}
-    for kind in _TABLES:
-        t = _concat(kind, raw[kind])
-        keys = [c for c in ("frame", "crystal", "panel", "h", "k", "l", "path", "start_s")
-                if c in t.columns]
-        tables[kind] = t.sort_values(keys, kind="stable").reset_index(drop=True)
-    return tables
-
-
-def _versions() -> dict:
-    import h5py
-    import numba
-
-    from . import __version__
-
-    return {"sxlab": __version__, "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "pandas": pd.__version__,
-            "h5py": h5py.__version__, "platform": platform.platform()}
-
-
-def prepare_output(out, params: Params, geometry, overwrite: bool = False) -> None:
-    """Create (or check, to resume) an output directory for ``params`` and ``geometry``."""
-    from .io.crystfel_geom import write_geom
-
-    out = Path(out)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "parts").glob("*.tmp"):
-        stale.unlink()
-    ptoml = out / "params.toml"
-    if ptoml.exists():
-        old = Params.load(ptoml)
-        if old.digest() != params.digest():
-            raise ValueError(
-                f"{out} holds results of other parameters (hash {old.digest()}, now "
-                f"{params.digest()}); choose another directory or pass overwrite=True")
-    else:
-        params.save(ptoml)
-    (out / "params.sha256").write_text(params.digest() + "\n")
-    (out / "versions.json").write_text(json.dumps(_versions(), indent=1))
-    try:
-        (out / "geometry.geom").write_text(write_geom(geometry))
-    except ValueError:
-        pass
-
-
-def finish_output(out, results: Results) -> None:
-    """Consolidated tables and the CrystFEL stream, rewritten from the committed parts."""
-    from .io.stream import write_stream
-
-    out = Path(out)
-    for kind in _TABLES:
-        atomic_parquet(getattr(results, kind), out / f"{kind}.parquet")
-    tmp = out / "results.stream.tmp"
-    write_stream(tmp, results.geometry, results.frames, results.peaks, results.crystals,
-                 results.reflections, cell=results.params.cell)
-    os.replace(tmp, out / "results.stream")
-
-
 def process_run(run, params: Params | None = None, *, executor="local",
                 n_workers: int | None = None, out=None, overwrite: bool = False,
                 chunk_size: int = 4, progress: bool = True) -> Results:
@@ -667,11 +407,11 @@ def process_run(run, params: Params | None = None, *, executor="local",
         raise ValueError("the run carries no geometry; open it with open_run(..., geometry=)")
     n_workers = int(n_workers or os.cpu_count() or 1)
     t0 = time.perf_counter()
-    out = Path(out) if out is not None else None
+    writer = None
     done: set[int] = set()
     if out is not None:
-        prepare_output(out, params, run.geometry, overwrite)
-        done = set(read_parts(out)["frames"].frame.tolist())
+        writer = ResultsWriter(out, params, run.geometry, overwrite=overwrite)
+        done = writer.done
     todo = [i for i in range(len(run)) if i not in done]
     collected: list[FrameResult] = []
     bar = None
@@ -682,8 +422,8 @@ def process_run(run, params: Params | None = None, *, executor="local",
     n_hits = n_indexed = n_seen = 0
     try:
         for results in _iter_results(run, params, todo, executor, n_workers, chunk_size):
-            if out is not None:
-                write_part(out, results)
+            if writer is not None:
+                writer.write(**_tables_of(results))
             else:
                 collected.extend(results)
             for r in results:
@@ -697,18 +437,7 @@ def process_run(run, params: Params | None = None, *, executor="local",
     finally:
         if bar is not None:
             bar.close()
-    if out is not None:
-        tables = read_parts(out)
-    else:
-        tables = {k: _concat(k, [r.table(k) for r in collected]) for k in _TABLES}
-        order = tables["frames"].frame.argsort(kind="stable")
-        tables["frames"] = tables["frames"].iloc[order].reset_index(drop=True)
-        for k in ("peaks", "crystals", "reflections", "profile"):
-            keys = [c for c in ("frame", "crystal", "panel", "h", "k", "l", "path",
-                                "start_s") if c in tables[k].columns]
-            tables[k] = tables[k].sort_values(keys, kind="stable").reset_index(drop=True)
-    res = Results(*(tables[k] for k in _TABLES), params=params,
-                  wall_s=time.perf_counter() - t0, out=out, geometry=run.geometry)
-    if out is not None:
-        finish_output(out, res)
-    return res
+    if writer is not None:
+        return writer.finish(wall_s=time.perf_counter() - t0)
+    return Results.from_tables(_tables_of(collected), params,
+                               wall_s=time.perf_counter() - t0, geometry=run.geometry)

@@ -101,7 +101,7 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     Parameters
     ----------
     stats : pandas.DataFrame
-        Statistics from :func:`sxlab.merge` (:data:`sxlab.merge.STATS_SCHEMA`); the
+        Statistics from :func:`sxlab.merge` (:data:`sxlab.tables.STATISTICS`); the
         overall row (``shell`` -1) is left out.
     ax : matplotlib.axes.Axes, optional
         Axes to draw into (default: a new figure).

@@ -37,9 +37,9 @@ from time import perf_counter_ns
 import numpy as np
 import pandas as pd
 
+from . import tables
+
 __all__ = [
-    "PROFILE_BLOCK_SCHEMA",
-    "PROFILE_SCHEMA",
     "STAGES",
     "WAIT_STAGES",
     "Profiler",
@@ -84,26 +84,6 @@ STAGES = (
 )
 #: First-level stages that are time spent waiting for data, not processing it.
 WAIT_STAGES = (WAIT, ZMQ_FETCH, ASAPO_FETCH)
-
-#: Columns of a profile table (one row per timed segment).
-PROFILE_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "worker": "int64",
-    "path": "str",
-    "depth": "int64",
-    "start_s": "float64",
-    "duration_s": "float64",
-    "completion": "int64",
-}
-
-#: Columns of :func:`profile_blocks` (one row per block and category).
-PROFILE_BLOCK_SCHEMA: dict[str, str] = {
-    "block": "int64",
-    "first_record": "int64",
-    "n_records": "int64",
-    "category": "category",
-    "seconds_per_frame": "float64",
-}
 
 _ACTIVE: contextvars.ContextVar[Profiler | None] = contextvars.ContextVar(
     "sxlab_profiler", default=None)
@@ -296,6 +276,7 @@ class Profiler:
         """The recorded segments as dicts (the rows of :meth:`table`)."""
         return self.table().to_dict("records")
 
+    @tables.documented
     def table(self, *, clear: bool = False) -> pd.DataFrame:
         """The recorded segments, one row per segment.
 
@@ -307,41 +288,25 @@ class Profiler:
         Returns
         -------
         pandas.DataFrame
-            Columns (:data:`PROFILE_SCHEMA`), rows in completion order and, within a
-            frame, in the order segments opened (parents before children):
+            One row per segment (:data:`sxlab.tables.PROFILE`), in completion order
+            and, within a frame, in the order segments opened (parents before
+            children):
 
-            ========== ==========================================================
-            frame      frame index given to :meth:`frame`
-            worker     worker id
-            path       segment path from the root, e.g. ``root/peak-search/pf8-rstats``
-            depth      0 for the root, 1 for its children, ...
-            start_s    start time, seconds since the profiler's epoch
-            duration_s wall-clock duration in seconds
-            completion order in which the frame finished (0, 1, ...)
-            ========== ==========================================================
+            [columns: profile]
         """
         rec = self._records
         if clear:
             self._records = []
         if not rec:
-            return _empty_table()
+            return tables.PROFILE.empty()
         frame, path, depth, start, end, completion = zip(*rec, strict=True)
         start = np.asarray(start, dtype=np.int64)
         end = np.asarray(end, dtype=np.int64)
-        return pd.DataFrame({
-            "frame": np.asarray(frame, dtype=np.int64),
-            "worker": np.full(len(rec), self.worker, dtype=np.int64),
-            "path": pd.array(list(path), dtype="str"),
-            "depth": np.asarray(depth, dtype=np.int64),
-            "start_s": (start - self.epoch_ns) / 1e9,
-            "duration_s": (end - start) / 1e9,
-            "completion": np.asarray(completion, dtype=np.int64),
+        return tables.PROFILE.make({
+            "frame": frame, "worker": np.full(len(rec), self.worker), "path": list(path),
+            "depth": depth, "start_s": (start - self.epoch_ns) / 1e9,
+            "duration_s": (end - start) / 1e9, "completion": completion,
         })
-
-
-def _empty_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.array([], dtype="str") if d == "str" else np.zeros(0, d)
-                         for c, d in PROFILE_SCHEMA.items()})
 
 
 def section(name: str):
@@ -393,11 +358,20 @@ def profiled(name: str):
     return decorate
 
 
-def combine_profiles(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
+@tables.documented
+def combine_profiles(profiles: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Join the tables of several workers, renumbering ``completion`` by end time.
 
     The workers' profilers must share an epoch (see :class:`Profiler`) for their end
     times to be comparable.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The segments of every table (:data:`sxlab.tables.PROFILE`), ordered by the new
+        ``completion``:
+
+        [columns: profile]
 
     Examples
     --------
@@ -408,10 +382,10 @@ def combine_profiles(tables: Iterable[pd.DataFrame]) -> pd.DataFrame:
     >>> combine_profiles([a.table(), b.table()])[["frame", "completion"]].values.tolist()
     [[1, 0], [0, 1]]
     """
-    tables = [t for t in tables if len(t)]
-    if not tables:
-        return _empty_table()
-    table = pd.concat(tables, ignore_index=True)
+    profiles = [t for t in profiles if len(t)]
+    if not profiles:
+        return tables.PROFILE.empty()
+    table = tables.PROFILE.concat(profiles)
     roots = table[table["depth"] == 0]
     end = roots["start_s"] + roots["duration_s"]
     order = np.lexsort((roots["worker"].to_numpy(), end.to_numpy()))
@@ -463,6 +437,7 @@ def _parse_sexpr(text: str, where: str) -> list[tuple[str, int, float]]:
     return out
 
 
+@tables.documented
 def read_crystfel_profile(path_or_lines) -> pd.DataFrame:
     """Read CrystFEL ``--profile`` output: one S-expression per frame and worker.
 
@@ -475,10 +450,12 @@ def read_crystfel_profile(path_or_lines) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        A profile table (:data:`PROFILE_SCHEMA`). CrystFEL records neither frame numbers
-        nor start times: ``frame`` and ``completion`` are the record's position among the
-        records (the order frames completed), ``start_s`` is NaN; durations are in
-        seconds as printed (1 ms resolution).
+        A profile table (:data:`sxlab.tables.PROFILE`). CrystFEL records neither frame
+        numbers nor start times: ``frame`` and ``completion`` are the record's position
+        among the records (the order frames completed), ``start_s`` is NaN; durations
+        are in seconds as printed (1 ms resolution):
+
+        [columns: profile]
 
     Raises
     ------
@@ -506,7 +483,7 @@ def read_crystfel_profile(path_or_lines) -> pd.DataFrame:
         source = "<lines>"
         lines = path_or_lines.splitlines() if isinstance(path_or_lines, str) \
             else list(path_or_lines)
-    cols: dict[str, list] = {c: [] for c in PROFILE_SCHEMA}
+    cols: dict[str, list] = {c: [] for c in tables.PROFILE.names}
     record = 0
     for lineno, line in enumerate(lines, start=1):
         m = _LINE.match(line)
@@ -523,11 +500,7 @@ def read_crystfel_profile(path_or_lines) -> pd.DataFrame:
             cols["duration_s"].append(seconds)
             cols["completion"].append(record)
         record += 1
-    if not cols["frame"]:
-        return _empty_table()
-    return pd.DataFrame({c: pd.array(v, dtype="str") if d == "str" else np.asarray(v, d)
-                         for (c, d), v in zip(PROFILE_SCHEMA.items(), cols.values(),
-                                              strict=True)})
+    return tables.PROFILE.make(cols if cols["frame"] else None)
 
 
 def to_crystfel_profile(table: pd.DataFrame) -> str:
@@ -591,6 +564,7 @@ def _category_times(table: pd.DataFrame, level: int) -> pd.DataFrame:
     return out
 
 
+@tables.documented
 def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
                    include_wait: bool = True, *, level: int = 1) -> pd.DataFrame:
     """Mean time per frame in each category, averaged in blocks of records.
@@ -618,16 +592,11 @@ def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
     Returns
     -------
     pandas.DataFrame
-        One row per block and category (:data:`PROFILE_BLOCK_SCHEMA`):
+        One row per block and category (:data:`sxlab.tables.PROFILE_BLOCKS`); the
+        categories are paths below the root (``peak-search``, ``root``, ``other``),
+        ordered by total time, ``other`` last:
 
-        ================= =========================================================
-        block             block number (0, 1, ...)
-        first_record      completion rank of the block's first record
-        n_records         records in the block
-        category          path below the root (``peak-search``, ``root``,
-                          ``other``); ordered by total time, ``other`` last
-        seconds_per_frame mean seconds per frame of the category in the block
-        ================= =========================================================
+        [columns: profile_blocks]
 
     Examples
     --------
@@ -643,8 +612,7 @@ def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
     if block < 1 or top < 1 or level < 1:
         raise ValueError("block, top and level must be at least 1")
     if not len(table):
-        return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in
-                             PROFILE_BLOCK_SCHEMA.items()})
+        return tables.PROFILE_BLOCKS.empty()
     roots = table.loc[table["depth"] == 0, ["worker", "completion"]].drop_duplicates()
     order = np.lexsort((roots["worker"].to_numpy(), roots["completion"].to_numpy()))
     rank = pd.Series(np.arange(len(roots)), index=pd.MultiIndex.from_arrays(
@@ -672,10 +640,10 @@ def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
     first_record = np.arange(n_blocks) * block
     counts = np.minimum(block, n_records - first_record)
     blocks = sums.index.get_level_values("block").to_numpy()
-    return pd.DataFrame({
-        "block": blocks.astype(np.int64),
-        "first_record": first_record[blocks].astype(np.int64),
-        "n_records": counts[blocks].astype(np.int64),
+    return tables.PROFILE_BLOCKS.make({
+        "block": blocks,
+        "first_record": first_record[blocks],
+        "n_records": counts[blocks],
         "category": pd.Categorical(sums.index.get_level_values("category"),
                                    categories=categories, ordered=True),
         "seconds_per_frame": sums.to_numpy() / counts[blocks],

@@ -69,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from . import _simulate_kernels as _k
+from . import tables
 from ._frozen import FrozenParams
 from .cell import UnitCell
 from .geometry import Detector
@@ -76,7 +77,6 @@ from .geometry import Detector
 __all__ = [
     "powder_ring_intensities",
     "write_powder",
-    "TRUTH_SCHEMAS",
     "FrameTruth",
     "SimulationParams",
     "Simulator",
@@ -107,85 +107,10 @@ _MASK_DEAD = 2
 _MASK_HOT = 8
 
 
-# ============================================================================ schemas
-#: Column -> (dtype, description with unit) of each truth table; one place for all.
-TRUTH_SCHEMAS: dict[str, dict[str, tuple[str, str]]] = {
-    "frames": {
-        "frame": ("int64", "frame index (0-based)"),
-        "hit": ("bool", "at least one crystal in the beam"),
-        "n_crystals": ("int64", "number of lattices"),
-        "n_reflections": ("int64", "reflections recorded on the detector"),
-        "solvent": ("bool", "water ring present"),
-        "background_scale": ("float64", "factor applied to the whole background"),
-    },
-    "crystals": {
-        "frame": ("int64", "frame index"),
-        "crystal": ("int64", "lattice index within the frame (0-based)"),
-        "a": ("float64", "cell edge a (Å)"),
-        "b": ("float64", "cell edge b (Å)"),
-        "c": ("float64", "cell edge c (Å)"),
-        "alpha": ("float64", "cell angle α (deg)"),
-        "beta": ("float64", "cell angle β (deg)"),
-        "gamma": ("float64", "cell angle γ (deg)"),
-        **{
-            f"{v}star_{x}": ("float64", f"lab-frame {x} component of {v}* (1/Å)")
-            for v in "abc"
-            for x in "xyz"
-        },
-        **{
-            f"u_{i}{j}": ("float64", f"orientation matrix U, row {i}, column {j}")
-            for i in (1, 2, 3)
-            for j in (1, 2, 3)
-        },
-        "scale": ("float64", "crystal scale factor (log-normal, median 1)"),
-        "b_factor_delta_A2": ("float64", "B factor added to the data set's (Å²)"),
-        "n_reflections": ("int64", "reflections of this crystal on the detector"),
-    },
-    "reflections": {
-        "frame": ("int64", "frame index"),
-        "crystal": ("int64", "lattice index within the frame"),
-        "h": ("int32", "Miller index h"),
-        "k": ("int32", "Miller index k"),
-        "l": ("int32", "Miller index l"),
-        "d_A": ("float64", "resolution d (Å)"),
-        "I_true": ("float64", "full-reflection photons: fluence·scale·I·exp(-2ΔB s²)"),
-        "partiality": ("float64", "p = exp(-s0²/(2σ_eff²)), 0..1"),
-        "excitation_error_invA": ("float64", "s0 = k0 - |q + k0 ẑ| (1/Å), >0 inside"),
-        "wavelength_A": ("float64", "wavelength 1/k* the spot is drawn at (Å)"),
-        "polarization": ("float64", "polarization factor at the spot"),
-        "photons": ("float64", "expected photons of the spot: I_true·partiality·polarization"),
-        "transmission": ("float64", "beam-stop transmission at the spot centre"),
-        "fs": ("float64", "spot centre, fast scan (data-array px, pixel centres at +0.5)"),
-        "ss": ("float64", "spot centre, slow scan (data-array px, pixel centres at +0.5)"),
-        "panel": ("int64", "panel index in the detector"),
-        "panel_name": ("str", "panel name"),
-    },
-    "intensities": {
-        "h": ("int32", "Miller index h (asymmetric unit)"),
-        "k": ("int32", "Miller index k"),
-        "l": ("int32", "Miller index l"),
-        "I": ("float64", "true intensity (Wilson scale: mean ε·exp(-2B s²))"),
-        "d_A": ("float64", "resolution d (Å)"),
-        "centric": ("bool", "centric reflection"),
-        "epsilon": ("int32", "epsilon factor (point-group multiplicity of hkl)"),
-    },
-}
-
-
-def _table(name: str, data: dict | None = None) -> pd.DataFrame:
-    """A truth table with every schema column, in order, with its dtype.
-
-    ``data`` maps every column to a sequence (all of equal length); None or an empty
-    dict gives the empty table.
-    """
-    cols = {}
-    for col, (dtype, _) in TRUTH_SCHEMAS[name].items():
-        values = data[col] if data else []
-        if dtype == "str":
-            cols[col] = pd.array(np.asarray(values, dtype=object), dtype="str")
-        else:
-            cols[col] = np.asarray(values).astype(dtype, copy=False)
-    return pd.DataFrame(cols)
+#: The truth tables by attribute of :class:`Truth`.
+_TRUTH_TABLES = {"frames": tables.TRUTH_FRAMES, "crystals": tables.TRUTH_CRYSTALS,
+                 "reflections": tables.TRUTH_REFLECTIONS,
+                 "intensities": tables.TRUTH_INTENSITIES}
 
 
 # ========================================================================= parameters
@@ -448,9 +373,9 @@ class FrameTruth:
     background_scale : float
         Factor applied to the background of this frame.
     crystals : DataFrame
-        One row per lattice (columns of ``TRUTH_SCHEMAS["crystals"]``, see :class:`Truth`).
+        One row per lattice (:data:`sxlab.tables.TRUTH_CRYSTALS`).
     reflections : DataFrame
-        One row per reflection on the detector (see :class:`Truth`).
+        One row per reflection on the detector (:data:`sxlab.tables.TRUTH_REFLECTIONS`).
     """
 
     frame: int
@@ -498,11 +423,12 @@ def truth_paths(master_path: str | os.PathLike) -> dict[str, Path]:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    paths = {name: master.with_name(f"{stem}_truth_{name}.parquet") for name in TRUTH_SCHEMAS}
+    paths = {name: master.with_name(f"{stem}_truth_{name}.parquet") for name in _TRUTH_TABLES}
     paths["metadata"] = master.with_name(f"{stem}_truth.json")
     return paths
 
 
+@tables.documented
 @dataclass
 class Truth:
     """Ground truth of a simulated data set: four tidy tables and metadata.
@@ -510,70 +436,32 @@ class Truth:
     Attributes
     ----------
     frames : DataFrame
-        One row per frame:
+        One row per frame (:data:`sxlab.tables.TRUTH_FRAMES`):
 
-        ================  =======  ==============================================
-        frame             int64    frame index (0-based)
-        hit               bool     at least one crystal in the beam
-        n_crystals        int64    number of lattices
-        n_reflections     int64    reflections recorded on the detector
-        solvent           bool     water ring present
-        background_scale  float64  factor applied to the whole background
-        ================  =======  ==============================================
+        [columns: truth_frames]
     crystals : DataFrame
-        One row per lattice:
+        One row per lattice (:data:`sxlab.tables.TRUTH_CRYSTALS`); ``u_11`` ... ``u_33``
+        is the orientation U (crystal → lab), A = B Uᵀ:
 
-        ==========================  =======  ======================================
-        frame, crystal              int64    frame and lattice index (0-based)
-        a, b, c                     float64  cell edges (Å)
-        alpha, beta, gamma          float64  cell angles (deg)
-        astar_x ... cstar_z         float64  lab-frame a*, b*, c* (1/Å, no 2π)
-        u_11 ... u_33               float64  orientation U (crystal → lab), A = B Uᵀ
-        scale                       float64  crystal scale (log-normal, median 1)
-        b_factor_delta_A2           float64  B factor added to the data set's (Å²)
-        n_reflections               int64    reflections on the detector
-        ==========================  =======  ======================================
+        [columns: truth_crystals]
     reflections : DataFrame
         One row per reflection that reaches a panel with partiality above
-        ``partiality_min``:
+        ``partiality_min`` (:data:`sxlab.tables.TRUTH_REFLECTIONS`); h, k, l as
+        diffracted, not reduced; ``photons`` before beam-stop shadow and panel-edge
+        clipping; ``polarization`` 1 when disabled:
 
-        ======================  =======  ============================================
-        frame, crystal          int64    frame and lattice index
-        h, k, l                 int32    Miller indices (as diffracted, not reduced)
-        d_A                     float64  resolution (Å)
-        I_true                  float64  photons of the full reflection:
-                                         fluence · scale · I · exp(-2 ΔB s²)
-        partiality              float64  exp(-s0² / (2 σ_eff²)), 0..1
-        excitation_error_invA   float64  s0 = k0 - |q + k0 ẑ| (1/Å), > 0 inside the
-                                         Ewald sphere
-        wavelength_A            float64  1/k*, wavelength the spot is drawn at (Å)
-        polarization            float64  polarization factor (1 when disabled)
-        photons                 float64  expected photons of the whole spot before
-                                         beam-stop shadow and panel-edge clipping:
-                                         I_true · partiality · polarization
-        transmission            float64  beam-stop transmission at the spot centre
-        fs, ss                  float64  spot centre in data-array pixels (corner of
-                                         the first pixel at 0, centres at +0.5)
-        panel                   int64    panel index
-        panel_name              str      panel name
-        ======================  =======  ============================================
+        [columns: truth_reflections]
     intensities : DataFrame
-        One row per unique (asymmetric-unit) reflection to ``d_min``:
+        One row per unique reflection of gemmi's reciprocal asymmetric unit to ``d_min``
+        (:data:`sxlab.tables.TRUTH_INTENSITIES`):
 
-        ========  =======  ===================================================
-        h, k, l   int32    Miller indices in gemmi's reciprocal ASU
-        I         float64  true intensity (Wilson scale, mean ε exp(-2 B s²))
-        d_A       float64  resolution (Å)
-        centric   bool     centric reflection
-        epsilon   int32    epsilon factor
-        ========  =======  ===================================================
+        [columns: truth_intensities]
     metadata : dict
         Parameters, seed, cell, space group, detector and beam-stop description.
 
     Notes
     -----
-    Column dtypes and descriptions live in :data:`TRUTH_SCHEMAS`; empty tables keep
-    every column.
+    Empty tables keep every column.
 
     Examples
     --------
@@ -596,15 +484,12 @@ class Truth:
                     metadata: dict | None = None) -> Truth:
         """Collect per-frame truths into tables."""
         rows = [ft.as_row() for ft in frames]
-        frame_table = _table("frames", {c: [r[c] for r in rows] for c in TRUTH_SCHEMAS["frames"]})
-        crystals = [ft.crystals for ft in frames if len(ft.crystals)]
-        refl = [ft.reflections for ft in frames if len(ft.reflections)]
+        frame_table = tables.TRUTH_FRAMES.make(
+            {c: [r[c] for r in rows] for c in tables.TRUTH_FRAMES.names} if rows else None)
         return cls(
             frames=frame_table,
-            crystals=(pd.concat(crystals, ignore_index=True) if crystals
-                      else _table("crystals")),
-            reflections=(pd.concat(refl, ignore_index=True) if refl
-                         else _table("reflections")),
+            crystals=tables.TRUTH_CRYSTALS.concat(ft.crystals for ft in frames),
+            reflections=tables.TRUTH_REFLECTIONS.concat(ft.reflections for ft in frames),
             intensities=intensities,
             metadata=dict(metadata or {}),
         )
@@ -615,7 +500,7 @@ class Truth:
         Returns the paths (see :func:`truth_paths`).
         """
         paths = truth_paths(master_path)
-        for name in TRUTH_SCHEMAS:
+        for name in _TRUTH_TABLES:
             getattr(self, name).to_parquet(paths[name], index=False)
         paths["metadata"].write_text(json.dumps(self.metadata, indent=1, sort_keys=True))
         return paths
@@ -624,12 +509,10 @@ class Truth:
     def load(cls, master_path: str | os.PathLike) -> Truth:
         """Read the truth written by :meth:`Simulator.write` for ``master_path``."""
         paths = truth_paths(master_path)
-        tables = {}
-        for name in TRUTH_SCHEMAS:
-            df = pd.read_parquet(paths[name])
-            tables[name] = _table(name, {c: df[c].to_numpy() for c in df.columns})
+        found = {name: schema.make(pd.read_parquet(paths[name]))
+                 for name, schema in _TRUTH_TABLES.items()}
         meta = json.loads(paths["metadata"].read_text()) if paths["metadata"].exists() else {}
-        return cls(**tables, metadata=meta)
+        return cls(**found, metadata=meta)
 
     def __repr__(self) -> str:
         n = len(self.frames)
@@ -773,7 +656,7 @@ class Simulator:
         z = rng.standard_normal(len(asu))
         e = rng.standard_exponential(len(asu))
         intensity = np.where(centric, z * z, e) * mean
-        self.intensities = _table("intensities", {
+        self.intensities = tables.TRUTH_INTENSITIES.make({
             "h": asu[:, 0], "k": asu[:, 1], "l": asu[:, 2], "I": intensity, "d_A": d,
             "centric": centric, "epsilon": eps,
         })
@@ -954,16 +837,16 @@ class Simulator:
                 for j in range(3):
                     row[f"u_{i + 1}{j + 1}"] = rots[c][i, j]
             crystals.append(row)
-        ctab = _table("crystals", {k: [r[k] for r in crystals] for k in crystals[0]}
-                      if crystals else None)
+        ctab = tables.TRUTH_CRYSTALS.make(
+            {k: [r[k] for r in crystals] for k in crystals[0]} if crystals else None)
         if refls:
             cols = {k: np.concatenate([np.broadcast_to(r[k], r["h"].shape) for r in refls])
                     for k in refls[0]}
             names = np.array(self.detector.panel_names, dtype=object)
             cols["panel_name"] = names[cols["panel"]].astype(str)
-            rtab = _table("reflections", cols)
+            rtab = tables.TRUTH_REFLECTIONS.make(cols)
         else:
-            rtab = _table("reflections")
+            rtab = tables.TRUTH_REFLECTIONS.empty()
         return FrameTruth(frame=frame, hit=hit, solvent=solvent, background_scale=bg_scale,
                           crystals=ctab, reflections=rtab)
 

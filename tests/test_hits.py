@@ -6,9 +6,9 @@ import pytest
 from reference import hits as ref
 
 from sxlab import _hits_kernels as kern
+from sxlab import tables
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
 from sxlab.hits import (
-    HIT_TABLE_COLUMNS,
     RadialProfiler,
     RunStatistics,
     SolventRatio,
@@ -66,13 +66,13 @@ def test_is_hit_one_frame_and_many():
 def test_hit_table():
     peaks = peaks_table({0: 16, 2: 3, 4: 100})
     t = hit_table(peaks, 5, min_peaks=16, max_peaks=50)
-    assert dict(t.dtypes.astype(str)) == HIT_TABLE_COLUMNS
+    tables.HITS.validate(t)
     assert t["n_peaks"].tolist() == [16, 0, 3, 0, 100]
     assert t["hit"].tolist() == [True, False, False, False, False]
     t = hit_table(peaks, [4, 2, 0, 9])
     assert t["frame"].tolist() == [4, 2, 0, 9] and t["n_peaks"].tolist() == [100, 3, 16, 0]
     empty = hit_table(peaks.iloc[:0], 3)
-    assert dict(empty.dtypes.astype(str)) == HIT_TABLE_COLUMNS and not empty["hit"].any()
+    assert not tables.HITS.validate(empty)["hit"].any()
     assert len(hit_table(peaks.iloc[:0], [])) == 0
     with pytest.raises(ValueError, match="not in"):
         hit_table(peaks, 3)

@@ -16,14 +16,13 @@ from reference import asdf as ref
 
 import sxlab
 import sxlab.index
+from sxlab import tables
 from sxlab.cell import UnitCell, cells_equivalent
 from sxlab.geometry import builtin_geometry
 from sxlab.index import (
-    CRYSTAL_SCHEMA,
     AsdfSearch,
     Indexer,
     IndexParams,
-    crystals_table,
     index,
     refine_basis,
 )
@@ -425,15 +424,13 @@ def test_index_assignment_and_excitation_errors():
 
 # ------------------------------------------------------------------ tables and API
 def test_empty_and_small_inputs_keep_the_schema(lyso_indexer):
-    empty = crystals_table()
-    assert list(empty.columns) == list(CRYSTAL_SCHEMA)
-    for name, (dtype, _) in CRYSTAL_SCHEMA.items():
-        assert str(empty[name].dtype) == dtype, name
+    empty = tables.CRYSTALS.empty()
     peaks = pd.DataFrame({"frame": 3, "panel": 0, "fs": [100.0, 200.0], "ss": [50.0, 70.0],
                           "intensity": [1.0, 2.0]})
     for table in (lyso_indexer(peaks), lyso_indexer(peaks.iloc[:0]),
                   index(peaks.iloc[:0], lyso_indexer.geometry, LYSO)):
-        assert len(table) == 0 and list(table.columns) == list(CRYSTAL_SCHEMA)
+        assert len(table) == 0
+        tables.CRYSTALS.validate(table)
         assert table.dtypes.equals(empty.dtypes)
 
 

@@ -15,8 +15,6 @@ from sxlab.cell import UnitCell
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
 from sxlab.integrate import (
     DEFAULT_PROFILE_RADIUS_INVA,
-    PREDICTION_SCHEMA,
-    REFLECTION_SCHEMA,
     IntegrationParams,
     Integrator,
     _xsphere,
@@ -28,6 +26,7 @@ from sxlab.integrate import (
     resolution_per_frame,
 )
 from sxlab.simulate import Simulator, _random_rotations
+from sxlab.tables import PREDICTIONS, REFLECTIONS
 
 LYSOZYME = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 #: Spot positions predicted with the true crystal agree with the simulator's to this many
@@ -60,8 +59,7 @@ def small_detector(kind: str) -> Detector:
 
 
 def _predictions_frame(cols: dict) -> pd.DataFrame:
-    return pd.DataFrame({c: np.asarray(cols[c]).astype(dt) for c, dt in
-                         PREDICTION_SCHEMA.items()})
+    return PREDICTIONS.make(cols)
 
 
 def random_prediction_table(det: Detector, n: int, rng) -> pd.DataFrame:
@@ -159,7 +157,7 @@ def test_ring_kernel_matches_reference(kind, radii, dtype, rng):
         for flag in ("masked", "saturated", "edge", "overlap"):
             np.testing.assert_array_equal(got[f"flag_{flag}"], exp[flag], err_msg=flag)
         assert got.flag_overlap.any() and got.flag_edge.any() and got.flag_masked.any()
-        pd.testing.assert_frame_equal(got[list(PREDICTION_SCHEMA)], pred)
+        pd.testing.assert_frame_equal(got[list(PREDICTIONS.names)], pred)
 
 
 def test_ring_kernel_empty_and_duplicates(rng):
@@ -167,7 +165,7 @@ def test_ring_kernel_empty_and_duplicates(rng):
     integrator = Integrator(det)
     img = random_frame(det.data_shape, rng, "float32")
     empty = integrator(img, predictions=random_prediction_table(det, 0, rng))
-    assert list(empty.columns) == list(REFLECTION_SCHEMA) and len(empty) == 0
+    assert len(REFLECTIONS.validate(empty)) == 0
     pred = random_prediction_table(det, 2, rng)
     pred.loc[1, ["fs", "ss"]] = pred.loc[0, ["fs", "ss"]].to_numpy()
     out = integrator(img, predictions=pred)
@@ -260,8 +258,7 @@ def test_predict_with_bandwidth_matches_truth(sim_bw):
 def test_predict_table_contract(sim_mono):
     ft = sim_mono.frame_truth(0)
     pred = predict(ft.crystals, sim_mono.detector, d_min_A=2.5)
-    assert list(pred.columns) == list(PREDICTION_SCHEMA)
-    assert pred.dtypes.astype(str).to_dict() == PREDICTION_SCHEMA
+    PREDICTIONS.validate(pred)
     assert pred.d_A.min() >= 2.5
     assert pred.partiality.between(0, 1).all()
     assert (pred.excitation_error_invA.abs() <= DEFAULT_PROFILE_RADIUS_INVA).all()
@@ -269,7 +266,7 @@ def test_predict_table_contract(sim_mono):
     assert not key.duplicated().any()
     assert key.equals(key.sort_values(["crystal", "h", "k", "l"]))
     empty = predict(ft.crystals.iloc[:0], sim_mono.detector)
-    assert empty.dtypes.astype(str).to_dict() == PREDICTION_SCHEMA and len(empty) == 0
+    assert len(PREDICTIONS.validate(empty)) == 0
 
 
 def test_profile_radius_sources_and_centering(sim_mono):
@@ -321,8 +318,7 @@ def test_integration_with_poisson_noise(sim_bw):
     for i in range(5):
         data, ft = sim_bw.frame(i)
         refl = integrator(data, ft.crystals)
-        assert list(refl.columns) == list(REFLECTION_SCHEMA)
-        assert refl.dtypes.astype(str).to_dict() == REFLECTION_SCHEMA
+        REFLECTIONS.validate(refl)
         rows.append(merge_truth(refl, ft.reflections))
     m = pd.concat(rows, ignore_index=True)
     ok = usable(m)

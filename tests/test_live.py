@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from sxlab import datasets
 from sxlab.demo import demo_params
 from sxlab.io import NXmxWriter
 from sxlab.live.broker import Broker, derived_key
-from sxlab.live.eiger import ImageMessage, SeriesEnd, encode
+from sxlab.live.eiger import SeriesEnd, encode
 from sxlab.live.ingest import Ingest
 from sxlab.live.replay import Replay
 from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server, free_port
@@ -170,27 +171,39 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
     procs = []
     broker = Broker(redis_url, beamtime=beamtime)
     try:
-        procs.append(replay := _python("replay", run500, "--endpoint", endpoint, "--rate", 60,
-                                       "--frames", n, "--run-name", "faults", log=logs))
         procs.append(ingest := _python(*ingest_args, log=logs))
         procs += [w0 := worker(0), w1 := worker(1)]
+        procs.append(replay := _python("replay", run500, "--endpoint", endpoint, "--rate", 20,
+                                       "--frames", n, "--run-name", "run500", log=logs))
         _wait(lambda: broker.run_keys(), 60, "the run to be registered")
         key = broker.run_keys()[0]
         rkey = derived_key(key, "results")
         _wait(lambda: broker.client.xlen(rkey) >= 30, 120, "30 processed frames")
-        w0.send_signal(signal.SIGKILL)                       # worker dies mid-run
+        _wait(lambda: broker.client.xpending_range(key, "process", "-", "+", 4,
+                                                   consumername="w0"), 60, "w0 busy")
+        w0.send_signal(signal.SIGKILL)                       # worker dies mid-frame
         w0.wait()
         _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 150, 120, "frame 150")
         ingest.send_signal(signal.SIGKILL)                   # the ingest dies
+        assert broker.info(key)["state"] == "receiving"      # ... in the middle of the run
         ingest.wait()
         time.sleep(0.5)
         procs.append(ingest2 := _python(*ingest_args, log=logs))   # ... and is restarted
         _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 250, 120, "frame 250")
         procs.append(w2 := worker(2))                        # a worker joins late
         _wait(lambda: broker.finished(key, "process"), 240, "every frame acknowledged")
-        for p in (w1, w2, ingest2, replay):
-            assert p.wait(60) == 0
+        rcs = {name: p.wait(60) for name, p in (("w1", w1), ("w2", w2),
+                                                 ("ingest", ingest2), ("replay", replay))}
+        logs.flush()
+        assert set(rcs.values()) == {0}, (rcs, (tmp_path / "children.log").read_text()[-3000:])
         info = broker.info(key)
+        # The growing directory (parts only, not finished) serves the batch commands.
+        from sxlab.cli import main
+
+        assert not (out / "frames.parquet").exists()
+        assert main(["stats", str(out)]) == 0
+        assert main(["profile", str(out), "-o", str(tmp_path / "profile.png")]) == 0
+        assert main(["merge", str(out), "-y", "P43212", "-o", str(tmp_path / "m.mtz")]) == 0
         res = LiveOutput(out, params[0], sx.open_run(run500).geometry).finish(broker, key)
     finally:
         for p in procs:
@@ -203,6 +216,9 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
     assert (res.frames.status == "ok").all(), res.frames[res.frames.status != "ok"].error
     _assert_same_tables(batch500, res, frames=range(n))
     assert {0, 1, 2} <= set(res.frames.worker)              # the late worker did work
+    log = (tmp_path / "children.log").read_text()
+    reclaimed = sum(int(m) for m in re.findall(r"(\d+) reclaimed from dead workers", log))
+    assert reclaimed >= 1                                   # w0's frames were taken over
     assert int(info.get("duplicates", 0)) >= 0 and info["state"] == "ended"
 
 

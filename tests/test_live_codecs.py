@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 import time
 
 import numpy as np
@@ -239,41 +238,45 @@ def test_malformed_stream2_messages_are_named_errors():
 
 
 # -------------------------------------------------------------------------- replay
-def test_replay_serves_a_run_at_the_asked_rate_without_recompressing():
+def test_replay_serves_a_run_at_the_asked_rate_without_recompressing(tmp_path):
+    import subprocess
+    import sys
+
     import zmq
 
     import sxlab as sx
-    from sxlab.live.replay import Replay
     from sxlab.live.server import free_port
 
     run = sx.open_run("datasets/samples/lysozyme-sample_master.h5")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    rep = Replay(run, endpoint=endpoint, rate=200.0, frames=120, loop=True, preload=True)
-    ready = threading.Event()
-    out = {}
-    t = threading.Thread(target=lambda: out.update(s=rep.serve(ready=ready)))
-    t.start()
-    ready.wait(5)
+    log = tmp_path / "replay.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sxlab", "replay", str(run.files[0]),
+                                 "--endpoint", endpoint, "--rate", "50", "--frames", "100",
+                                 "--loop", "--preload"], stdout=fh, stderr=subprocess.STDOUT)
     sock = zmq.Context.instance().socket(zmq.PULL)
     sock.connect(endpoint)
     got, times = [], []
     try:
         while True:
-            assert sock.poll(10_000), "replay stopped sending"
+            assert sock.poll(30_000), "replay stopped sending"
             msg = decode(sock.recv_multipart())
             times.append(time.perf_counter())
             got.append(msg)
             if isinstance(msg, SeriesEnd):
                 break
+        assert proc.wait(30) == 0
     finally:
         sock.close(0)
-        t.join(10)
+        if proc.poll() is None:
+            proc.kill()
     hdr, images = got[0], got[1:-1]
     assert isinstance(hdr, SeriesHeader) and hdr.detail == "all"
     assert hdr.appendix_json()["run"] == run.name and "geometry" in hdr.appendix_json()
     np.testing.assert_array_equal(hdr.pixel_mask != 0, run.pixel_mask())
-    assert [m.frame for m in images] == list(range(120))
+    assert [m.frame for m in images] == list(range(100))
     assert images[9].blob == run.read_compressed(9 % len(run))     # sent as stored
-    assert out["s"].rate_hz == pytest.approx(200.0, rel=0.01)
-    rx = (len(images) - 1) / (times[-2] - times[1])
-    assert rx == pytest.approx(200.0, rel=0.05)                    # as received
+    sent = float(log.read_text().split("sent at ")[1].split()[0])
+    assert sent == pytest.approx(50.0, rel=0.01)                   # as sent
+    rx = (len(images) - 11) / (times[-2] - times[11])
+    assert rx == pytest.approx(50.0, rel=0.05)                     # as received

@@ -17,13 +17,12 @@ from scipy.spatial import cKDTree
 from sxlab.cell import UnitCell
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
 from sxlab.peaks import (
-    ANNULUS_SCHEMA,
-    PEAK_SCHEMA,
     PeakFinder,
     PeakFinderParams,
     find_peaks,
 )
 from sxlab.simulate import Simulator
+from sxlab.tables import ANNULI, PEAKS
 
 LYSO = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 REF_PARAMS = dict(adc_threshold=0.0, min_snr=4.0, min_pix_count=2, max_pix_count=60,
@@ -138,8 +137,7 @@ def test_annulus_stats_match_reference(geometry, kind, fast, rng):
     image, good, bad = random_frame(det, rng, kind)
     finder = PeakFinder(det, mask=good, fast=fast, fast_n_pixels=30, **REF_PARAMS)
     stats = finder.annulus_stats(image, bad)
-    assert list(stats.columns) == list(ANNULUS_SCHEMA)
-    assert stats.dtypes.astype(str).to_dict() == ANNULUS_SCHEMA
+    ANNULI.validate(stats)
     annulus = ref.annuli(det, finder.good)
     mean, sigma, count = ref.annulus_stats(
         image, finder.good, bad, annulus, finder.n_annuli, REF_PARAMS["min_snr"],
@@ -286,8 +284,7 @@ def test_empty_result_keeps_schema():
     det = single_panel()
     peaks = find_peaks(np.zeros(det.data_shape, np.float32), det, frame=3)
     assert len(peaks) == 0
-    assert list(peaks.columns) == list(PEAK_SCHEMA)
-    assert peaks.dtypes.astype(str).to_dict() == PEAK_SCHEMA
+    PEAKS.validate(peaks)
 
 
 def test_table_schema_frame_and_geometry_columns(rng):
@@ -296,9 +293,9 @@ def test_table_schema_frame_and_geometry_columns(rng):
     da = xr.DataArray(image, dims=det.dims, attrs={"frame": 42})
     finder = PeakFinder(det, mask=good, **REF_PARAMS)
     peaks = finder(da, bad)
-    assert list(peaks.columns) == list(PEAK_SCHEMA)
-    assert peaks.dtypes.astype(str).to_dict() == PEAK_SCHEMA
+    PEAKS.validate(peaks)
     assert (peaks["frame"] == 42).all()
+    assert (peaks["crystal"] == -1).all() and (peaks[["h", "k", "l"]] == 0).all().all()
     assert (finder(image, bad, frame=7)["frame"] == 7).all()
     assert (finder(image, bad)["frame"] == -1).all()
     d = det.resolution_A(peaks.fs, peaks.ss, peaks.panel.astype(int))

@@ -14,8 +14,6 @@ from sxlab.profiling import (
     PEAK_SEARCH,
     PF8_RSTATS,
     PF8_SEARCH,
-    PROFILE_BLOCK_SCHEMA,
-    PROFILE_SCHEMA,
     WAIT,
     Profiler,
     combine_profiles,
@@ -25,6 +23,7 @@ from sxlab.profiling import (
     section,
     to_crystfel_profile,
 )
+from sxlab.tables import PROFILE, PROFILE_BLOCKS
 
 matplotlib.use("Agg")
 
@@ -50,8 +49,7 @@ def test_nested_sections_paths_depths_and_times():
             with prof.section(INDEX):
                 pass
     t = prof.table()
-    assert list(t.columns) == list(PROFILE_SCHEMA)
-    assert dict(t.dtypes.astype(str)) == PROFILE_SCHEMA
+    PROFILE.validate(t)
     expected = ["root", "root/wait", "root/peak-search", "root/peak-search/pf8-rstats",
                 "root/peak-search/pf8-search", "root/index"]
     assert t["path"].tolist() == expected * 2
@@ -71,7 +69,7 @@ def test_nested_sections_paths_depths_and_times():
     assert children <= first.loc["root", "duration_s"]
     assert prof.rows()[0]["path"] == "root"
     prof.clear()
-    assert len(prof.table()) == 0 and list(prof.table().columns) == list(PROFILE_SCHEMA)
+    assert len(PROFILE.validate(prof.table())) == 0
 
 
 def test_decorator_and_module_section_use_the_open_frame():
@@ -204,8 +202,7 @@ LINES = [
 
 
 def test_read_crystfel_profile_lines(tmp_path):
-    t = read_crystfel_profile(LINES)
-    assert list(t.columns) == list(PROFILE_SCHEMA)
+    t = PROFILE.validate(read_crystfel_profile(LINES))
     assert t["worker"].tolist() == [3] * 14 + [0] * 3 + [12]
     assert t["frame"].tolist() == [0] * 14 + [1] * 3 + [2]
     assert t["completion"].tolist() == t["frame"].tolist()
@@ -292,7 +289,7 @@ def _synthetic(n_records=10, rng=None):
 def test_profile_blocks_top_and_other():
     t = _synthetic(10)
     b = profile_blocks(t, block=4, top=10)
-    assert list(b.columns) == list(PROFILE_BLOCK_SCHEMA)
+    PROFILE_BLOCKS.validate(b)
     cats = list(b["category"].cat.categories)
     # wait (50 ms) is the largest; then s12 ... ; the smallest go to "other".
     assert cats[0] == WAIT and cats[-1] == "other" and len(cats) == 11

@@ -16,8 +16,6 @@ from sxlab.io.crystfel_cell import read_cell
 from sxlab.io.crystfel_geom import read_geom, write_geom
 from sxlab.io.stream import (
     CELL_NOTE,
-    STREAM_CRYSTAL_SCHEMA,
-    STREAM_FRAME_SCHEMA,
     StreamData,
     StreamError,
     StreamFollower,
@@ -25,7 +23,7 @@ from sxlab.io.stream import (
     read_stream,
     write_stream,
 )
-from sxlab.peaks import PEAK_SCHEMA
+from sxlab.tables import PEAKS, STREAM_CRYSTALS, STREAM_FRAMES
 
 BASIS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
 CELLS = [
@@ -103,7 +101,7 @@ def test_round_trip_frames(written):
     det, (frames, peaks, crystals, refl), path = written
     data = read_stream(path)
     got = data.frames
-    assert list(got.columns) == list(STREAM_FRAME_SCHEMA)
+    STREAM_FRAMES.validate(got)
     np.testing.assert_array_equal(got["frame"], frames["frame"])
     np.testing.assert_array_equal(got["serial"], frames["frame"] + 1)
     assert got["event"].tolist() == frames["event"].tolist()
@@ -127,8 +125,7 @@ def test_round_trip_frames(written):
 def test_round_trip_peaks(written):
     det, (_, peaks, _, _), path = written
     got = read_stream(path).peaks
-    assert list(got.columns) == list(PEAK_SCHEMA)
-    assert dict(got.dtypes.astype(str)) == PEAK_SCHEMA
+    PEAKS.validate(got)
     np.testing.assert_array_equal(got["frame"], peaks["frame"])
     np.testing.assert_array_equal(got["panel"], peaks["panel"])
     for col in ("fs", "ss", "intensity"):
@@ -141,13 +138,14 @@ def test_round_trip_peaks(written):
     np.testing.assert_allclose(got["d_A"], lam / (2 * np.sin(tth / 2)), rtol=1e-12)
     np.testing.assert_allclose(got["two_theta_deg"], np.degrees(tth), rtol=1e-12)
     assert got[["snr", "background", "max_value"]].isna().all().all()
-    assert (got["npix"] == -1).all()
+    assert (got["npix"] == -1).all() and (got["crystal"] == -1).all()
+    assert (got[["h", "k", "l"]] == 0).all().all()
 
 
 def test_round_trip_crystals(written):
     _, (_, _, crystals, _), path = written
     got = read_stream(path).crystals
-    assert list(got.columns) == list(STREAM_CRYSTAL_SCHEMA)
+    STREAM_CRYSTALS.validate(got)
     np.testing.assert_array_equal(got["frame"], crystals["frame"])
     np.testing.assert_array_equal(got["crystal"], crystals["crystal"])
     # 7 decimals in nm^-1 = 5e-9 1/Å; 5 decimals in nm = 5e-5 Å.

@@ -2,7 +2,7 @@
 
 :func:`index` indexes a peak table; :class:`Indexer` is the same prepared once for a
 geometry, reference cell and parameter set, for the per-frame pipeline. Both return the
-crystals table (:data:`CRYSTAL_SCHEMA`).
+crystals table (:data:`sxlab.tables.CRYSTALS`).
 
 The package itself is callable, so ``sxlab.index(peaks, geometry, cell)`` works as
 :func:`index` whether ``sxlab.index`` resolves to the function or to this package.
@@ -16,18 +16,16 @@ True
 
 from .. import _callable
 from .asdf import AsdfSearch, AsdfStats
-from .indexer import CRYSTAL_SCHEMA, Indexer, IndexParams, crystals_table, index
+from .indexer import Indexer, IndexParams, index
 from .refine import REFINE_MODES, RefineResult, refine_basis
 
 __all__ = [
-    "CRYSTAL_SCHEMA",
     "REFINE_MODES",
     "AsdfSearch",
     "AsdfStats",
     "IndexParams",
     "Indexer",
     "RefineResult",
-    "crystals_table",
     "index",
     "refine_basis",
 ]

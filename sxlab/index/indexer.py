@@ -4,7 +4,7 @@ A frame's peaks are mapped to reciprocal space at the nominal wavelength, a latt
 searched with asdf (:mod:`sxlab.index.asdf`), matched to the reference cell
 (:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.index.refine`) and accepted if it
 explains enough peaks. The result is the crystals table, one row per lattice
-(:data:`CRYSTAL_SCHEMA`).
+(:data:`sxlab.tables.CRYSTALS`).
 """
 
 from __future__ import annotations
@@ -15,65 +15,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .. import tables
 from .._frozen import FrozenParams
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
 from .asdf import AsdfSearch, expand_subcell, reduce_supercell
-from .refine import REFINE_MODES, assign_indices, excitation_errors, profile_radius, refine_basis
+from .refine import (
+    REFINE_MODES,
+    apparent_resolution,
+    assign_indices,
+    excitation_errors,
+    profile_radius,
+    refine_basis,
+)
 
-__all__ = ["CRYSTAL_SCHEMA", "IndexParams", "Indexer", "crystals_table", "index"]
+__all__ = ["IndexParams", "Indexer", "index"]
 
 _METHODS = ("asdf",)
 
-#: Columns of the crystals table: name -> (dtype, description with unit).
-CRYSTAL_SCHEMA: dict[str, tuple[str, str]] = {
-    "frame": ("int64", "frame index"),
-    "crystal": ("int64", "lattice index within the frame (0-based, in order found)"),
-    "a": ("float64", "cell edge a (Å)"),
-    "b": ("float64", "cell edge b (Å)"),
-    "c": ("float64", "cell edge c (Å)"),
-    "alpha": ("float64", "cell angle α (deg)"),
-    "beta": ("float64", "cell angle β (deg)"),
-    "gamma": ("float64", "cell angle γ (deg)"),
-    "lattice": ("str", "lattice type (CrystFEL naming; triclinic without a reference cell)"),
-    "centering": ("str", "centering letter (P without a reference cell)"),
-    **{
-        f"{v}star_{x}": ("float64", f"lab-frame {x} component of {v}* (1/Å, no 2π)")
-        for v in "abc"
-        for x in "xyz"
-    },
-    "n_peaks_indexed": ("int64", "peaks of the frame this lattice explains (a peak may count "
-                                 "for several lattices)"),
-    "n_peaks": ("int64", "peaks of the frame with a valid position"),
-    "fraction_indexed": ("float64", "n_peaks_indexed / n_peaks"),
-    "method": ("str", "indexing method: asdf or asdf-fast"),
-    "tries": ("int64", "attempt that found the lattice (1: no peaks dropped)"),
-    "profile_radius_invA": ("float64", "80th percentile of |excitation error| of the "
-                                       "indexed peaks (1/Å)"),
-    "residual_invA": ("float64", "RMS distance |q - hkl·A| of the indexed peaks (1/Å)"),
-}
-
 _ASTAR_COLUMNS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
-
-
-def crystals_table(rows: list[dict] | None = None) -> pd.DataFrame:
-    """A crystals table with every :data:`CRYSTAL_SCHEMA` column, in order and dtype.
-
-    Examples
-    --------
-    >>> t = crystals_table()
-    >>> len(t), list(t.columns[:4])
-    (0, ['frame', 'crystal', 'a', 'b'])
-    """
-    rows = rows or []
-    cols = {}
-    for name, (dtype, _) in CRYSTAL_SCHEMA.items():
-        values = [r[name] for r in rows]
-        if dtype == "str":
-            cols[name] = pd.array(np.asarray(values, dtype=object), dtype="str")
-        else:
-            cols[name] = np.asarray(values).astype(dtype, copy=False)
-    return pd.DataFrame(cols)
 
 
 @dataclass(frozen=True)
@@ -461,6 +421,7 @@ class Indexer:
                     and np.linalg.det(astar) > 0)
 
     # ------------------------------------------------------------------ per frame
+    @tables.documented
     def __call__(self, peaks: pd.DataFrame, *, frame: int | None = None,
                  wavelength_A: float | None = None) -> pd.DataFrame:
         """Index one frame's peaks.
@@ -480,33 +441,13 @@ class Indexer:
         Returns
         -------
         DataFrame
-            The crystals table, one row per lattice found (none if the frame did not
-            index):
+            The crystals table (:data:`sxlab.tables.CRYSTALS`), one row per lattice found
+            (none if the frame did not index). The cell is in the reference's setting
+            (right-handed); without a reference it is the Niggli cell of the lattice.
+            ``profile_radius_invA`` is the ``profile_percentile`` of the indexed peaks'
+            ``|excitation error|``:
 
-            ===================== ======= ==================================================
-            column                dtype   meaning
-            ===================== ======= ==================================================
-            frame                 int64   frame index
-            crystal               int64   lattice index within the frame (0-based)
-            a, b, c               float64 refined cell edges (Å)
-            alpha, beta, gamma    float64 refined cell angles (deg)
-            lattice               str     lattice type (reference's; triclinic without)
-            centering             str     centering letter (reference's; P without)
-            astar_x ... cstar_z   float64 reciprocal basis a*, b*, c* in the lab frame
-                                          (1/Å, no 2π): reflection hkl is at hkl @ A
-            n_peaks_indexed       int64   peaks of the frame the lattice explains
-            n_peaks               int64   peaks with a valid position
-            fraction_indexed      float64 n_peaks_indexed / n_peaks
-            method                str     ``asdf`` or ``asdf-fast``
-            tries                 int64   attempt that found the lattice (1, or up to
-                                          ``max_tries`` with retry)
-            profile_radius_invA   float64 ``profile_percentile`` of the indexed peaks'
-                                          ``|excitation error|`` (1/Å)
-            residual              float64 RMS ``|q - hkl @ A|`` of the indexed peaks (1/Å)
-            ===================== ======= ==================================================
-
-            The cell is in the reference's setting (right-handed); without a reference
-            it is the Niggli cell of the lattice.
+            [columns: crystals]
         """
         p = self.params
         if frame is None:
@@ -524,7 +465,7 @@ class Indexer:
         n_peaks = q.shape[0]
         self.last_stats = []
         if n_peaks < max(p.min_peaks, 4):
-            return crystals_table()
+            return tables.CRYSTALS.empty()
         k = 1.0 / lam
         rng = np.random.default_rng(p.seed)
         rows = []
@@ -537,7 +478,8 @@ class Indexer:
             found, tries = self._attempts(q[remaining], q, k, rng, threshold)
             if found is None:
                 break
-            hkl, _, _ = assign_indices(q[found.indexed], found.astar, p.index_tolerance)
+            q_ind = q[found.indexed]
+            hkl, _, _ = assign_indices(q_ind, found.astar, p.index_tolerance)
             s = excitation_errors(hkl, found.astar, k)
             n_ind = int(found.indexed.sum())
             c = found.cell
@@ -548,11 +490,13 @@ class Indexer:
                    "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
                    "tries": tries,
                    "profile_radius_invA": profile_radius(s, p.profile_percentile),
+                   "resolution_limit_A": apparent_resolution(q_ind),
                    "residual_invA": found.residual}
             row.update(zip(_ASTAR_COLUMNS, found.astar.ravel(), strict=True))
             rows.append(row)
             remaining = remaining[~found.indexed[remaining]]
-        return crystals_table(rows)
+        return tables.CRYSTALS.make({c: [r[c] for r in rows] for c in tables.CRYSTALS.names}
+                                    if rows else None)
 
     def _attempts(self, q_play, q_all, k, rng, threshold):
         p = self.params
@@ -573,6 +517,7 @@ class Indexer:
         return None, 0
 
 
+@tables.documented
 def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None, *,
           method: str = "asdf", fast: bool = False, seed: int = 0, retry: bool = False,
           multi: bool = False, max_lattices: int = 2, tolerances=(0.05, 1.5),
@@ -615,8 +560,10 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
     Returns
     -------
     DataFrame
-        The crystals table, one row per lattice (columns of :meth:`Indexer.__call__`,
-        schema :data:`CRYSTAL_SCHEMA`), ordered by frame and crystal.
+        The crystals table (:data:`sxlab.tables.CRYSTALS`), one row per lattice, ordered
+        by frame and crystal:
+
+        [columns: crystals]
 
     See Also
     --------
@@ -644,9 +591,5 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
     indexer = Indexer(geometry, cell, p)
     if "frame" not in peaks or len(peaks) == 0:
         return indexer(peaks, wavelength_A=wavelength_A)
-    tables = [indexer(group, frame=int(fr), wavelength_A=wavelength_A)
-              for fr, group in peaks.groupby("frame", sort=True)]
-    tables = [t for t in tables if len(t)]
-    if not tables:
-        return crystals_table()
-    return pd.concat(tables, ignore_index=True)
+    return tables.CRYSTALS.concat(indexer(group, frame=int(fr), wavelength_A=wavelength_A)
+                                  for fr, group in peaks.groupby("frame", sort=True))

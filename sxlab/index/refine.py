@@ -45,6 +45,7 @@ import numpy as np
 __all__ = [
     "REFINE_MODES",
     "RefineResult",
+    "apparent_resolution",
     "assign_indices",
     "excitation_errors",
     "profile_radius",
@@ -121,6 +122,22 @@ def profile_radius(s: np.ndarray, percentile: float = 80.0) -> float:
     if s.size == 0:
         return float("nan")
     return float(np.round(np.percentile(s, percentile), 12))
+
+
+def apparent_resolution(q: np.ndarray) -> float:
+    """Apparent resolution (Å): d of the highest-resolution point, ``1 / max |q|``.
+
+    NaN without points.
+
+    Examples
+    --------
+    >>> apparent_resolution(np.array([[0.1, 0.0, 0.0], [0.0, 0.3, -0.4]]))
+    2.0
+    """
+    q = np.asarray(q, dtype=float).reshape(-1, 3)
+    if q.shape[0] == 0:
+        return float("nan")
+    return float(1.0 / np.sqrt(np.max(np.sum(q * q, axis=1))))
 
 
 # ------------------------------------------------------------------------ cell models

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import tables
 from ._errors import SourceError
 
 __all__ = ["HklFileError", "crystfel_symmetry", "read_hkl", "write_hkl"]
@@ -94,7 +95,7 @@ def write_hkl(merged: pd.DataFrame, path: str | os.PathLike, symmetry=None, *,
     Parameters
     ----------
     merged : DataFrame
-        ``h, k, l, I, sigma, n_obs`` (:data:`sxlab.merge.MERGED_SCHEMA`).
+        ``h, k, l, I, sigma, n_obs`` (:data:`sxlab.tables.MERGED`).
     path : path
         Output file, usually ``*.hkl``.
     symmetry : str, optional
@@ -152,6 +153,7 @@ def write_hkl(merged: pd.DataFrame, path: str | os.PathLike, symmetry=None, *,
     return written
 
 
+@tables.documented
 def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     """Read a CrystFEL reflection list (version 2.0, or 1.0 without the header).
 
@@ -164,10 +166,12 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        :data:`sxlab.merge.MERGED_SCHEMA` columns, in file order (``I`` and ``sigma``
+        :data:`sxlab.tables.MERGED` columns, in file order (``I`` and ``sigma``
         in the file's units, ``n_obs`` from ``nmeas``); ``attrs["crystfel_symmetry"]``
         holds the ``Symmetry:`` value (CrystFEL's point-group name, None without the
-        line) and ``attrs["audit"]`` the lines after the end marker.
+        line) and ``attrs["audit"]`` the lines after the end marker:
+
+        [columns: merged]
 
     Raises
     ------
@@ -178,7 +182,7 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     --------
     >>> merged = read_hkl("partialator.hkl")  # doctest: +SKIP
     """
-    from ..merge import MERGED_SCHEMA, _as_gemmi_cell, _d_spacing, _table
+    from ..merge import _as_gemmi_cell, _d_spacing
 
     path = Path(path)
     lines = path.read_text().splitlines()
@@ -217,12 +221,12 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
         hkl = hkl_f.astype(np.int64)
         d = (_d_spacing(_as_gemmi_cell(cell), hkl) if cell is not None
              else np.full(len(hkl), np.nan))
-        out = _table(MERGED_SCHEMA, {
+        out = tables.MERGED.make({
             "h": hkl[:, 0], "k": hkl[:, 1], "l": hkl[:, 2], "I": values["I"].to_numpy(),
             "sigma": values["sigma"].to_numpy(),
             "n_obs": values["nmeas"].to_numpy(np.int64), "d_A": d})
     else:
-        out = _table(MERGED_SCHEMA)
+        out = tables.MERGED.empty()
     out.attrs["crystfel_symmetry"] = symmetry
     out.attrs["audit"] = [ln for ln in lines[end + 1:] if ln.strip()]
     return out

@@ -1,6 +1,6 @@
 """Merged intensities as MTZ files, through gemmi.
 
-:func:`write_mtz` writes a merged table (:data:`sxlab.merge.MERGED_SCHEMA`) with the
+:func:`write_mtz` writes a merged table (:data:`sxlab.tables.MERGED`) with the
 columns ``H K L I SIGI N`` (column types H H H J Q I), or, for anomalous data,
 ``H K L I(+) SIGI(+) N(+) I(-) SIGI(-) N(-)`` (H H H K M I K M I) with Friedel mates
 on one row of the asymmetric unit. :func:`read_mtz` reads either layout back into a
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .. import tables
 
 __all__ = ["read_mtz", "write_mtz"]
 
@@ -48,7 +50,7 @@ def write_mtz(merged: pd.DataFrame, path: str | os.PathLike, cell=None, space_gr
     Parameters
     ----------
     merged : DataFrame
-        ``h, k, l, I, sigma, n_obs`` (:data:`sxlab.merge.MERGED_SCHEMA`), in the
+        ``h, k, l, I, sigma, n_obs`` (:data:`sxlab.tables.MERGED`), in the
         asymmetric unit (I(-) rows of anomalous data as the Friedel mate).
     path : path
     cell : UnitCell, gemmi.UnitCell or six floats, optional
@@ -130,6 +132,7 @@ def write_mtz(merged: pd.DataFrame, path: str | os.PathLike, cell=None, space_gr
     return path
 
 
+@tables.documented
 def read_mtz(path: str | os.PathLike) -> pd.DataFrame:
     """Read merged intensities from an MTZ file into a merged table.
 
@@ -142,17 +145,17 @@ def read_mtz(path: str | os.PathLike) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        :data:`sxlab.merge.MERGED_SCHEMA` columns (``n_obs`` 0 where the file has no
+        :data:`sxlab.tables.MERGED` columns (``n_obs`` 0 where the file has no
         count), one row per measured intensity (I(-) as ``-h -k -l``); ``attrs`` hold
-        ``symmetry``, ``cell`` and ``anomalous``.
+        ``symmetry``, ``cell`` and ``anomalous``:
+
+        [columns: merged]
 
     Examples
     --------
     >>> merged = read_mtz("merged.mtz")  # doctest: +SKIP
     """
     import gemmi
-
-    from ..merge import MERGED_SCHEMA, _table
 
     mtz = gemmi.read_mtz_file(str(path))
     labels = mtz.column_labels()
@@ -177,7 +180,7 @@ def read_mtz(path: str | os.PathLike) -> pd.DataFrame:
     h = np.concatenate([p[0] for p in parts])
     cell = mtz.get_cell()
     d = cell.calculate_d_array(h.astype(np.int32)) if len(h) else np.zeros(0)
-    out = _table(MERGED_SCHEMA, {
+    out = tables.MERGED.make({
         "h": h[:, 0], "k": h[:, 1], "l": h[:, 2],
         "I": np.concatenate([p[1] for p in parts]),
         "sigma": np.concatenate([p[2] for p in parts]),

@@ -35,20 +35,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import tables
 from ..cell import UnitCell
 from ..geometry import HC_EV_A, Detector
-from ..index import CRYSTAL_SCHEMA as _INDEX_CRYSTAL_SCHEMA
-from ..integrate import REFLECTION_SCHEMA
-from ..peaks import PEAK_SCHEMA
 from . import _stream_kernels as _k
 from ._errors import SourceError
 from .crystfel_cell import CellFileError, read_cell, write_cell
 from .crystfel_geom import GeomError, read_geom, write_geom
 
 __all__ = [
-    "STREAM_CRYSTAL_SCHEMA",
-    "STREAM_FRAME_SCHEMA",
-    "STREAM_HEADER_SCHEMA",
     "StreamData",
     "StreamError",
     "StreamFollower",
@@ -86,53 +81,6 @@ _BASIS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 _AXIS_LATTICES = ("monoclinic", "tetragonal", "hexagonal")
 _SQRT10 = math.sqrt(10.0)
 
-#: Columns and dtypes of the frames table of a stream (the sxlab frames columns, then
-#: what the stream adds). See :func:`read_stream` for units.
-STREAM_FRAME_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "run": "str",
-    "event": "str",
-    "filename": "str",
-    "hit": "bool",
-    "indexed": "bool",
-    "n_peaks": "int64",
-    "n_crystals": "int64",
-    "resolution_A": "float64",
-    "status": "str",
-    "error": "str",
-    "photon_energy_eV": "float64",
-    "serial": "int64",
-    "indexed_by": "str",
-    "n_indexing_tries": "int64",
-    "beam_divergence_rad": "float64",
-    "beam_bandwidth": "float64",
-    "camera_length_m": "float64",
-    "byte_offset": "int64",
-}
-
-#: Columns and dtypes of the crystals table of a stream: the columns of
-#: :data:`sxlab.index.CRYSTAL_SCHEMA`, then what the stream adds. See :func:`read_stream`.
-STREAM_CRYSTAL_SCHEMA: dict[str, str] = {
-    **{name: spec[0] if isinstance(spec, tuple) else spec
-       for name, spec in _INDEX_CRYSTAL_SCHEMA.items()},
-}
-for _name, _dtype in (("unique_axis", "str"), ("resolution_limit_A", "float64"),
-                      ("n_reflections", "int64"), ("n_saturated_reflections", "int64"),
-                      ("n_implausible_reflections", "int64"), ("det_shift_x_mm", "float64"),
-                      ("det_shift_y_mm", "float64")):
-    STREAM_CRYSTAL_SCHEMA.setdefault(_name, _dtype)
-del _name, _dtype
-
-#: Columns of the per-frame header values (``header/float/...``, ``hdf5/...`` lines).
-STREAM_HEADER_SCHEMA: dict[str, str] = {
-    "frame": "int64",
-    "name": "str",
-    "value": "float64",
-    "text": "str",
-}
-
-
-
 class StreamError(SourceError):
     """A CrystFEL stream that cannot be understood.
 
@@ -150,39 +98,6 @@ class StreamError(SourceError):
     """
 
     max_line_chars = 120
-
-
-# ====================================================================== tables
-def _fill_value(dtype: str):
-    if dtype.startswith("float"):
-        return np.nan
-    if dtype.startswith(("int", "uint")):
-        return -1
-    if dtype == "bool":
-        return False
-    return None
-
-
-def _column(dtype: str, values, n: int):
-    """One column of ``n`` values of ``dtype``; absent values are filled (see :func:`_table`)."""
-    if values is None:
-        fill = _fill_value(dtype)
-        if dtype == "str":
-            return pd.array([fill] * n, dtype="str")
-        return np.full(n, fill, dtype=dtype)
-    if dtype == "str":
-        return pd.array(values if isinstance(values, list) else list(values), dtype="str")
-    with np.errstate(invalid="ignore"):
-        return np.asarray(values).astype(dtype, copy=False)
-
-
-def _table(schema: dict[str, str], cols: dict, n: int) -> pd.DataFrame:
-    """A table with every column of ``schema`` in order; absent columns are filled.
-
-    Absent float columns are NaN, integer columns -1, booleans False, strings missing.
-    """
-    return pd.DataFrame({name: _column(dtype, cols.get(name), n)
-                         for name, dtype in schema.items()})
 
 
 @dataclass
@@ -262,11 +177,11 @@ class StreamData:
 
 def _empty_data(**kwargs) -> StreamData:
     return StreamData(
-        frames=_table(STREAM_FRAME_SCHEMA, {}, 0),
-        peaks=_table(PEAK_SCHEMA, {}, 0),
-        crystals=_table(STREAM_CRYSTAL_SCHEMA, {}, 0),
-        reflections=_table(REFLECTION_SCHEMA, {}, 0),
-        headers=_table(STREAM_HEADER_SCHEMA, {}, 0),
+        frames=tables.STREAM_FRAMES.empty(),
+        peaks=tables.PEAKS.empty(),
+        crystals=tables.STREAM_CRYSTALS.empty(),
+        reflections=tables.REFLECTIONS.empty(),
+        headers=tables.STREAM_HEADERS.empty(),
         **kwargs,
     )
 
@@ -1011,12 +926,12 @@ _ROW_FIELDS = {
 }
 
 
-def _float_layout(schema: dict[str, str], fields: tuple[str, ...]):
+def _float_layout(schema: tables.Schema, fields: tuple[str, ...]):
     """Rows of a table's number block: the schema's float64 columns, then scratch rows.
 
     Returns the float column names, the block row of each field and the row count.
     """
-    floats = [name for name, dtype in schema.items() if dtype == "float64"]
+    floats = [c.name for c in schema if c.dtype == "float64"]
     rows = {name: i for i, name in enumerate(floats)}
     for name in fields:
         if name not in rows:
@@ -1024,18 +939,22 @@ def _float_layout(schema: dict[str, str], fields: tuple[str, ...]):
     return floats, rows, np.array([rows[f] for f in fields], dtype=np.int64)
 
 
-def _frame_from_block(schema: dict[str, str], floats: list[str], block: np.ndarray,
+def _frame_from_block(schema: tables.Schema, floats: list[str], block: np.ndarray,
                       others: dict, n: int) -> pd.DataFrame:
-    """A table whose float64 columns are the first rows of ``block``, adopted without copy."""
+    """A table whose float64 columns are the first rows of ``block``, adopted without copy.
+
+    The other columns come from ``others`` or are filled (:class:`sxlab.tables.Column`).
+    """
     k = len(floats)
     if k:
         df = pd.DataFrame(block[:k].T, columns=floats, copy=False)
     else:
         df = pd.DataFrame(index=pd.RangeIndex(n))
-    for pos, (name, dtype) in enumerate(schema.items()):
-        if dtype == "float64":
+    for pos, column in enumerate(schema):
+        if column.dtype == "float64":
             continue
-        df.insert(pos, name, pd.Series(_column(dtype, others.get(name), n), copy=False))
+        df.insert(pos, column.name, pd.Series(column.values(others.get(column.name), n),
+                                              copy=False))
     return df
 
 
@@ -1084,10 +1003,10 @@ def _scan(ctx: _Context, start: int, pre: _Preamble, panels: _Panels, *, follow:
     """Parse the chunks of ``ctx.buf`` from ``start``; return the data and the end offset."""
     buf = ctx.buf
     (pk_kinds, pk_min, pk_fields), (rf_kinds, rf_min, rf_fields) = _layouts(pre.version)
-    pk_floats, pk_rows, pk_map = _float_layout(PEAK_SCHEMA, pk_fields + ("d_A",
+    pk_floats, pk_rows, pk_map = _float_layout(tables.PEAKS, pk_fields + ("d_A",
                                                                          "two_theta_deg"))
     pk_map = pk_map[:len(pk_fields)]
-    rf_floats, rf_rows, rf_map = _float_layout(REFLECTION_SCHEMA, rf_fields + ("d_A",))
+    rf_floats, rf_rows, rf_map = _float_layout(tables.REFLECTIONS, rf_fields + ("d_A",))
     rf_map = rf_map[:len(rf_fields)]
     pk_kinds_a = np.asarray(pk_kinds, dtype=np.int8)
     rf_kinds_a = np.asarray(rf_kinds, dtype=np.int8)
@@ -1249,7 +1168,7 @@ def _scan(ctx: _Context, start: int, pre: _Preamble, panels: _Panels, *, follow:
     for name in pk_floats:
         if name not in pk_fields and name not in ("d_A", "two_theta_deg"):
             pk_v[pk_rows[name]] = np.nan
-    peaks = _frame_from_block(PEAK_SCHEMA, pk_floats, pk_v,
+    peaks = _frame_from_block(tables.PEAKS, pk_floats, pk_v,
                               {"frame": frame[pchunk], "panel": panel,
                                **{f: pk_v[pk_rows[f]] for f in pk_fields}}, npk)
 
@@ -1300,7 +1219,7 @@ def _scan(ctx: _Context, start: int, pre: _Preamble, panels: _Panels, *, follow:
     xcols.update(frame=frame[xchunk], crystal=xi[:, _k.XI_INDEX], lattice=lattice,
                  centering=centering, unique_axis=axis,
                  method=[indexer[c] for c in xchunk.tolist()])
-    crystals = _table(STREAM_CRYSTAL_SCHEMA, xcols, nx)
+    crystals = tables.STREAM_CRYSTALS.make(xcols, fill_missing=True)
 
     # ------------------------------------------------------------------ reflections
     _python_numbers(ctx, rf_v, rf_i, rf_kinds, rf_map, "reflection list")
@@ -1314,21 +1233,21 @@ def _scan(ctx: _Context, start: int, pre: _Preamble, panels: _Panels, *, follow:
         if name not in rf_fields and name != "d_A":
             rf_v[rf_rows[name]] = np.nan
     reflections = _frame_from_block(
-        REFLECTION_SCHEMA, rf_floats, rf_v,
+        tables.REFLECTIONS, rf_floats, rf_v,
         {"frame": frame[xchunk][xrow], "crystal": xi[:, _k.XI_INDEX][xrow], "panel": rpanel,
          **{f: rf_v[rf_rows[f]] for f in rf_fields}}, nrf)
 
     # ------------------------------------------------------------------ assemble
-    frames = _table(STREAM_FRAME_SCHEMA, {
+    frames = tables.STREAM_FRAMES.make({
         "frame": frame, "event": event, "filename": filename, "hit": hit,
         "indexed": n_cryst > 0, "n_peaks": n_peaks, "n_crystals": n_cryst,
         "photon_energy_eV": energy, "serial": serial, "indexed_by": indexer,
         "n_indexing_tries": tries, "byte_offset": offset_base + ci[:, _k.CI_BEGIN], **floats,
-    }, nc)
-    header_table = _table(STREAM_HEADER_SCHEMA, {
+    }, fill_missing=True)
+    header_table = tables.STREAM_HEADERS.make({
         "frame": frame[np.asarray(header_chunk, dtype=np.int64)],
         "name": [t[0] for t in headers], "value": [t[1] for t in headers],
-        "text": [t[2] for t in headers]}, len(headers))
+        "text": [t[2] for t in headers]})
     data = StreamData(frames=frames, peaks=peaks, crystals=crystals, reflections=reflections,
                       headers=header_table, geometry=pre.geometry, cell=pre.cell,
                       preamble=pre.text, version=f"{pre.version[0]}.{pre.version[1]}",
@@ -1389,10 +1308,10 @@ def read_stream(path, *, geometry: Detector | None = None, threads: int | None =
     Returns
     -------
     StreamData
-        With these tables (absent values: NaN for numbers, -1 for counts and indices,
-        missing for text):
+        With these tables (absent values: each column's fill, NaN for numbers, -1 for
+        counts and indices, 0 for the Miller indices of peaks, missing for text):
 
-        ``frames`` (:data:`STREAM_FRAME_SCHEMA`), one row per chunk:
+        ``frames`` (:data:`sxlab.tables.STREAM_FRAMES`), one row per chunk:
 
         ====================== ========================================================
         frame                  ``Image serial number`` − 1 (chunk position if absent)
@@ -1409,14 +1328,14 @@ def read_stream(path, *, geometry: Detector | None = None, threads: int | None =
         run, status, error     not in the format (missing)
         ====================== ========================================================
 
-        ``peaks`` (:data:`sxlab.peaks.PEAK_SCHEMA`): ``frame``, ``panel`` (index into
+        ``peaks`` (:data:`sxlab.tables.PEAKS`): ``frame``, ``panel`` (index into
         the geometry's panels), ``fs``, ``ss`` (data-array px, 0.01 px precision),
         ``intensity`` (ADU), ``d_A`` (Å, from the geometry and the frame's photon energy;
         from the stream's 1/d column when there is no geometry), ``two_theta_deg``; the
         others are not in the format.
 
-        ``crystals`` (:data:`STREAM_CRYSTAL_SCHEMA`: the columns of
-        :data:`sxlab.index.CRYSTAL_SCHEMA`, then the stream's own): ``frame``,
+        ``crystals`` (:data:`sxlab.tables.STREAM_CRYSTALS`: the columns of
+        :data:`sxlab.tables.CRYSTALS`, then the stream's own): ``frame``,
         ``crystal`` (block index in the chunk), ``a``, ``b``, ``c`` (Å), ``alpha``,
         ``beta``, ``gamma`` (deg), ``lattice``, ``centering`` (CrystFEL's ``H`` becomes
         ``R``), ``astar_x`` … ``cstar_z`` (lab-frame reciprocal basis, 1/Å, no 2π),
@@ -1425,13 +1344,13 @@ def read_stream(path, *, geometry: Detector | None = None, threads: int | None =
         ``n_saturated_reflections``, ``n_implausible_reflections``, ``det_shift_x_mm``,
         ``det_shift_y_mm`` (mm); the indexer's other columns are not in the format.
 
-        ``reflections`` (:data:`sxlab.integrate.REFLECTION_SCHEMA`): ``frame``,
+        ``reflections`` (:data:`sxlab.tables.REFLECTIONS`): ``frame``,
         ``crystal``, ``h``, ``k``, ``l``, ``I``, ``sigma`` (ADU), ``peak`` (highest pixel,
         ADU), ``bg`` (mean background per pixel, ADU), ``fs``, ``ss`` (predicted position,
         data-array px, 0.1 px precision), ``panel``, ``d_A`` (Å, from the crystal's
         basis); the others are not in the format.
 
-        ``headers`` (:data:`STREAM_HEADER_SCHEMA`): ``frame``, ``name`` (header path
+        ``headers`` (:data:`sxlab.tables.STREAM_HEADERS`): ``frame``, ``name`` (header path
         after ``header/float/``, ``header/int/``, ``header/str/`` or ``hdf5/``),
         ``value`` (float, NaN if not a number), ``text``.
 

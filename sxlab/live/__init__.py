@@ -100,6 +100,7 @@ _EXPORTS = {
     "ConsumerGroup": "broker",
     "stream_key": "broker",
     "EmbeddedRedis": "server",
+    "free_port": "server",
     "Ingest": "ingest",
     "Replay": "replay",
     "LiveWorker": "worker",

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sxlab import tables
+
 __all__ = [
     "Broker",
     "ConsumerGroup",
     "Entry",
-    "STATUS_SCHEMA",
     "frame_id",
     "id_frame",
     "stream_key",
@@ -29,24 +30,6 @@ __all__ = [
 
 PREFIX = "sx"
 HEADER_ID = "0-1"
-
-#: Columns of :meth:`Broker.status` (one row per run and consumer group).
-STATUS_SCHEMA = {
-    "stream": "object",
-    "run": "object",
-    "state": "object",
-    "frames_in": "int64",
-    "cached": "int64",
-    "group": "object",
-    "consumers": "int64",
-    "delivered": "int64",
-    "acked": "int64",
-    "pending": "int64",
-    "lag": "int64",
-    "trimmed": "int64",
-    "frames_per_s": "float64",
-}
-
 
 def _safe(part: str, what: str) -> str:
     part = str(part)
@@ -186,6 +169,8 @@ class ConsumerGroup:
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self._own_checked = False
         self._claim_cursor = "0-0"
+        #: Where the last :meth:`read` got its entries: "own", "claimed" or "new".
+        self.last_source = "new"
         self.create(start)
 
     def create(self, start: str = "0") -> None:
@@ -238,11 +223,14 @@ class ConsumerGroup:
                                           count=count)
             own = self._entries(resp[0][1]) if resp else []
             if own:
+                self.last_source = "own"
                 return own
             self._own_checked = True
         claimed = self.claim(count)
         if claimed:
+            self.last_source = "claimed"
             return claimed
+        self.last_source = "new"
         block = None if block_s is None else max(1, int(block_s * 1000))
         resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                       count=count, block=block)
@@ -435,11 +423,17 @@ class Broker:
         return target.xadd(key, fields, maxlen=maxlen, approximate=maxlen is not None)
 
     # ----------------------------------------------------------------- status
+    @tables.documented
     def status(self, run: str | None = None) -> pd.DataFrame:
         """Per run and consumer group: frames in, cached, delivered, acknowledged,
         pending, lag, trimmed before being read, and the group's frames/s.
 
-        Columns: see :data:`STATUS_SCHEMA`.
+        Returns
+        -------
+        DataFrame
+            One row per run and group (:data:`sxlab.tables.BROKER_STATUS`):
+
+            [columns: broker_status]
         """
         keys = [self.resolve(run)] if run else self.run_keys()
         rows = []
@@ -456,7 +450,7 @@ class Broker:
                 rows.append({**base, "group": "", "consumers": 0, "delivered": 0,
                              "acked": 0, "pending": 0, "lag": frames_in,
                              "trimmed": int(info.get("trimmed:", 0)),
-                             "frames_per_s": np.nan})
+                             "rate_hz": np.nan})
             for g in groups:
                 name = _s(g["name"])
                 delivered = min(_ms(g["last-delivered-id"]), last_ms)
@@ -470,9 +464,9 @@ class Broker:
                              "pending": pending, "lag": max(last_ms - delivered, 0),
                              "trimmed": int(info.get(f"trimmed:{name}", 0))
                              + int(info.get("trimmed:", 0)),
-                             "frames_per_s": float(sum(rates)) if rates else np.nan})
-        out = pd.DataFrame(rows, columns=list(STATUS_SCHEMA))
-        return out.astype(STATUS_SCHEMA)
+                             "rate_hz": float(sum(rates)) if rates else np.nan})
+        return tables.BROKER_STATUS.make(pd.DataFrame(rows, columns=list(
+            tables.BROKER_STATUS.names)))
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:

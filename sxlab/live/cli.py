@@ -54,8 +54,11 @@ def _cmd_replay(args) -> int:
         print(f"series {s.series}: {s.frames} frames sent at {s.rate_hz:.2f} frames/s",
               file=sys.stderr)
         if stop.is_set():
-            return 1
-    return 0
+            break
+    import zmq
+
+    zmq.Context.instance().term()          # every queued message is sent (or lingered out)
+    return 1 if stop.is_set() else 0
 
 
 def _broker(args):
@@ -123,6 +126,7 @@ def _cmd_worker(args) -> int:
             if key is None:
                 continue
             run_key = key
+            out = args.out / key.rsplit(":", 1)[1] if args.follow else args.out
             if args.input:
                 from .broker import derived_key
 
@@ -132,14 +136,14 @@ def _cmd_worker(args) -> int:
 
                 set_storage_policy(broker, key, blank_fraction=args.blank_sample,
                                    blank_seed=args.blank_seed)
-            worker = LiveWorker(broker, key, args.out, params, geometry=args.geometry,
+            worker = LiveWorker(broker, key, out, params, geometry=args.geometry,
                                 group=args.group, consumer=args.name, worker=args.worker,
                                 claim_idle_s=args.claim_idle, batch=args.batch,
                                 publish=tuple(p for p in args.publish.split(",") if p))
             s = worker.run(stop=stop)
             print(f"worker {worker.consumer}: {s.frames} frames of {key} ({s.failed} "
-                  f"failed), {1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame",
-                  file=sys.stderr)
+                  f"failed, {s.reclaimed} reclaimed from dead workers), "
+                  f"{1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame", file=sys.stderr)
             if not args.follow:
                 break
             args.since = broker.client.zscore(f"{broker.prefix}:{broker.beamtime}:runs",
@@ -360,7 +364,8 @@ def register(sub) -> None:
     p.add_argument("--run", help="run name or stream key (default: the next run)")
     p.add_argument("--since", type=float, default=0.0, metavar="EPOCH",
                    help="take the first run registered after this time")
-    p.add_argument("--follow", action="store_true", help="go on with the next runs")
+    p.add_argument("--follow", action="store_true",
+                   help="go on with the next runs (each into DIR/<run>)")
     p.add_argument("--group", default="process", help="consumer group")
     p.add_argument("--name", help="consumer name (default: host-pid)")
     p.add_argument("--worker", type=int, default=0, metavar="K", help="worker number")

@@ -154,11 +154,10 @@ class Ingest:
         ft = hdr.config.get("frame_time")
         st.frame_time_s = float(ft) if ft else None
         maxlen = self._maxlen(st)
-        if maxlen:
-            b.client.hset(f"{key}:info", "maxlen", maxlen)
+        b.client.hset(f"{key}:info", mapping={
+            "maxlen": maxlen or 0, "nimages": st.nimages or 0,
+            "frame_time_s": st.frame_time_s or 0})
         log.info("series %d -> %s", hdr.series, key)
-        if key not in self.summary.runs:
-            self.summary.runs.append(key)
         return st
 
     def _resume(self, key: str, series: int) -> _RunState:
@@ -171,13 +170,13 @@ class Ingest:
             last_ms = max(last_ms, _ms(top[0][0]))
         st = _RunState(key=key, series=series, last_ms=last_ms,
                        trim_ms=int(info.get("trim_ms", 1)), t_first=time.time())
-        if info.get("nimages"):
+        if int(info.get("nimages", 0) or 0):
             st.nimages = int(info["nimages"])
-        if info.get("frame_time_s"):
+        if float(info.get("frame_time_s", 0) or 0):
             st.frame_time_s = float(info["frame_time_s"])
         self._runs[series] = st
-        if st.nimages is not None:
-            self.broker.client.hset(f"{key}:info", "nimages", st.nimages)
+        if key not in self.summary.runs:
+            self.summary.runs.append(key)
         return st
 
     def _run_for(self, series: int) -> _RunState:

@@ -207,9 +207,9 @@ class Replay:
                     if delay > 0.002:
                         time.sleep(delay - 0.0015)
                     while time.perf_counter() < target:
-                        pass
+                        time.sleep(0)           # lets other threads run while it waits
                 out.send_times.append(time.time())
-                sock.send_multipart(parts, copy=False)
+                sock.send_multipart(parts)
                 out.frames += 1
             t1 = time.perf_counter()
             sock.send_multipart(encode(SeriesEnd(self.series, f"sxlab-replay-{self.series}"),
@@ -218,7 +218,8 @@ class Replay:
                 out.rate_hz = (out.frames - 1) / (out.send_times[-1] - out.send_times[0])
             out.wall_s = t1 - t0 if t0 is not None else 0.0
         finally:
-            sock.close()
+            # Closing waits (up to linger_s) until queued messages have gone out.
+            sock.close(linger=int(linger_s * 1000))
         return out
 
     def __repr__(self) -> str:

@@ -40,7 +40,8 @@ class TailState:
         solvent_ratio, resolution_A, t_committed``), oldest first.
     hit_rate, indexing_rate, solvent_rate : float
         Over ``window`` (indexing rate: of the hits; solvent: ratio >= cutoff).
-    frames_per_s : float
+    rate_hz : float
+        Frames committed per second (last 10 s).
     latest_hit : int or None
         Frame number of the newest hit.
     peaks : pandas.DataFrame
@@ -58,7 +59,7 @@ class TailState:
     hit_rate: float = np.nan
     indexing_rate: float = np.nan
     solvent_rate: float = np.nan
-    frames_per_s: float = np.nan
+    rate_hz: float = np.nan
     latest_hit: int | None = None
     peaks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"fs": [], "ss": [], "intensity": []}))
@@ -71,7 +72,7 @@ class TailState:
     def __repr__(self) -> str:
         return (f"<TailState {self.run!r} {self.state}: {self.frames} frames, "
                 f"hits {_pct(self.hit_rate)}, indexed {_pct(self.indexing_rate)}, "
-                f"{self.frames_per_s:.1f} frames/s>")
+                f"{self.rate_hz:.1f} frames/s>")
 
 
 def _pct(v: float) -> str:
@@ -114,7 +115,7 @@ class Tail:
         self.key = None
         self._rows: list[dict] = []
         self._last_id = "-"
-        self._parts: set[str] = set()
+        self._reader = None
         self._peaks: dict[int, pd.DataFrame] = {}
         self._t0 = time.time()
         self._n = 0
@@ -158,29 +159,27 @@ class Tail:
         return state, new
 
     def _poll_dir(self) -> tuple[str, list[dict]]:
-        from sxlab.pipeline import committed_parts, read_parts
+        from sxlab.results import ResultsReader
 
-        if not (self.dir / "parts").is_dir():
-            return "waiting", []
-        new = [s for s in committed_parts(self.dir) if s not in self._parts]
-        rows = []
-        if new:
-            t = read_parts(self.dir, new)
-            self._parts.update(new)
-            f = t["frames"]
-            now = time.time()
-            for r in f.itertuples():
-                rows.append({"frame": int(r.frame), "status": r.status, "hit": bool(r.hit),
-                             "indexed": bool(r.indexed), "n_peaks": int(r.n_peaks),
-                             "solvent_ratio": float(r.solvent_ratio),
-                             "resolution_A": float(r.resolution_A), "t_committed": now})
-            hits = f[f.hit]
-            if len(hits):
-                last = int(hits.frame.max())
-                p = t["peaks"]
-                self._peaks = {last: p[p.frame == last][["fs", "ss", "intensity"]]}
-            if self.run is None and len(f):
-                self.run = str(f.run.iloc[0])
+        if self._reader is None:
+            self._reader = ResultsReader(self.dir)
+        t = self._reader.poll()
+        f = t["frames"]
+        now = time.time()
+        rows = [{"frame": int(r.frame), "status": r.status, "hit": bool(r.hit),
+                 "indexed": bool(r.indexed), "n_peaks": int(r.n_peaks),
+                 "solvent_ratio": float(r.solvent_ratio),
+                 "resolution_A": float(r.resolution_A), "t_committed": now}
+                for r in f.itertuples()]
+        hits = f[f.hit]
+        if len(hits):
+            last = int(hits.frame.max())
+            p = t["peaks"]
+            self._peaks = {last: p[p.frame == last][["fs", "ss", "intensity"]]}
+        if self.run is None and len(f):
+            self.run = str(f.run.iloc[0])
+        if not self._reader.parts:
+            return "waiting", rows
         state = "finished" if (self.dir / "frames.parquet").exists() else "receiving"
         return state, rows
 
@@ -200,7 +199,7 @@ class Tail:
         ok = win[win.status == "ok"] if len(win) else win
         hits = int(ok.hit.sum()) if len(ok) else 0
         s = TailState(run=self.run or (self.key or "").rsplit(":", 1)[-1], state=state,
-                      frames=self._n, window=win, frames_per_s=fps)
+                      frames=self._n, window=win, rate_hz=fps)
         if len(ok):
             s.hit_rate = hits / len(ok)
             s.indexing_rate = float(ok.indexed.sum()) / hits if hits else np.nan
@@ -249,7 +248,7 @@ def _png(image: np.ndarray, size: int = 320) -> tuple[str, float]:
 def render_html(s: TailState) -> str:
     """HTML of a snapshot: statistics bar, latest hit with its peaks, group lag table."""
     stats = (f"<b>{html.escape(s.run or 'run')}</b> — {html.escape(s.state)} · "
-             f"{s.frames} frames · {s.frames_per_s:.1f} frames/s · "
+             f"{s.frames} frames · {s.rate_hz:.1f} frames/s · "
              f"hits {_pct(s.hit_rate)} · indexed {_pct(s.indexing_rate)} of hits · "
              f"solvent {_pct(s.solvent_rate)} (last {len(s.window)} frames)")
     pic = ""
@@ -269,7 +268,7 @@ def render_html(s: TailState) -> str:
             pic = f"<div>{html.escape(title)}</div>"
     lag = ""
     if s.status is not None and len(s.status):
-        cols = ["group", "consumers", "pending", "lag", "trimmed", "frames_per_s"]
+        cols = ["group", "consumers", "pending", "lag", "trimmed", "rate_hz"]
         lag = s.status[cols].to_html(index=False, float_format=lambda v: f"{v:.1f}")
     return f"<div class='sxlab-tail'><div>{stats}</div>{pic}{lag}</div>"
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -37,12 +37,6 @@ __all__ = ["LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
            "geometry_from_header"]
 
 log = logging.getLogger("sxlab.live")
-
-#: Fields of a ``results`` stream entry (one per processed frame).
-RESULT_FIELDS = ("frame", "status", "error", "hit", "indexed", "n_peaks", "n_crystals",
-                 "n_reflections", "resolution_A", "solvent_ratio", "worker", "t_received",
-                 "t_committed", "total_s", "peaks")
-
 
 def geometry_from_header(header: dict):
     """Detector geometry of a run: the CrystFEL geometry in the header appendix, else
@@ -115,59 +109,64 @@ def decode_frame(entry: Entry, pixel_mask=None, *, attrs: dict | None = None):
 
 # ------------------------------------------------------------------------ output
 class LiveOutput:
-    """The output directory of a live run (batch layout, growing).
+    """The output directory of a live run (batch layout, growing), for one writer.
 
     Parameters
     ----------
     out : path
     params : Params
     geometry : Detector
+    tag : str
+        Tag of the parts this writer commits (a worker's consumer name), so that
+        several writers fill one directory (see :class:`sxlab.results.ResultsWriter`).
     """
 
-    def __init__(self, out, params, geometry):
-        from sxlab.pipeline import prepare_output
+    def __init__(self, out, params, geometry, *, tag: str = ""):
+        from sxlab.results import ResultsWriter
 
-        self.out = Path(out)
+        tag = re.sub(r"[^A-Za-z0-9_-]", "_", tag)
+        self.writer = ResultsWriter(out, params, geometry, tag=tag)
+        self.out = self.writer.out
         self.params = params
         self.geometry = geometry
-        prepare_output(self.out, params, geometry)
+        self._reader = None
         self._stream = None
-        self._stream_parts: set[str] = set()
         self._stream_frames: set[int] = set()
 
-    def commit(self, results, tag: str) -> str:
-        """Write results as one committed part."""
-        from sxlab.pipeline import write_part
+    def commit(self, results) -> str:
+        """Write the :class:`~sxlab.pipeline.FrameResult` s of some frames as one part."""
+        from sxlab import tables
+        from sxlab.results import KINDS
 
-        return write_part(self.out, results, tag=tag)
+        return self.writer.write(**{kind: tables.get(kind).concat(
+            [r.table(kind) for r in results]) for kind in KINDS})
 
     def follow(self) -> int:
         """Append chunks of newly committed frames to ``results.stream``; returns how many."""
         from sxlab.io import StreamWriter
-        from sxlab.pipeline import committed_parts, read_parts
+        from sxlab.results import ResultsReader
 
-        new = [s for s in committed_parts(self.out) if s not in self._stream_parts]
-        if not new:
+        if self._reader is None:
+            self._reader = ResultsReader(self.out)
+        t = self._reader.poll()
+        frames = t["frames"][~t["frames"].frame.isin(self._stream_frames)]
+        if not len(frames):
             return 0
         if self._stream is None:
             self._stream = StreamWriter(self.out / "results.stream", self.geometry,
                                         cell=self.params.cell,
                                         command_line="sxlab live run")
-        t = read_parts(self.out, new)
-        frames = t["frames"][~t["frames"].frame.isin(self._stream_frames)]
-        if len(frames):
-            self._stream.write_frames(frames, t["peaks"], t["crystals"], t["reflections"])
-            self._stream_frames.update(frames.frame.tolist())
-        self._stream_parts.update(new)
+        self._stream.write_frames(frames, t["peaks"], t["crystals"], t["reflections"])
+        self._stream_frames.update(frames.frame.tolist())
         return len(frames)
 
     def finish(self, broker: Broker | None = None, key: str | None = None,
                group: str = "process", n_frames: int | None = None):
         """Record frames that never reached the workers as failed, then write the
-        consolidated tables and the final stream. Returns :class:`Results`."""
-        from sxlab.pipeline import Results, failed_result, finish_output, read_parts
+        consolidated tables and the final stream. Returns :class:`~sxlab.Results`."""
+        from sxlab.pipeline import failed_result
+        from sxlab.results import ResultsReader
 
-        tables = read_parts(self.out)
         run_name = ""
         reasons: dict[int, str] = {}
         if broker is not None and key is not None:
@@ -181,24 +180,22 @@ class LiveOutput:
                         reasons[f] = ("trimmed from the broker cache before the "
                                       f"{group!r} group read it (cache of "
                                       f"{info.get('maxlen', '?')} frames full)")
-        done = set(tables["frames"].frame.tolist())
+        reader = ResultsReader(self.out)
+        reader.poll()
+        done = reader.frames_done()
         missing = [f for f in range(n_frames or 0) if f not in done]
         if missing:
+            writer = LiveOutput(self.out, self.params, self.geometry, tag="finish")
             results = [failed_result(f, reasons.get(f, "never processed: not delivered to "
                                                         "any worker"), -1, run_name,
                                      {"event": f"//{f}", "source": key or ""})
                        for f in missing]
             for k in range(0, len(results), 1000):
-                self.commit(results[k:k + 1000], "finish")
-            tables = read_parts(self.out)
+                writer.commit(results[k:k + 1000])
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-        res = Results(*(tables[k] for k in ("frames", "peaks", "crystals", "reflections",
-                                            "profile")),
-                      params=self.params, out=self.out, geometry=self.geometry)
-        finish_output(self.out, res)
-        return res
+        return self.writer.finish()
 
 
 # ------------------------------------------------------------------------ worker
@@ -268,7 +265,7 @@ class LiveWorker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = ConsumerGroup(broker.client, key, group, self.consumer,
                                    claim_idle_s=claim_idle_s)
-        self.output = LiveOutput(out, self.params, self.geometry)
+        self.output = LiveOutput(out, self.params, self.geometry, tag=self.consumer)
         self.context = prepare(self.geometry, self.params, worker=self.worker)
         self.batch = int(batch)
         self.publish = tuple(publish)
@@ -326,6 +323,8 @@ class LiveWorker:
         t0 = time.perf_counter()
         entries = self.group.read(count=self.batch, block_s=block_s)
         wait_s = time.perf_counter() - t0
+        if self.group.last_source == "claimed":
+            self.summary.reclaimed += len(entries)
         if not entries:
             self.summary.wait_s += wait_s
             return 0
@@ -340,7 +339,7 @@ class LiveWorker:
             results.append(r)
             pairs.append((r, e))
         if results:
-            self.output.commit(results, self.consumer)
+            self.output.commit(results)
         now = time.time()
         pipe = self.broker.client.pipeline(transaction=True)
         self.group.ack(ids, pipe)
