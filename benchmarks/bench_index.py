@@ -145,7 +145,7 @@ def time_runs(fn, runs: int):
 
 
 def run(n_frames: int, runs: int):
-    from sxlab.index import Indexer
+    from sxlab.indexing import Indexer
 
     det, cell, frames, peaks, truth, source = load_hits(n_frames)
     rotations = point_group_rotations(cell)

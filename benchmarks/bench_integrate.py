@@ -6,7 +6,7 @@ the crystals come from the data set's simulator (the frames are identical to tho
 written data set; the **crystals are the simulator's true ones**: the reciprocal basis,
 no indexing). Per frame and configuration the table gives, single-threaded:
 
-* prediction: :meth:`sxlab.integrate.Integrator.predict` on the frame's crystals;
+* prediction: :meth:`sxlab.integration.Integrator.predict` on the frame's crystals;
 * integration: the Integrator called with those predictions on the raw uint16 frame
   (mask: the data set's pixel mask and the beam-stop shadow);
 * both: the Integrator called with the crystals (what the pipeline does);
@@ -73,7 +73,7 @@ def accuracy(refl: pd.DataFrame, truth: pd.DataFrame, gain: float) -> pd.DataFra
 def run(n_frames: int, runs: int) -> tuple[list[dict], dict]:
     """Time every configuration on the hits among the first ``n_frames`` frames."""
     import sxlab.datasets
-    from sxlab.integrate import Integrator
+    from sxlab.integration import Integrator
 
     sim = sxlab.datasets.simulator(DATASET)
     det = sim.detector

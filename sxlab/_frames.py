@@ -1,7 +1,7 @@
 """Frames and bad-pixel masks as the numba kernels take them.
 
 The prepared per-frame objects (:class:`~sxlab.peaks.PeakFinder`,
-:class:`~sxlab.integrate.Integrator`) check a frame's shape, keep the dtypes their kernels
+:class:`~sxlab.integration.Integrator`) check a frame's shape, keep the dtypes their kernels
 are compiled for and convert the others, and flatten the frame to the layout their
 kernels index.
 """
@@ -9,6 +9,8 @@ kernels index.
 from __future__ import annotations
 
 import numpy as np
+
+from .masks import check_shape
 
 __all__ = ["NATIVE_DTYPES", "frame_arrays"]
 
@@ -44,7 +46,7 @@ def frame_arrays(image, bad, shape: tuple, kernel_shape, no_bad: np.ndarray):
     """
     arr = np.asarray(image)
     if arr.shape != shape:
-        raise ValueError(f"image of shape {arr.shape}; the geometry wants {shape}")
+        check_shape(arr.shape, shape, "image")
     if arr.dtype.name not in NATIVE_DTYPES:
         if arr.dtype.kind not in "uif":
             raise TypeError(f"image of dtype {arr.dtype} is not numeric")
@@ -54,7 +56,7 @@ def frame_arrays(image, bad, shape: tuple, kernel_shape, no_bad: np.ndarray):
         return img, no_bad, False
     b = np.asarray(bad)
     if b.shape != shape:
-        raise ValueError(f"bad of shape {b.shape}; the geometry wants {shape}")
+        check_shape(b.shape, shape, "bad")
     if b.dtype != np.bool_:
         b = b != 0
     return img, np.ascontiguousarray(b).reshape(kernel_shape), True

@@ -1,8 +1,8 @@
 """Shared methods of the frozen parameter dataclasses.
 
 :class:`FrozenParams` is a mixin for ``@dataclass(frozen=True)`` parameter classes
-(:class:`~sxlab.peaks.PeakFinderParams`, :class:`~sxlab.integrate.IntegrationParams`,
-:class:`~sxlab.index.IndexParams`, :class:`~sxlab.simulate.SimulationParams`): copies with
+(:class:`~sxlab.peaks.PeakFinderParams`, :class:`~sxlab.integration.IntegrationParams`,
+:class:`~sxlab.indexing.IndexParams`, :class:`~sxlab.simulate.SimulationParams`): copies with
 changes, plain dictionaries in and out, and a stable digest. Validation stays in each
 class's ``__post_init__``.
 """

@@ -95,7 +95,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from sxlab.io import write_hkl, write_mtz
-    from sxlab.merge import merge
+    from sxlab.merging import merge
 
     source = args.dir
     if source.is_dir():
@@ -215,10 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
 
+    from sxlab.experiment.cli import add_parser as add_experiment_parser
     from sxlab.live.cli import register as register_live
+    from sxlab.report import add_parser as add_report_parser
 
+    add_experiment_parser(sub, figure=_run_stats_figure)
+    add_report_parser(sub)
     register_live(sub)
     return parser
+
+
+def _run_stats_figure(stats, tags: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sxlab import plots
+
+    plots.run_stats(stats, tags=tags).savefig(path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

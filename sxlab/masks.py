@@ -41,14 +41,21 @@ import html
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
 
-from .geometry import BadRegion, Detector, Panel, _mark_lab_region
+from ._frozen import FrozenParams
+from .geometry import BadRegion, Detector, Panel, mark_lab_region
 
 __all__ = [
     "Mask",
+    "MaskParams",
+    "build_mask",
+    "bad_pixels",
+    "check_shape",
+    "good_pixels",
     "mask_beamstop",
     "mask_from_geometry",
     "mask_from_hdf5",
@@ -256,7 +263,7 @@ class Mask:
 
         dims = ("module", "ss", "fs") if self._good.ndim == 3 else ("ss", "fs")
         if geometry is not None:
-            _check_shape(self.shape, geometry.data_shape, "mask")
+            check_shape(self.shape, geometry.data_shape, "mask")
             dims = geometry.dims
         attrs = {"long_name": "usable pixel", "provenance": list(self.provenance)}
         return xr.DataArray(self._good, dims=dims, name="good", attrs=attrs)
@@ -368,7 +375,7 @@ class Mask:
         >>> [(r.min_fs, r.max_fs, r.min_ss, r.max_ss, r.panel) for r in regions]
         [(10, 19, 5, 6, 'p0')]
         """
-        _check_shape(self.shape, geometry.data_shape, "mask")
+        check_shape(self.shape, geometry.data_shape, "mask")
         bad = self.bad
         if exclude_geometry:
             bad = bad & ~geometry.bad_pixel_mask()
@@ -412,7 +419,16 @@ def _shape_of(geometry_or_shape) -> tuple[int, ...]:
     return shape
 
 
-def _check_shape(shape, expected, what: str) -> None:
+def check_shape(shape, expected, what: str) -> None:
+    """Raise ValueError naming ``what`` unless ``shape`` is the geometry's data shape.
+
+    Examples
+    --------
+    >>> check_shape((4, 5), (4, 6), "image")
+    Traceback (most recent call last):
+    ...
+    ValueError: image has shape (4, 5), the geometry's data shape is (4, 6)
+    """
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{what} has shape {tuple(shape)}, the geometry's data shape is "
                          f"{tuple(expected)}")
@@ -500,7 +516,7 @@ def mask_from_values(image_or_raw, geometry: Detector | None = None, *,
     """
     arr = np.asarray(image_or_raw)
     if geometry is not None:
-        _check_shape(arr.shape, _detector(geometry).data_shape, "image")
+        check_shape(arr.shape, _detector(geometry).data_shape, "image")
     elif arr.ndim not in (2, 3):
         raise ValueError(f"expected one frame (2-D or 3-D), got shape {arr.shape}")
     if isinstance(flag_values, str):
@@ -669,7 +685,7 @@ def mask_lab_region(geometry: Detector, min_x: float, max_x: float, min_y: float
         lim[:2] = np.clip(lim[:2], x0 - 1.0, x1 + 1.0)
         lim[2:] = np.clip(lim[2:], y0 - 1.0, y1 + 1.0)
         region = BadRegion("lab", min_x=lim[0], max_x=lim[1], min_y=lim[2], max_y=lim[3])
-        _mark_lab_region(p, region, bad[geometry.panel_slice(i)])
+        mark_lab_region(p, region, bad[geometry.panel_slice(i)])
     text = (f"mask_lab_region: x {_fmt(float(min_x))}..{_fmt(float(max_x))}, y "
             f"{_fmt(float(min_y))}..{_fmt(float(max_y))} {units}{_label(geometry)}")
     return Mask._wrap(np.logical_not(bad, out=bad), (text,))
@@ -1130,17 +1146,105 @@ def mask_to_geom_lines(mask: Mask, geometry: Detector, *, prefix: str = "sxmask"
     return "".join(line + "\n" for line in lines)
 
 
-def _as_bad_array(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
+# ================================================================ trial masks
+@dataclass(frozen=True)
+class MaskParams(FrozenParams):
+    """The static mask of a processing trial (the ``[mask]`` section; :func:`build_mask`).
+
+    Attributes
+    ----------
+    beamstop_radius_px, beamstop_rod_width_px, beamstop_rod_angle_deg : float
+        Beam-stop shadow (disc around the beam plus a rod); radius 0 disables it.
+    d_min_A, d_max_A : float or None
+        Resolution limits in Å.
+    edge_pixels : int
+        Pixels masked at every panel edge.
+    mask_file, mask_dataset : str or None
+        An HDF5 mask dataset (bad where ``value & badbits``) to add.
+    mask_badbits : int
+    """
+
+    beamstop_radius_px: float = 0.0
+    beamstop_rod_width_px: float = 0.0
+    beamstop_rod_angle_deg: float = 0.0
+    d_min_A: float | None = None
+    d_max_A: float | None = None
+    edge_pixels: int = 0
+    mask_file: str | None = None
+    mask_dataset: str | None = None
+    mask_badbits: int = 1
+
+
+def build_mask(geometry: Detector, params: MaskParams | None = None) -> Mask:
+    """The static mask of a trial: the geometry's bad pixels and those of ``params``.
+
+    Beam-stop shadow (disc and rod), resolution limits, panel edges and an HDF5 mask
+    file, combined with :func:`mask_from_geometry`. Built once per worker by the pipeline.
+
+    Parameters
+    ----------
+    geometry : Detector
+    params : MaskParams, optional
+        Default: nothing beyond the geometry's bad pixels.
+
+    Returns
+    -------
+    Mask
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger1m")
+    >>> m = build_mask(det, MaskParams(beamstop_radius_px=30, d_min_A=2.0))
+    >>> m.n_bad > mask_from_geometry(det).n_bad
+    True
+    """
+    mp = params or MaskParams()
+    mask = mask_from_geometry(geometry)
+    if mp.beamstop_radius_px > 0:
+        mask &= mask_beamstop(geometry, mp.beamstop_radius_px,
+                              rod_width_px=mp.beamstop_rod_width_px or None,
+                              rod_angle_deg=mp.beamstop_rod_angle_deg)
+    if mp.d_min_A is not None or mp.d_max_A is not None:
+        mask &= mask_resolution(geometry, d_min=mp.d_min_A, d_max=mp.d_max_A)
+    if mp.edge_pixels > 0:
+        mask &= mask_panel_edges(geometry, mp.edge_pixels)
+    if mp.mask_file is not None:
+        mask &= mask_from_hdf5(geometry, mp.mask_file, mp.mask_dataset or "/data/data",
+                               badbits=mp.mask_badbits)
+    return mask
+
+
+# ==================================================================== helpers
+def bad_pixels(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
     """Combine a static ``mask`` and a per-frame ``bad`` array into one bad array or None.
 
-    Shared by the binning and statistics modules.
+    Parameters
+    ----------
+    mask : Mask or None
+        Static mask (True = good). Boolean arrays are refused here, so that their sense
+        cannot be mistaken: pass them as ``bad`` (True = bad).
+    bad : array_like of bool or None
+        Per-frame bad pixels (True = bad).
+    shape : tuple of int
+        The data shape both must have.
+
+    Returns
+    -------
+    ndarray of bool or None
+        True = bad; None when neither was given.
+
+    Examples
+    --------
+    >>> bad_pixels(Mask(np.array([[True, False]])), np.array([[True, False]]), (1, 2)).tolist()
+    [[True, True]]
     """
     out = None
     if mask is not None:
         if not isinstance(mask, Mask):
             raise TypeError(f"mask must be a Mask (True = good), got {type(mask).__name__}; "
                             "pass boolean arrays with True = bad as bad=")
-        _check_shape(mask.shape, shape, "mask")
+        check_shape(mask.shape, shape, "mask")
         out = mask.bad
     if bad is not None:
         if isinstance(bad, Mask):
@@ -1148,7 +1252,42 @@ def _as_bad_array(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
         b = np.asarray(bad)
         if b.dtype != bool:
             raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-        _check_shape(b.shape, shape, "bad")
+        check_shape(b.shape, shape, "bad")
         out = b if out is None else (out | b)
     return out
 
+
+def good_pixels(mask, shape: tuple) -> np.ndarray:
+    """A fresh boolean array of good pixels from a Mask, a boolean array or None.
+
+    Parameters
+    ----------
+    mask : Mask, ndarray of bool or None
+        Anything with a ``.good`` attribute (a :class:`Mask`) or a boolean array in which
+        **True marks a good pixel**; None: every pixel is good.
+    shape : tuple of int
+        The geometry's data shape.
+
+    Examples
+    --------
+    >>> good_pixels(None, (1, 2)).tolist()
+    [[True, True]]
+    >>> good_pixels(np.zeros((1, 2), np.uint8), (1, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: mask must be a Mask or a boolean array (True = good pixel), got dtype uint8; ...
+    """
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    good = getattr(mask, "good", None)
+    if good is None:
+        good = mask
+    good = np.asarray(good)
+    if good.dtype != np.bool_:
+        raise TypeError(
+            f"mask must be a Mask or a boolean array (True = good pixel), got dtype "
+            f"{good.dtype}; for a bad-pixel array b pass ~b, for an NXmx pixel_mask pass "
+            "pixel_mask == 0"
+        )
+    check_shape(good.shape, shape, "mask")
+    return good.copy()

@@ -22,7 +22,9 @@ from . import _peaks_kernels as _k
 from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
+from ._prepared import PreparedCache
 from .geometry import Detector
+from .masks import good_pixels
 
 __all__ = [
     "PeakFinder",
@@ -270,7 +272,7 @@ class PeakFinder:
         self._n = int(np.prod(shape))
         maps = geometry.maps
 
-        good = _mask_good(mask, shape)
+        good = good_pixels(mask, shape)
         good &= ~geometry.bad_pixel_mask()
         good &= maps.panel >= 0
         r = maps.r_px
@@ -560,32 +562,16 @@ class PeakFinder:
                 f"params {p.digest()}>")
 
 
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    """A fresh boolean array of good pixels from a Mask, a boolean array or None."""
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", None)
-    if good is None:
-        good = mask
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(
-            f"mask must be a Mask or a boolean array (True = good pixel), got dtype "
-            f"{good.dtype}; for a bad-pixel array b pass ~b, for an NXmx pixel_mask pass "
-            "pixel_mask == 0"
-        )
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good.copy()
-
-
 @tables.documented
 def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | None = None,
                params: PeakFinderParams | None = None, **overrides) -> pd.DataFrame:
-    """Find the peaks of one frame (builds a :class:`PeakFinder` and calls it).
+    """Find the peaks of one frame with a :class:`PeakFinder`.
 
-    Build a :class:`PeakFinder` once and call it for every frame when there are many:
-    the preparation (annuli, sample, buffers) is done by the constructor.
+    The finder is prepared (annuli, sample, buffers) on the first call and reused by
+    later calls with the same geometry, mask and parameters (the last two prepared per
+    thread are kept), so a loop over frames costs what a prepared :class:`PeakFinder`
+    does; a mask is recognised by content unless it is the same read-only array (a
+    :class:`~sxlab.masks.Mask`).
 
     Parameters
     ----------
@@ -620,5 +606,9 @@ def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | N
           fs     ss  npix  intensity
     0  201.0  101.5     6      120.0
     """
-    finder = PeakFinder(geometry, mask=mask, params=params, **overrides)
-    return finder(image, bad, frame=frame)
+    p = (params or PeakFinderParams()).replace(**overrides)
+    return _FINDERS.get(geometry, mask, p)(image, bad, frame=frame)
+
+
+#: The prepared finders of :func:`find_peaks`.
+_FINDERS = PreparedCache(lambda geometry, mask, params: PeakFinder(geometry, mask, params))

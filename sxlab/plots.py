@@ -6,6 +6,9 @@ This view module may import matplotlib at import time; the core modules never im
   blocks of frames (the plot of the real-time pipeline's profiling).
 * :func:`merging_stats` — CC1/2, CC*, completeness and ⟨I/σ⟩ of merged data against
   resolution, with the CC* = 0.5 cut.
+* :func:`run_stats` — the cctbx.xfel run-statistics figure: spots per image, moving-average
+  rates, per-image resolution and the per-run statistics bar.
+* :func:`unit_cells` — histograms of the six cell parameters, coloured by cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pandas as pd
 
 from .profiling import profile_blocks
 
-__all__ = ["merging_stats", "profile"]
+__all__ = ["merging_stats", "profile", "run_stats", "unit_cells"]
 
 
 def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
@@ -96,7 +99,7 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     labelled in Å. CC1/2, CC* and completeness share the left axis (0–1); mean I/σ(I)
     is on a right-hand axis. A dotted line marks CC* = ``threshold`` and a dashed one
     the resolution where CC* falls below it (``stats.attrs["d_cc_star_A"]``, or
-    :func:`sxlab.merge.cc_star_resolution`).
+    :func:`sxlab.merging.cc_star_resolution`).
 
     Parameters
     ----------
@@ -128,7 +131,7 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     """
     from matplotlib.ticker import FuncFormatter
 
-    from .merge import cc_star_resolution
+    from .merging import cc_star_resolution
 
     t = stats[stats["shell"] >= 0].sort_values("shell")
     if not len(t):
@@ -164,3 +167,170 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     ax.legend(handles + h2, labels + l2, loc="lower left", fontsize="small", frameon=False)
     ax.set_title("Merging statistics")
     return ax
+
+
+def run_stats(stats, *, tags=None, statuses=None, figsize=(11, 8)):
+    """The run-statistics figure of the cctbx.xfel GUI, one column of panels per figure.
+
+    Panels, sharing the shot axis (runs one after the other, separated by vertical lines):
+
+    A. strong spots per image, blue where the image indexed, grey where it did not;
+    B. moving averages of the indexing rate and the multi-lattice rate (left, %) and of
+       the solvent rate (right, %);
+    C. per-image resolution (dots, Å, high resolution at the top) and the high-quality
+       rate (right, %: indexed images reaching ``hq_resolution``);
+    D. the statistics bar of each run: images / hits, indexed (high quality), solvent % /
+       hit %, indexed % (high-quality %), and its tags and job status when given.
+
+    Parameters
+    ----------
+    stats : sxlab.runstats.RunStats
+        From :func:`sxlab.runstats.run_stats` or :meth:`sxlab.experiment.Experiment.run_stats`.
+    tags : mapping of run -> list of str, optional
+        Tags written above each run's bar.
+    statuses : mapping of run -> str, optional
+        Job status written next to the tags.
+    figsize : tuple
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With ``fig.axes``: A, B, C, D, then the right-hand axes of B and C.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sxlab.runstats import run_stats as compute
+    >>> f = pd.DataFrame({"run": ["r1"] * 3 + ["r2"] * 3, "frame": [0, 1, 2] * 2,
+    ...                   "n_peaks": [40, 2, 60, 30, 45, 1], "n_crystals": [1, 0, 2, 0, 1, 0],
+    ...                   "resolution_A": [2.2, np.nan, 3.1, np.nan, 2.0, np.nan],
+    ...                   "solvent_ratio": 1.1, "hit": True})
+    >>> fig = run_stats(compute(f))
+    >>> len(fig.axes)
+    6
+    """
+    frames, runs, params = stats.frames, stats.runs, stats.params
+    if not len(frames):
+        raise ValueError("no shots to plot")
+    fig, (ax_a, ax_b, ax_c, ax_d) = plt.subplots(
+        4, 1, sharex=True, figsize=figsize, layout="constrained",
+        gridspec_kw={"height_ratios": [3, 2, 2, 1.4], "hspace": 0.0})
+    x = frames["shot"].to_numpy()
+    idx = frames["indexed"].to_numpy(bool)
+    size = max(2.0, min(12.0, 4000.0 / len(x)))
+    ax_a.scatter(x[~idx], frames["n_peaks"].to_numpy()[~idx], s=size, color="#bdbdbd",
+                 edgecolors="none", label="did not index")
+    ax_a.scatter(x[idx], frames["n_peaks"].to_numpy()[idx], s=size, color="tab:blue",
+                 edgecolors="none", label="indexed")
+    if params.get("min_spots") is not None:
+        ax_a.axhline(params["min_spots"], color="0.4", linestyle=":", linewidth=1)
+    ax_a.set_ylim(bottom=0)
+    ax_a.set_ylabel("strong spots")
+    ax_a.legend(loc="upper right", fontsize="small", frameon=False, markerscale=2)
+
+    ax_b.plot(x, 100 * frames["indexing_rate"], color="tab:blue", label="indexed")
+    ax_b.plot(x, 100 * frames["multi_lattice_rate"], color="tab:pink",
+              label=f"≥ {params.get('n_multiples', 2)} lattices")
+    ax_b.set_ylim(bottom=0)
+    ax_b.set_ylabel("% of shots")
+    b_right = ax_b.twinx()
+    b_right.plot(x, 100 * frames["solvent_rate"], color="tab:green", label="solvent")
+    b_right.set_ylim(bottom=0)
+    b_right.set_ylabel("% solvent", color="tab:green")
+    handles = ax_b.get_legend_handles_labels()[0] + b_right.get_legend_handles_labels()[0]
+    ax_b.legend(handles=handles, loc="upper left", fontsize="small", frameon=False, ncol=3)
+
+    res = frames["resolution_A"].to_numpy(np.float64)
+    has = np.isfinite(res)
+    ax_c.scatter(x[has], res[has], s=size, color="tab:orange", edgecolors="none")
+    if has.any():
+        ax_c.set_ylim(float(np.nanmax(res)) * 1.05, float(np.nanmin(res)) * 0.95)
+    ax_c.set_ylabel(f"resolution (Å)\nI/σ ≥ {params.get('i_sigma', 1.0):g}")
+    c_right = ax_c.twinx()
+    c_right.plot(x, 100 * frames["high_quality_rate"], color="tab:red")
+    c_right.set_ylim(0, 105)
+    c_right.set_ylabel(f"% indexed ≤ {params.get('hq_resolution', 2.5):g} Å",
+                       color="tab:red")
+
+    ax_d.set_yticks([])
+    ax_d.set_ylim(0, 1)
+    tags = tags or {}
+    statuses = statuses or {}
+    for r in runs.itertuples():
+        if r.shots == 0:
+            continue
+        for ax in (ax_a, ax_b, ax_c, ax_d):
+            ax.axvline(r.first_shot - 0.5, color="k", linewidth=0.8)
+        head = ", ".join(tags.get(r.run, []))
+        if r.run in statuses:
+            head = f"{head} [{statuses[r.run]}]".strip()
+        lines = [f"run {r.run}", f"{r.shots} img / {r.hits} hit",
+                 f"{r.indexed} ({r.high_quality}) idx",
+                 f"{r.solvent_pct:.1f}% solv / {r.hit_pct:.1f}% hit",
+                 f"{r.indexed_pct:.1f} ({r.high_quality_pct:.1f})% idx"]
+        if head:
+            lines.insert(0, head)
+        ax_d.text(r.first_shot, 0.95, "\n".join(lines), va="top", ha="left",
+                  fontsize="x-small", family="monospace")
+    ax_d.set_xlim(-0.5, x[-1] + 0.5)
+    ax_d.set_xlabel(f"shot (runs in order); high quality: indexed ≤ "
+                    f"{params.get('hq_resolution', 2.5):g} Å")
+    return fig
+
+
+def unit_cells(clusters, *, bins: int = 40, figsize=(11, 5.5)):
+    """Histograms of a, b, c, α, β, γ, one colour per unit-cell cluster.
+
+    Parameters
+    ----------
+    clusters : sxlab.runstats.CellClusters or pandas.DataFrame
+        From :func:`sxlab.runstats.cell_clusters`, or a crystals table (one colour).
+    bins : int
+        Histogram bins per parameter.
+    figsize : tuple
+        Figure size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Six axes in the order a, b, c, α, β, γ.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> c = pd.DataFrame({"a": [79.0, 79.2, 61.0], "b": [79.1, 79.0, 61.1],
+    ...                   "c": [38.0, 37.9, 98.0], "alpha": 90.0, "beta": 90.0,
+    ...                   "gamma": [90.0, 90.0, 120.0]})
+    >>> len(unit_cells(c).axes)
+    6
+    """
+    table = getattr(clusters, "crystals", clusters)
+    labels = table["cluster"].to_numpy() if "cluster" in table.columns else np.zeros(
+        len(table), np.int64)
+    fig, axes = plt.subplots(2, 3, figsize=figsize, layout="constrained")
+    names = [("a", "a (Å)"), ("b", "b (Å)"), ("c", "c (Å)"), ("alpha", "α (°)"),
+             ("beta", "β (°)"), ("gamma", "γ (°)")]
+    groups = [k for k in np.unique(labels) if k >= 0]
+    for ax, (col, label) in zip(axes.ravel(), names, strict=False):
+        values = table[col].to_numpy(np.float64)
+        finite = values[np.isfinite(values)]
+        if not len(finite):
+            ax.set_xlabel(label)
+            continue
+        lo, hi = float(finite.min()), float(finite.max())
+        edges = np.linspace(lo - 0.5, hi + 0.5, bins + 1) if hi - lo < 1e-9 else np.linspace(
+            lo, hi, bins + 1)
+        for k in groups:
+            v = values[(labels == k) & np.isfinite(values)]
+            ax.hist(v, bins=edges, histtype="stepfilled", alpha=0.6, color=f"C{k % 10}",
+                    label=f"cluster {k} ({len(v)})")
+        ax.set_xlabel(label)
+    axes[0, 0].set_ylabel("crystals")
+    axes[1, 0].set_ylabel("crystals")
+    if len(groups) > 1:
+        axes[0, 2].legend(fontsize="small", frameon=False)
+    fig.suptitle("Unit-cell distribution")
+    return fig

@@ -73,8 +73,11 @@ __all__ = ["KINDS", "Results", "ResultsReader", "ResultsWriter"]
 #: frames table, last, commits the part).
 KINDS = ("peaks", "crystals", "reflections", "profile", "frames")
 
-#: Columns a table is sorted by when read (those it has, in this order).
-_SORT_KEYS = ("frame", "crystal", "panel", "h", "k", "l", "path", "start_s")
+#: Columns each table is sorted by (stably: the order within a frame is the producer's).
+_SORT_KEYS = {"frames": ["frame"], "peaks": ["frame", "panel"],
+              "crystals": ["frame", "crystal"],
+              "reflections": ["frame", "crystal", "panel", "h", "k", "l"],
+              "profile": ["frame", "path", "start_s"]}
 
 
 def _parts_dir(out: Path) -> Path:
@@ -132,8 +135,7 @@ def _committed_frames(out: Path) -> set[int]:
 
 
 def _sorted(kind: str, table: pd.DataFrame) -> pd.DataFrame:
-    keys = [c for c in _SORT_KEYS if c in table.columns]
-    return table.sort_values(keys, kind="stable").reset_index(drop=True)
+    return table.sort_values(_SORT_KEYS[kind], kind="stable").reset_index(drop=True)
 
 
 def _versions() -> dict:

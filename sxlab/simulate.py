@@ -61,6 +61,7 @@ import datetime
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,19 +74,23 @@ from . import tables
 from ._frozen import FrozenParams
 from .cell import UnitCell
 from .geometry import Detector
+from .reciprocal import (
+    effective_variance,
+    ewald_slope,
+    partiality_gaussian,
+    spot_wavenumber,
+)
+from .symmetry import point_group_rotations
 
 __all__ = [
     "powder_ring_intensities",
     "write_powder",
     "FrameTruth",
     "SimulationParams",
+    "code_digest",
     "Simulator",
     "Truth",
-    "bragg_wavenumber",
-    "excitation_error",
-    "partiality",
     "simulate_frame",
-    "spot_wavenumber",
     "truth_paths",
 ]
 
@@ -251,95 +256,23 @@ class SimulationParams(FrozenParams):
             raise ValueError("polarization_fraction must be within [0, 1] or None")
 
 
-# ====================================================================== physics helpers
-def excitation_error(q, k) -> np.ndarray:
-    """Excitation error ``s = k - |q + k ẑ|`` (1/Å), positive inside the Ewald sphere.
+def code_digest() -> str:
+    """SHA-256 (hex) of the simulator's code: this module and its kernels.
 
-    Parameters
-    ----------
-    q : array_like, shape (..., 3)
-        Scattering vectors (1/Å, lab frame).
-    k : float or array_like
-        Wavenumber(s) ``1/λ`` (1/Å), broadcast against ``q[..., 0]``.
+    Generated data sets depend on it (:mod:`sxlab.datasets` regenerates cached files when
+    it changes).
 
     Examples
     --------
-    >>> round(float(excitation_error([0.0, 0.0, -0.1], 1.0)), 12)  # |q + k ẑ| = 0.9
-    0.1
+    >>> len(code_digest())
+    64
     """
-    q = np.asarray(q, dtype=float)
-    k = np.asarray(k, dtype=float)
-    kz = q[..., 2] + k
-    return k - np.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2 + kz * kz)
+    import hashlib
 
-
-def bragg_wavenumber(q) -> np.ndarray:
-    """Wavenumber ``k_B = -|q|² / (2 q_z)`` (1/Å) putting ``q`` on the Ewald sphere.
-
-    NaN where ``q_z >= 0`` (no wavelength brings such a point into diffraction).
-
-    Examples
-    --------
-    >>> q = np.array([0.1, 0.0, -0.005])
-    >>> kb = bragg_wavenumber(q)
-    >>> bool(np.isclose(np.linalg.norm(q + [0, 0, kb]), kb))
-    True
-    """
-    q = np.asarray(q, dtype=float)
-    qz = q[..., 2]
-    q2 = np.sum(q * q, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
-
-
-def partiality(s0, q_len, k0, sigma_r, sigma_k) -> np.ndarray:
-    """Partiality ``exp(-s0² / (2 σ_eff²))``, ``σ_eff² = σ_r² + (2 sin²θ σ_k)²``.
-
-    Parameters
-    ----------
-    s0 : array_like
-        Excitation error at the nominal wavenumber (1/Å).
-    q_len : array_like
-        ``|q|`` (1/Å); ``2 sin²θ = |q|² / (2 k0²)``.
-    k0 : float
-        Nominal wavenumber (1/Å).
-    sigma_r : array_like
-        Width of the reciprocal-lattice point (1/Å).
-    sigma_k : float
-        Spectral width in ``k`` (1/Å).
-
-    Examples
-    --------
-    >>> float(partiality(0.0, 0.3, 1.0, 1e-3, 1e-3))
-    1.0
-    """
-    s0 = np.asarray(s0, dtype=float)
-    g = np.asarray(q_len, dtype=float) ** 2 / (2.0 * k0 * k0)
-    var = np.asarray(sigma_r, dtype=float) ** 2 + (g * sigma_k) ** 2
-    return np.exp(-(s0 * s0) / (2.0 * var))
-
-
-def spot_wavenumber(q, k0, sigma_r, sigma_k) -> np.ndarray:
-    """Wavenumber ``k*`` maximising spectrum × reciprocal-lattice-point profile (1/Å).
-
-    ``k* = (k0 σ_r² + k_B g² σ_k²) / (σ_r² + g² σ_k²)`` with ``k_B`` from
-    :func:`bragg_wavenumber` and ``g = 2 sin²θ_B = |q|²/(2 k_B²)``, the slope of the
-    excitation error at ``k_B``; ``k0`` where ``k_B`` does not exist.
-
-    Examples
-    --------
-    >>> q = np.array([[0.2, 0.0, -0.0201]])
-    >>> float(spot_wavenumber(q, 1.0, 1e-4, 0.0)[0])  # monochromatic: k0
-    1.0
-    """
-    q = np.atleast_2d(np.asarray(q, dtype=float))
-    q2 = np.sum(q * q, axis=-1)
-    kb = bragg_wavenumber(q)
-    wr = np.broadcast_to(np.asarray(sigma_r, dtype=float) ** 2, q2.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        wb = (q2 / (2.0 * kb * kb) * sigma_k) ** 2
-        ks = (k0 * wr + kb * wb) / (wr + wb)
-    return np.where(np.isfinite(ks), ks, k0)
+    h = hashlib.sha256()
+    for mod in (sys.modules[__name__], _k):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -662,8 +595,7 @@ class Simulator:
         })
 
         # Every symmetry equivalent and Friedel mate of the unique reflections.
-        rots = np.unique(np.array([op.rot for op in ops.sym_ops], dtype=np.int64), axis=0)
-        rots = rots // gemmi.Op.DEN
+        rots = point_group_rotations(sg)
         eq = np.concatenate([asu.astype(np.int64) @ r for r in rots])
         eq = np.concatenate([eq, -eq])
         src = np.tile(np.arange(len(asu)), 2 * len(rots))
@@ -677,12 +609,11 @@ class Simulator:
         q_len = np.sqrt(self._hkl_q2)
         size_A = p.crystal_size_um * 1e4
         sigma_r2 = (1.0 / size_A) ** 2 + (np.deg2rad(p.mosaicity_deg) * q_len) ** 2
-        g = self._hkl_q2 / (2.0 * self.k0 * self.k0)
+        self._hkl_g = ewald_slope(self._hkl_q2, self.k0)
         self._hkl_sigma_r2 = sigma_r2
-        self._hkl_sigma_eff2 = sigma_r2 + (g * self.sigma_k) ** 2
         # p > partiality_min  <=>  s0² < 2 ln(1/partiality_min) σ_eff².
         limit = 2.0 * math.log(1.0 / p.partiality_min) if p.partiality_min > 0 else np.inf
-        self._hkl_limit2 = limit * self._hkl_sigma_eff2
+        self._hkl_limit2 = limit * effective_variance(sigma_r2, self._hkl_g, self.sigma_k)
 
     def true_intensity(self, hkl) -> np.ndarray:
         """True intensity ``I`` (scale of :attr:`intensities`) of reflections ``hkl``.
@@ -856,18 +787,11 @@ class Simulator:
         sel, s0 = _k.excitation_candidates(self._hkl, np.ascontiguousarray(amat), k0,
                                            self._hkl_limit2)
         q = self._hkl[sel] @ amat
-        part = np.exp(-(s0 * s0) / (2.0 * self._hkl_sigma_eff2[sel]))
+        part = partiality_gaussian(s0, self._hkl_sigma_r2[sel], self._hkl_g[sel], self.sigma_k)
         keep = part > self.params.partiality_min
         sel, q, s0, part = sel[keep], q[keep], s0[keep], part[keep]
-
-        q2 = self._hkl_q2[sel]
-        wr = self._hkl_sigma_r2[sel]
-        qz = q[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kb = np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
-            wb = (q2 / (2.0 * kb * kb) * self.sigma_k) ** 2
-            kstar = (k0 * wr + kb * wb) / (wr + wb)
-        kstar = np.where(np.isfinite(kstar), kstar, k0)
+        kstar = spot_wavenumber(q, k0, self._hkl_sigma_r2[sel], self.sigma_k,
+                                q2=self._hkl_q2[sel])
         panel, fs, ss = self.detector.q_to_pixel(q, wavelength_A=1.0 / kstar)
         on = panel >= 0
         sel, q, s0, part, kstar = sel[on], q[on], s0[on], part[on], kstar[on]

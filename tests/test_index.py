@@ -1,4 +1,4 @@
-"""Tests of :mod:`sxlab.index`: asdf kernels against the NumPy references, the search, the
+"""Tests of :mod:`sxlab.indexing`: asdf kernels against the NumPy references, the search, the
 refinement, and indexing of simulated frames against the simulator's ground truth."""
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ import pytest
 from reference import asdf as ref
 
 import sxlab
-import sxlab.index
 from sxlab import tables
 from sxlab.cell import UnitCell, cells_equivalent
 from sxlab.geometry import builtin_geometry
-from sxlab.index import (
+from sxlab.indexing import (
     AsdfSearch,
     Indexer,
     IndexParams,
     index,
     refine_basis,
 )
-from sxlab.index import _asdf_kernels as kern
-from sxlab.index.asdf import (
+from sxlab.indexing import _asdf_kernels as kern
+from sxlab.indexing.asdf import (
     _random_triplets,
     _rfft_rows,
     expand_subcell,
@@ -36,7 +35,8 @@ from sxlab.index.asdf import (
     reduce_supercell,
     triplet_indices,
 )
-from sxlab.index.refine import _rotation, assign_indices, excitation_errors, profile_radius
+from sxlab.indexing.refine import _rotation
+from sxlab.reciprocal import excitation_error, peak_vectors, profile_radius
 from sxlab.simulate import SimulationParams, Simulator
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
@@ -411,17 +411,6 @@ def test_refinement_keeps_symmetry_with_noise(rng):
         refine_basis(q, astar, 1.0, mode="wild")
 
 
-def test_index_assignment_and_excitation_errors():
-    astar = np.diag([0.01, 0.02, 0.04])
-    q = np.array([[0.03, 0.02, 0.04], [0.0351, 0.0, 0.0]])
-    hkl, ok, dev = assign_indices(q, astar, 0.25)
-    assert hkl.tolist() == [[3, 1, 1], [4, 0, 0]] and ok.tolist() == [True, False]
-    assert dev[1] == pytest.approx(0.49)
-    s = excitation_errors(np.array([[0, 0, -1], [1, 0, 0]]), np.diag([0.1, 0.1, 0.1]), 1.0)
-    assert s[0] == pytest.approx(0.1) and s[1] == pytest.approx(1 - np.hypot(0.1, 1.0))
-    assert np.isnan(profile_radius(np.zeros(0)))
-
-
 # ------------------------------------------------------------------ tables and API
 def test_empty_and_small_inputs_keep_the_schema(lyso_indexer):
     empty = tables.CRYSTALS.empty()
@@ -457,27 +446,6 @@ def test_params_validation_and_round_trip():
         Indexer(builtin_geometry("eiger1m"), cell=(79.1, 79.1, 37.9))
 
 
-def test_peaks_to_q_matches_geometry(rng):
-    for name in ("eiger4m", "mpccd", "agipd"):
-        det = builtin_geometry(name)
-        panel = rng.integers(0, det.n_panels, 50)
-        fs = np.array([rng.uniform(det.panels[p].min_fs, det.panels[p].max_fs + 1)
-                       for p in panel])
-        ss = np.array([rng.uniform(det.panels[p].min_ss, det.panels[p].max_ss + 1)
-                       for p in panel])
-        peaks = pd.DataFrame({"panel": panel, "fs": fs, "ss": ss})
-        q = Indexer(det).peaks_to_q(peaks)
-        np.testing.assert_allclose(q, det.pixel_to_q(fs, ss, panel), rtol=0, atol=1e-15)
-        q2 = Indexer(det).peaks_to_q(peaks, wavelength_A=2 * det.wavelength_A)
-        np.testing.assert_allclose(q2, q / 2, atol=1e-15)
-    det = builtin_geometry("eiger4m")
-    by_name = pd.DataFrame({"panel": ["p0", "nope"], "fs": [10.0, 20.0], "ss": [5.0, 6.0]})
-    q = Indexer(det).peaks_to_q(by_name)
-    assert np.all(np.isfinite(q[0])) and np.all(np.isnan(q[1]))
-    no_panel = by_name.drop(columns="panel")
-    np.testing.assert_allclose(Indexer(det).peaks_to_q(no_panel)[0], q[0])
-
-
 # --------------------------------------------------------------- simulated frames
 def test_lysozyme_normal_and_fast(lyso_frames, lyso_indexer):
     normal = evaluate(lyso_frames, lyso_indexer)
@@ -510,6 +478,43 @@ def test_table_contents(lyso_frames, lyso_indexer):
     assert row.alpha == row.beta == row.gamma == 90.0 and row.a == row.b
 
 
+def test_the_indexer_passes_its_assignment_forward(lyso_frames, lyso_indexer):
+    """Peaks leave the indexer with the lattice and hkl it gave them, and the crystals
+    table's profile radius and apparent resolution are those of exactly these peaks."""
+    det = lyso_frames.sim.detector
+    k0 = 1.0 / det.wavelength_A
+    for peaks, truth in list(zip(lyso_frames.peaks, lyso_frames.truths, strict=True))[:6]:
+        crystals, out = lyso_indexer.index(peaks)
+        assert len(crystals) == 1
+        assert list(out.columns) == [*peaks.columns, "crystal", "h", "k", "l"]
+        pd.testing.assert_frame_equal(out[peaks.columns], peaks)
+        assert str(out.crystal.dtype) == "int64" and str(out.h.dtype) == "int32"
+        mine = out.crystal == 0
+        assert set(out.crystal) <= {-1, 0} and mine.sum() == crystals.n_peaks_indexed[0]
+        assert (out.loc[~mine, ["h", "k", "l"]] == 0).all().all()
+        # The true spots (the first rows) get the true indices, in the found setting.
+        r = truth.reflections[truth.reflections.photons > 100]
+        found_a = crystals[ASTAR].to_numpy(float).reshape(3, 3)
+        true_a = truth.crystals[ASTAR].to_numpy(float)[0].reshape(3, 3)
+        m = true_a @ np.linalg.inv(found_a)
+        np.testing.assert_allclose(m, np.round(m), atol=0.02)
+        true_rows = mine.to_numpy()[: len(r)]
+        assert true_rows.mean() > 0.95
+        hkl_true = r[["h", "k", "l"]].to_numpy()[true_rows]
+        np.testing.assert_array_equal(out[["h", "k", "l"]].to_numpy()[: len(r)][true_rows],
+                                      hkl_true @ np.round(m).astype(int))
+        # Profile radius and apparent resolution come from the assigned peaks.
+        hkl = out.loc[mine, ["h", "k", "l"]].to_numpy(float)
+        s = excitation_error(hkl @ found_a, k0)
+        assert crystals.profile_radius_invA[0] == profile_radius(s, 80.0)
+        q = peak_vectors(out[mine], det)
+        assert crystals.resolution_limit_A[0] == pytest.approx(
+            1 / np.linalg.norm(q, axis=1).max(), rel=1e-12)
+    nothing = lyso_indexer.index(lyso_frames.peaks[0].iloc[:5])
+    assert len(nothing.crystals) == 0 and (nothing.peaks.crystal == -1).all()
+    tables.PEAKS.validate(lyso_indexer.index(tables.PEAKS.empty()).peaks)
+
+
 def test_determinism_and_seeds(lyso_frames):
     det = lyso_frames.sim.detector
     peaks = lyso_frames.peaks[1]
@@ -524,14 +529,14 @@ def test_determinism_and_seeds(lyso_frames):
     assert orientation_error(other.iloc[0], lyso_frames.truths[1].crystals.iloc[0], rots) < 0.1
 
 
-def test_index_groups_frames_and_module_is_callable(lyso_frames):
+def test_index_groups_frames(lyso_frames):
     det = lyso_frames.sim.detector
     peaks = pd.concat(lyso_frames.peaks[3:6][::-1], ignore_index=True)
     table = index(peaks, det, LYSO, fast=True)
     frames = [t.frame for t in lyso_frames.truths[3:6]]
     assert table.frame.tolist() == frames and set(table.method) == {"asdf-fast"}
     pd.testing.assert_frame_equal(sxlab.index(peaks, det, LYSO, fast=True), table)
-    assert callable(sxlab.index)
+    assert sxlab.index is index
     unrefined = index(lyso_frames.peaks[3], det, LYSO, refine=False)
     assert len(unrefined) == 1
     orient = index(lyso_frames.peaks[3], det, LYSO, refine_mode="orientation")
@@ -597,8 +602,13 @@ def test_two_lattices():
     rots = laue_rotations(LYSO)
     both = 0
     for peaks, truth in zip(frames.peaks, frames.truths, strict=True):
-        table = indexer(peaks)
+        table, assigned = indexer.index(peaks)
         assert len(table) <= 2 and table.crystal.tolist() == list(range(len(table)))
+        counts = assigned.crystal.value_counts()
+        assert set(counts.index) <= {-1, *range(len(table))}
+        # A peak goes to the first lattice explaining it: the first lattice gets all its own.
+        if len(table):
+            assert counts.get(0, 0) == table.n_peaks_indexed.iloc[0]
         found = [min((orientation_error(table.iloc[j], truth.crystals.iloc[c], rots)
                       for j in range(len(table))), default=180.0) for c in range(2)]
         both += max(found) < 1.0

@@ -1,6 +1,7 @@
-"""Tests for sxlab.integrate: kernels against NumPy references, prediction and integration
+"""Tests for sxlab.integration: kernels against NumPy references, prediction and integration
 against the simulator's ground truth, profile radius, resolution limits and estimates."""
 
+import inspect
 import math
 
 import numpy as np
@@ -9,17 +10,14 @@ import pytest
 import xarray as xr
 from reference import integrate as ref
 
-from sxlab import _integrate_kernels as kern
+from sxlab import _integration_kernels as kern
 from sxlab import datasets
 from sxlab.cell import UnitCell
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
-from sxlab.integrate import (
+from sxlab.integration import (
     DEFAULT_PROFILE_RADIUS_INVA,
     IntegrationParams,
     Integrator,
-    _xsphere,
-    apparent_resolution,
-    estimate_profile_radius,
     integrate,
     predict,
     resolution_estimate,
@@ -197,26 +195,6 @@ def test_lattice_candidates_match_brute_force(trial, rng):
         np.testing.assert_array_equal(out, exp)
 
 
-# ========================================================================= partiality
-def test_xsphere_is_the_swept_volume_fraction(rng):
-    radius = 0.002
-    s = rng.uniform(-0.003, 0.003, 500)
-    t = rng.uniform(0, 0.0035, 500)
-
-    def volume_below(u):  # ∫ π (R² - x²) dx from -R to u, over the ball volume
-        u = np.clip(u, -radius, radius)
-        return (radius**2 * (u + radius) - (u**3 + radius**3) / 3.0) / (4.0 * radius**3 / 3.0)
-
-    exp = (volume_below(s + t) - volume_below(s - t)) / (volume_below(t) - volume_below(-t))
-    np.testing.assert_allclose(_xsphere(s, radius, t), exp, rtol=1e-6, atol=1e-12)
-    # monochromatic limit and the way to it
-    np.testing.assert_allclose(_xsphere(s, radius, np.zeros_like(s)),
-                               np.clip(1 - (s / radius) ** 2, 0, 1))
-    np.testing.assert_allclose(_xsphere(s, radius, np.full_like(s, 1e-9)),
-                               np.clip(1 - (s / radius) ** 2, 0, 1), atol=1e-6)
-    assert _xsphere(np.zeros(1), radius, np.full(1, 1e-4))[0] == pytest.approx(1.0)
-
-
 # ========================================================================= prediction
 def _matched(sim, frames, **kw):
     rows = []
@@ -285,29 +263,24 @@ def test_profile_radius_sources_and_centering(sim_mono):
         assert len(pred) and rule(pred.h, pred.k, pred.l).all()
 
 
-def test_estimate_profile_radius_and_apparent_resolution(sim_mono):
+def test_push_res_uses_the_crystals_apparent_resolution(sim_mono):
     det = sim_mono.detector
     ft = sim_mono.frame_truth(2)
-    tr = ft.reflections[(ft.reflections.crystal == 0) & (ft.reflections.photons > 30)]
-    crystal = ft.crystals.iloc[0]
-    radius = estimate_profile_radius(tr, crystal, det)
-    exp = np.percentile(np.abs(tr.excitation_error_invA), 98)
-    assert radius == pytest.approx(exp, rel=1e-9)
-    assert estimate_profile_radius(tr, crystal, det, percentile=50) < radius
-    assert math.isnan(estimate_profile_radius(tr.iloc[:2], crystal, det))
-    d_app = apparent_resolution(tr, crystal, det)
-    assert d_app == pytest.approx(tr.d_A.min(), rel=2e-3)  # peak on the sphere, not hkl
-    # the peaks' estimate is used when neither the table nor the caller gives a radius
-    pred = predict(ft.crystals.iloc[:1], det, peaks=tr)
-    assert pred.excitation_error_invA.abs().max() <= radius
-    # push-res limits prediction to the apparent resolution plus push_res_invA
+    xt = ft.crystals.iloc[:1]
+    d_app = float(ft.reflections.d_A[ft.reflections.crystal == 0].min()) + 0.3
+    with_limit = xt.assign(resolution_limit_A=d_app)
     for push in (0.0, -0.1):
-        pred = predict(ft.crystals.iloc[:1], det, peaks=tr, push_res_invA=push,
-                       profile_radius_invA=0.002)
+        pred = predict(with_limit, det, push_res_invA=push, profile_radius_invA=0.002)
         assert (1 / pred.d_A).max() <= 1 / d_app + push + 1e-12
         assert (1 / pred.d_A).max() > 1 / d_app + push - 0.02
-    with pytest.raises(ValueError, match="peaks"):
-        predict(ft.crystals, det, push_res_invA=0.0)
+    # A crystal without an apparent resolution (column missing or NaN) keeps d_min.
+    full = predict(xt, det, push_res_invA=0.0, profile_radius_invA=0.002)
+    assert (1 / full.d_A).max() > 1 / d_app + 0.05
+    pd.testing.assert_frame_equal(full, predict(with_limit.assign(resolution_limit_A=np.nan),
+                                                det, push_res_invA=0.0,
+                                                profile_radius_invA=0.002))
+    assert "peaks" not in inspect.signature(integrate).parameters
+    assert "peaks" not in inspect.signature(predict).parameters
 
 
 # ======================================================================== integration

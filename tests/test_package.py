@@ -38,12 +38,33 @@ def test_submodules_are_lazy_attributes():
         sxlab.no_such_module  # noqa: B018
 
 
-def test_stage_modules_are_callable_like_their_functions():
-    import sxlab.integrate as integrate_module
-
-    assert sxlab.integrate is integrate_module
-    assert callable(sxlab.integrate)
-    assert sxlab.integrate.Integrator is integrate_module.Integrator
+def test_stage_functions_are_plain_functions_with_their_signature_and_doc():
+    """``sx.index``, ``sx.integrate``, ``sx.merge`` are the functions, whatever was imported
+    first; their modules have other names."""
+    script = """
+import inspect, pydoc, sys, types
+import sxlab.indexing, sxlab.integration, sxlab.merging   # modules first
+import sxlab as sx
+for name, module in (("index", "indexing"), ("integrate", "integration"),
+                     ("merge", "merging")):
+    fn = getattr(sx, name)
+    assert isinstance(fn, types.FunctionType), (name, type(fn))
+    assert fn is getattr(getattr(sx, module), name)
+    params = list(inspect.signature(fn).parameters)
+    assert params[:2] != ["args", "kwargs"], params
+    doc = pydoc.render_doc(fn)
+    assert fn.__doc__.splitlines()[0] in doc
+    print(name, params)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    assert out["index"].startswith("['peaks', 'geometry', 'cell'")
+    assert out["integrate"].startswith("['image', 'geometry', 'crystals'")
+    assert "'peaks'" not in out["integrate"]
+    assert out["merge"].startswith("['reflections', 'symmetry'")
+    assert sxlab.merge.__doc__.startswith("Scale and merge")
+    assert not hasattr(sxlab, "_callable")
     with pytest.raises(TypeError):
         sxlab.integrate()  # the function's own signature is enforced
 

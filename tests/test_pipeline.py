@@ -54,6 +54,11 @@ def test_serial_results_against_truth(serial):
     for col in ("a", "b"):
         np.testing.assert_allclose(serial.crystals[col], 79.1, rtol=0.005)
     np.testing.assert_allclose(serial.crystals["c"], 37.9, rtol=0.005)
+    # The peaks carry the indexer's assignment: as many per crystal as it says it indexed.
+    assigned = serial.peaks[serial.peaks.crystal >= 0].groupby(["frame", "crystal"]).size()
+    indexed = serial.crystals.set_index(["frame", "crystal"]).n_peaks_indexed
+    pd.testing.assert_series_equal(assigned, indexed, check_names=False)
+    assert (serial.peaks[~serial.peaks.frame.isin(f.frame[f.indexed])].crystal == -1).all()
     # Profile: every processed frame has its root and peak-search segments.
     paths = serial.profile.groupby("frame").path.apply(set)
     assert all({"root", "root/peak-search"} <= p for p in paths)

@@ -15,15 +15,12 @@ from sxlab import _simulate_kernels as kern
 from sxlab import tables
 from sxlab.cell import UnitCell
 from sxlab.geometry import BadRegion, Beam, Detector, Panel, builtin_geometry
+from sxlab.reciprocal import excitation_error
 from sxlab.simulate import (
     SimulationParams,
     Simulator,
     Truth,
-    bragg_wavenumber,
-    excitation_error,
-    partiality,
     simulate_frame,
-    spot_wavenumber,
     truth_paths,
 )
 
@@ -52,77 +49,6 @@ def _kout_unit(truth, detector):
     lab = detector.pixel_to_lab(r.fs.to_numpy(), r.ss.to_numpy(), r.panel.to_numpy())
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
     return unit(kout), unit(lab), q
-
-
-# --------------------------------------------------------------------------- physics
-def test_bragg_wavenumber_puts_q_on_sphere(rng):
-    q = rng.normal(size=(200, 3)) * 0.3
-    q[:, 2] = -np.abs(q[:, 2]) - 1e-3
-    kb = bragg_wavenumber(q)
-    np.testing.assert_allclose(np.linalg.norm(q + kb[:, None] * [0, 0, 1], axis=1), kb,
-                               rtol=1e-12)
-    np.testing.assert_allclose(excitation_error(q, kb), 0.0, atol=1e-12)
-    assert np.isnan(bragg_wavenumber([0.1, 0.0, 0.01]))
-
-
-def test_excitation_error_sign_and_derivative(rng):
-    k0 = 1.0 / 1.3
-    # A point inside the sphere has positive s.
-    assert excitation_error([0.0, 0.0, -0.1], k0) > 0
-    assert excitation_error([0.0, 0.0, 0.1], k0) < 0
-    for _ in range(20):
-        direction = rng.normal(size=3)
-        direction[2] = -abs(direction[2])
-        q = direction / np.linalg.norm(direction) * rng.uniform(0.05, 0.6)
-        kb = bragg_wavenumber(q)
-        h = 1e-6
-        dsdk = (excitation_error(q, kb + h) - excitation_error(q, kb - h)) / (2 * h)
-        sin_theta = np.linalg.norm(q) / (2 * kb)
-        # s = k - |q + k z| grows with k: ds/dk = +2 sin²θ (-2 sin²θ for s = |q + k z| - k).
-        np.testing.assert_allclose(dsdk, 2 * sin_theta**2, rtol=1e-6)
-
-
-def test_partiality_formula():
-    assert partiality(0.0, 0.4, 1.0, 1e-3, 1e-3) == 1.0
-    # Equals the spectrum-weighted overlap of the point profile with the sphere.
-    k0, sigma_r, sigma_k = 1.0, 4e-4, 2e-3
-    q = np.array([0.25, 0.1, 0.0])
-    q[2] = -np.sum(q[:2] ** 2) / (2 * k0) / (1 + 1e-9)  # almost on the sphere at k0
-    ks = np.linspace(k0 - 0.03, k0 + 0.03, 200001)
-    s_k = excitation_error(q[None, :], ks)
-
-    def overlap(kc):
-        w = np.exp(-0.5 * ((ks - kc) / sigma_k) ** 2) / (sigma_k * np.sqrt(2 * np.pi))
-        return np.trapezoid(w * np.exp(-0.5 * s_k**2 / sigma_r**2), ks)
-
-    g = np.sum(q**2) / (2 * k0**2)
-    sigma_eff = np.sqrt(sigma_r**2 + (g * sigma_k) ** 2)
-    for dk in (0.0, 2e-3, 5e-3, -4e-3):
-        s0 = excitation_error(q, k0 + dk)
-        p = partiality(s0, np.linalg.norm(q), k0 + dk, sigma_r, sigma_k)
-        np.testing.assert_allclose(overlap(k0 + dk) / (sigma_r / sigma_eff), p, rtol=0.02,
-                                   atol=1e-4)
-
-
-def test_spot_wavenumber_maximises_product(rng):
-    k0, sigma_k = 1.0, 3e-3
-    for _ in range(20):
-        # A point in diffraction at k_B within a few spectral widths of k0.
-        kb = k0 + rng.uniform(-3, 3) * sigma_k
-        tth, phi = rng.uniform(0.05, 0.8), rng.uniform(0, 2 * np.pi)
-        q = kb * np.array([np.sin(tth) * np.cos(phi), np.sin(tth) * np.sin(phi),
-                           np.cos(tth) - 1])
-        sigma_r = rng.uniform(1e-4, 2e-3)
-        ks = np.linspace(k0 - 0.03, k0 + 0.03, 600001)
-        logp = -0.5 * ((ks - k0) / sigma_k) ** 2 - 0.5 * (excitation_error(q, ks) / sigma_r) ** 2
-        best = ks[np.argmax(logp)]
-        kstar = spot_wavenumber(q, k0, sigma_r, sigma_k)[0]
-        # The product at k* is within 1 % of its maximum ...
-        assert np.interp(kstar, ks, logp) > logp.max() - 0.01
-        # ... and the spot direction is that of the maximum to 1e-5 rad.
-        u1, u2 = q + [0, 0, kstar], q + [0, 0, best]
-        cos = u1 @ u2 / np.linalg.norm(u1) / np.linalg.norm(u2)
-        assert np.arccos(min(cos, 1.0)) < 1e-5
 
 
 # ---------------------------------------------------------------------- intensities

@@ -1,4 +1,4 @@
-"""Plain-NumPy references for :mod:`sxlab.index._asdf_kernels`."""
+"""Plain-NumPy references for :mod:`sxlab.indexing._asdf_kernels`."""
 
 from __future__ import annotations
 

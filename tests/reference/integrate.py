@@ -1,4 +1,4 @@
-"""Plain-NumPy references for :mod:`sxlab._integrate_kernels` (slow and obvious).
+"""Plain-NumPy references for :mod:`sxlab._integration_kernels` (slow and obvious).
 
 Ring integration loops over the reflections and, for each, classifies every pixel of its
 panel by its integer distance from the centre pixel; prediction tests every ``hkl`` of the

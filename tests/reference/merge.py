@@ -1,4 +1,4 @@
-"""Plain references for :mod:`sxlab._merge_kernels` and the ASU mapping of :mod:`sxlab.merge`
+"""Plain references for :mod:`sxlab._merging_kernels` and the ASU mapping of :mod:`sxlab.merging`
 (slow and obvious).
 
 Scale refinement uses SciPy's general least-squares solver per crystal; the ambiguity

@@ -1,4 +1,4 @@
-"""Numba kernels of :mod:`sxlab.integrate`.
+"""Numba kernels of :mod:`sxlab.integration`.
 
 Every kernel works on plain, C-contiguous arrays. A frame is a 2-D array of shape
 ``(rows, cols)``: a 2-D ``(ss, fs)`` frame has ``rows = ss``; a stacked ``(module, ss, fs)``

@@ -1,4 +1,4 @@
-"""Numba kernels of :mod:`sxlab.merge`: per-crystal scale refinement and the indexing
+"""Numba kernels of :mod:`sxlab.merging`: per-crystal scale refinement and the indexing
 ambiguity resolver.
 
 Observations are sorted by crystal; crystal ``c`` owns rows ``start[c]:stop[c]``.

@@ -1,4 +1,4 @@
-"""Numba kernels of the asdf indexer (see :mod:`sxlab.index.asdf`).
+"""Numba kernels of the asdf indexer (see :mod:`sxlab.indexing.asdf`).
 
 Every kernel works on plain arrays and has a plain-NumPy counterpart in
 ``tests/reference/asdf.py``. Reciprocal-space points ``q`` are rows ``(x, y, z)`` in 1/Å;

@@ -42,102 +42,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..reciprocal import assign_indices
+
 __all__ = [
     "REFINE_MODES",
     "RefineResult",
-    "apparent_resolution",
-    "assign_indices",
-    "excitation_errors",
-    "profile_radius",
     "refine_basis",
 ]
 
 REFINE_MODES = ("orientation", "isotropic", "lattice", "unconstrained")
 
 _LENGTH_SLOT = {"a": 0, "b": 1, "c": 2}
-
-
-def assign_indices(q: np.ndarray, astar: np.ndarray, tol: float):
-    """Nearest Miller indices of points and whether they are indexed.
-
-    Parameters
-    ----------
-    q : ndarray (n, 3)
-        Scattering vectors (1/Å).
-    astar : ndarray (3, 3)
-        Reciprocal basis, rows a*, b*, c* (1/Å).
-    tol : float
-        A point is indexed when all three fractional indices are within ``tol`` of
-        integers.
-
-    Returns
-    -------
-    hkl : ndarray of int64 (n, 3)
-        Rounded indices.
-    indexed : ndarray of bool (n,)
-    frac_dev : ndarray (n,)
-        Largest ``|h - round(h)|`` of the three indices.
-
-    Examples
-    --------
-    >>> astar = np.diag([0.1, 0.1, 0.1])
-    >>> hkl, ok, dev = assign_indices(np.array([[0.1, 0.2, 0.0], [0.15, 0, 0]]), astar, 0.25)
-    >>> hkl.tolist(), ok.tolist()
-    ([[1, 2, 0], [2, 0, 0]], [True, False])
-    """
-    frac = q @ np.linalg.inv(astar)
-    hkl = np.round(frac)
-    dev = np.abs(frac - hkl).max(axis=1) if len(q) else np.zeros(0)
-    return hkl.astype(np.int64), dev < tol, dev
-
-
-def excitation_errors(hkl: np.ndarray, astar: np.ndarray, k: float) -> np.ndarray:
-    """Excitation errors ``s = k - |g + k ẑ|`` (1/Å) of the lattice points ``g = hkl @ A``.
-
-    Positive inside the Ewald sphere, as :func:`sxlab.simulate.excitation_error`.
-
-    Examples
-    --------
-    >>> s = excitation_errors(np.array([[0, 0, -1]]), np.diag([0.1, 0.1, 0.1]), 1.0)
-    >>> round(float(s[0]), 12)
-    0.1
-    """
-    g = np.asarray(hkl, dtype=float) @ astar
-    kz = g[:, 2] + k
-    return k - np.sqrt(g[:, 0] ** 2 + g[:, 1] ** 2 + kz * kz)
-
-
-def profile_radius(s: np.ndarray, percentile: float = 80.0) -> float:
-    """Profile radius (1/Å): the ``percentile`` of ``|s|`` of the indexed peaks.
-
-    Prediction with this radius puts that fraction of the strong, found reflections inside
-    the profile; NaN without peaks.
-
-    Examples
-    --------
-    >>> profile_radius(np.array([-2e-4, 1e-4, 3e-4, -4e-4, 5e-4]), 80.0)
-    0.00042
-    """
-    s = np.abs(np.asarray(s, dtype=float))
-    if s.size == 0:
-        return float("nan")
-    return float(np.round(np.percentile(s, percentile), 12))
-
-
-def apparent_resolution(q: np.ndarray) -> float:
-    """Apparent resolution (Å): d of the highest-resolution point, ``1 / max |q|``.
-
-    NaN without points.
-
-    Examples
-    --------
-    >>> apparent_resolution(np.array([[0.1, 0.0, 0.0], [0.0, 0.3, -0.4]]))
-    2.0
-    """
-    q = np.asarray(q, dtype=float).reshape(-1, 3)
-    if q.shape[0] == 0:
-        return float("nan")
-    return float(1.0 / np.sqrt(np.max(np.sum(q * q, axis=1))))
 
 
 # ------------------------------------------------------------------------ cell models

@@ -5,16 +5,18 @@
 * :func:`integrate` / :class:`Integrator` — summation integration in three rings around
   every predicted position (CrystFEL's ``--integration=rings``); the prepared object keeps
   the pixel offsets of the rings, the usable-pixel map and its buffers between frames.
-* :func:`estimate_profile_radius`, :func:`apparent_resolution` — per-crystal quantities
-  from the peaks the crystal indexes.
 * :func:`resolution_estimate`, :func:`resolution_per_frame` — the highest-resolution shell
   whose mean I/σ(I) reaches 1 (cctbx.xfel's per-image resolution).
 
-Conventions as in :mod:`sxlab.geometry` and :mod:`sxlab.simulate`: ``q = k_out - k_in`` in
-1/Å without 2π, ``k_in = k0 ẑ`` with ``k0 = 1/λ``; a crystal's reciprocal basis has rows
-a*, b*, c* in the lab frame (1/Å) and ``q = hkl @ A``. The **excitation error** is
-``s = k0 - |q + k0 ẑ|`` (1/Å), positive when the reciprocal-lattice point lies inside the
-Ewald sphere. Pixel coordinates are data-array ``fs``/``ss`` with the corner of the first
+Everything a crystal's prediction needs is in its row of the crystals table: the
+reciprocal basis, the lattice centering, and the profile radius and apparent resolution
+the indexer estimated from the peaks it assigned; the peaks themselves are not needed.
+
+Conventions and reciprocal-space maths are those of :mod:`sxlab.reciprocal`: ``q = k_out -
+k_in`` in 1/Å without 2π, ``k_in = k0 ẑ`` with ``k0 = 1/λ``; a crystal's reciprocal basis
+has rows a*, b*, c* in the lab frame (1/Å) and ``q = hkl @ A``; the **excitation error**
+``s = k0 - |q + k0 ẑ|`` (1/Å) is positive when the lattice point lies inside the Ewald
+sphere. Pixel coordinates are data-array ``fs``/``ss`` with the corner of the first
 pixel at 0 (pixel centres at +0.5); for stacked detectors ``ss`` counts rows within the
 module. Intensities are in ADU as read.
 """
@@ -27,27 +29,35 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import _callable, tables
-from . import _integrate_kernels as _k
+from . import _integration_kernels as _k
+from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
+from ._prepared import PreparedCache
 from .geometry import Detector
+from .masks import good_pixels
+from .reciprocal import (
+    ewald_slope,
+    excitation_error,
+    partiality_gaussian,
+    partiality_xsphere,
+    spot_wavenumber,
+)
 
 __all__ = [
     "DEFAULT_PROFILE_RADIUS_INVA",
     "PARTIALITY_MODELS",
     "IntegrationParams",
     "Integrator",
-    "apparent_resolution",
-    "estimate_profile_radius",
     "integrate",
     "predict",
     "resolution_estimate",
     "resolution_per_frame",
+    "resolution_shells",
 ]
 
-#: Profile radius (1/Å) used when neither the crystal, the caller nor the peaks give one
-#: (CrystFEL's starting value, 0.02 nm⁻¹).
+#: Profile radius (1/Å) used when neither the crystal nor the caller gives one (CrystFEL's
+#: starting value, 0.02 nm⁻¹).
 DEFAULT_PROFILE_RADIUS_INVA = 0.002
 
 #: Names accepted as ``partiality_model``.
@@ -77,14 +87,13 @@ class IntegrationParams(FrozenParams):
         Highest resolution predicted (Å); None: the detector's corner. Default None.
     push_res_invA : float
         Predict at most this far (1/Å) beyond each crystal's apparent resolution limit
-        (the highest-resolution peak it indexes, see :func:`apparent_resolution`);
-        negative values stop short of it; ``inf`` applies no such cut. Needs the frame's
-        peaks when finite. Default ``inf``, CrystFEL's default (``--push-res`` is given
-        in nm⁻¹ there: 1 nm⁻¹ = 0.1 Å⁻¹).
+        (column ``resolution_limit_A``: the highest-resolution peak it indexes);
+        negative values stop short of it; ``inf`` applies no such cut, nor does a crystal
+        without a limit. Default ``inf``, CrystFEL's default (``--push-res`` is given in
+        nm⁻¹ there: 1 nm⁻¹ = 0.1 Å⁻¹).
     profile_radius_invA : float or None
         Profile radius (1/Å) for crystals whose table gives none (column
-        ``profile_radius_invA`` missing or NaN); None estimates it from the frame's peaks
-        (:func:`estimate_profile_radius`) when they are passed, else uses
+        ``profile_radius_invA`` missing or NaN); None uses
         :data:`DEFAULT_PROFILE_RADIUS_INVA`. Default None.
     partiality_model : {"xsphere", "gaussian"}
         Model of the reciprocal-lattice point (see :func:`predict`). Default "xsphere".
@@ -155,140 +164,6 @@ def _basis(crystal) -> np.ndarray:
     return _check_basis(np.array(vals).reshape(3, 3))
 
 
-def _peak_vectors(peaks, geometry: Detector) -> np.ndarray:
-    """Scattering vectors (1/Å, nominal wavelength) of the peaks with a finite position."""
-    if peaks is None or len(peaks) == 0:
-        return np.zeros((0, 3))
-    missing = {"fs", "ss", "panel"} - set(peaks.columns.tolist())
-    if missing:
-        raise KeyError(f"peaks need the columns fs, ss and panel; missing {sorted(missing)}")
-    q = geometry.pixel_to_q(peaks["fs"].to_numpy(np.float64), peaks["ss"].to_numpy(np.float64),
-                            peaks["panel"].to_numpy(np.int64))
-    return q[np.all(np.isfinite(q), axis=1)]
-
-
-def _indexed_peaks(q: np.ndarray, amat: np.ndarray, tolerance: float):
-    """Peak vectors ``q`` within ``tolerance`` of a lattice point, and those points.
-
-    Returns ``(q, q_lattice)``, both (m, 3) in 1/Å: the peaks' vectors and the nearest
-    lattice point other than 0 0 0 whose fractional indices all differ from the peak's
-    by at most ``tolerance``.
-    """
-    if not 0 < tolerance <= 0.5:
-        raise ValueError(f"tolerance must be within (0, 0.5], got {tolerance}")
-    frac = q @ np.linalg.inv(amat)
-    hkl = np.rint(frac)
-    near = np.all(np.abs(frac - hkl) <= tolerance, axis=1) & np.any(hkl != 0, axis=1)
-    return q[near], hkl[near] @ amat
-
-
-def estimate_profile_radius(peaks, crystal, geometry: Detector, *, tolerance: float = 0.1,
-                            percentile: float = 98.0, min_peaks: int = 3) -> float:
-    """Profile radius of a crystal from the excitation errors of the peaks it indexes.
-
-    Each peak is mapped to reciprocal space (nominal wavelength) and paired with the
-    nearest lattice point of the crystal; a peak counts as indexed when all three of its
-    fractional Miller indices are within ``tolerance`` of that point's. The radius is the
-    ``percentile``-th percentile of ``|s|``, ``s = k0 - |q_hkl + k0 ẑ|`` of the paired
-    lattice points. The default, the 98th percentile, is CrystFEL's choice; for a
-    uniformly filled reciprocal-lattice sphere of radius R cut by a thin Ewald sphere the
-    observed ``|s|`` has density ∝ ``R² - s²``, whose 98th percentile is 0.89 R, and for
-    a Gaussian profile of width σ it is 2.3 σ (so that the Gaussian model's σ = R/√5 is
-    close to the true σ, see :func:`predict`). With a bandwidth the estimate includes
-    the spectral spread of ``s``.
-
-    Parameters
-    ----------
-    peaks : DataFrame
-        The frame's peaks (columns ``fs``, ``ss``, ``panel``, as from
-        :func:`sxlab.peaks.find_peaks`); every row is used.
-    crystal : Series or mapping
-        One row of a crystals table (``astar_x`` ... ``cstar_z``, 1/Å).
-    geometry : Detector
-    tolerance : float
-        Largest difference of a fractional index from an integer. Default 0.1.
-    percentile : float
-        Percentile of ``|s|`` (0–100). Default 98.
-    min_peaks : int
-        Fewest indexed peaks for an estimate. Default 3.
-
-    Returns
-    -------
-    float
-        Profile radius in 1/Å; NaN with fewer than ``min_peaks`` indexed peaks.
-
-    Examples
-    --------
-    >>> from sxlab.geometry import builtin_geometry
-    >>> from sxlab.cell import UnitCell
-    >>> from sxlab.simulate import Simulator
-    >>> cell = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
-    >>> sim = Simulator(builtin_geometry("eiger4m"), cell, seed=7, hit_fraction=1.0)
-    >>> truth = sim.frame_truth(0)
-    >>> r = estimate_profile_radius(truth.reflections, truth.crystals.iloc[0], sim.detector)
-    >>> 0 < r < 0.002
-    True
-    """
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {percentile}")
-    return _profile_radius(_peak_vectors(peaks, geometry), _basis(crystal),
-                           1.0 / geometry.beam.wavelength_A, tolerance, percentile, min_peaks)
-
-
-def _profile_radius(q, amat, k0, tolerance=0.1, percentile=98.0, min_peaks=3) -> float:
-    _, ql = _indexed_peaks(q, amat, tolerance)
-    if len(ql) < max(int(min_peaks), 1):
-        return math.nan
-    pz = ql[:, 2] + k0
-    s = k0 - np.sqrt(ql[:, 0] ** 2 + ql[:, 1] ** 2 + pz * pz)
-    return float(np.percentile(np.abs(s), percentile))
-
-
-def apparent_resolution(peaks, crystal, geometry: Detector, *,
-                        tolerance: float = 0.1) -> float:
-    """Apparent resolution limit of a crystal: d (Å) of its highest-resolution peak.
-
-    The peaks indexed by the crystal are chosen as in :func:`estimate_profile_radius`;
-    their resolution is that of the peak position (nominal wavelength).
-
-    Parameters
-    ----------
-    peaks : DataFrame
-        The frame's peaks (``fs``, ``ss``, ``panel``).
-    crystal : Series or mapping
-        One row of a crystals table.
-    geometry : Detector
-    tolerance : float
-        Largest difference of a fractional index from an integer. Default 0.1.
-
-    Returns
-    -------
-    float
-        d in Å; NaN when the crystal indexes no peak.
-
-    Examples
-    --------
-    >>> from sxlab.geometry import builtin_geometry
-    >>> from sxlab.cell import UnitCell
-    >>> from sxlab.simulate import Simulator
-    >>> cell = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
-    >>> sim = Simulator(builtin_geometry("eiger4m"), cell, seed=7, hit_fraction=1.0)
-    >>> truth = sim.frame_truth(0)
-    >>> strong = truth.reflections[truth.reflections.photons > 500]
-    >>> d = apparent_resolution(strong, truth.crystals.iloc[0], sim.detector)
-    >>> bool(abs(d - strong.d_A.min()) < 0.01)
-    True
-    """
-    return _apparent_resolution(_peak_vectors(peaks, geometry), _basis(crystal), tolerance)
-
-
-def _apparent_resolution(q, amat, tolerance=0.1) -> float:
-    q, _ = _indexed_peaks(q, amat, tolerance)
-    if len(q) == 0:
-        return math.nan
-    return float(1.0 / np.sqrt(np.max(np.sum(q * q, axis=1))))
-
-
 def _corner_q_max(geometry: Detector) -> float:
     """Largest |q| (1/Å) on the detector: at a panel corner (2θ is quasi-convex on a plane)."""
     fs, ss, pn = [], [], []
@@ -328,24 +203,6 @@ def _text(value, default: str) -> str:
     return str(value)
 
 
-def _xsphere(s, radius, half_width):
-    """Normalised volume fraction of a ball swept by the Ewald sphere (see predict)."""
-    mono = half_width <= 1e-9 * radius
-    p_mono = np.clip(1.0 - (s / radius) ** 2, 0.0, 1.0)
-    t = np.where(mono, 0.0, half_width)
-    two_r = 2.0 * radius
-    x1 = (np.clip(s - t, -radius, radius) + radius) / two_r
-    x2 = (np.clip(s + t, -radius, radius) + radius) / two_r
-    num = (x2 - x1) * (3.0 * (x1 + x2) - 2.0 * (x1 * x1 + x1 * x2 + x2 * x2))
-    c = np.minimum(t, radius)
-    y1 = (radius - c) / two_r
-    y2 = (radius + c) / two_r
-    den = (y2 - y1) * (3.0 * (y1 + y2) - 2.0 * (y1 * y1 + y1 * y2 + y2 * y2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p_band = np.clip(num / den, 0.0, 1.0)
-    return np.where(mono, p_mono, p_band)
-
-
 # ========================================================================= prediction
 class _Predictor:
     """Geometry-dependent constants of prediction, computed once."""
@@ -365,26 +222,16 @@ class _Predictor:
         self.q_max = q_corner if params.d_min_A is None else min(q_corner, 1.0 / params.d_min_A)
         self._buf = np.empty((4096, 3), dtype=np.int32)
 
-    def _radius(self, column_value: float, amat, q_peaks) -> float:
+    def _radius(self, column_value: float) -> float:
         if math.isfinite(column_value) and column_value > 0:
             return column_value
         if self.params.profile_radius_invA is not None:
             return self.params.profile_radius_invA
-        if q_peaks is not None and len(q_peaks):
-            r = _profile_radius(q_peaks, amat, self.k0)
-            if math.isfinite(r) and r > 0:
-                return r
         return DEFAULT_PROFILE_RADIUS_INVA
 
-    def _q_limit(self, amat, q_peaks) -> float:
+    def _q_limit(self, d_app: float) -> float:
         push = self.params.push_res_invA
-        if push == math.inf:
-            return self.q_max
-        if q_peaks is None:
-            raise ValueError("push_res_invA is finite: pass the frame's peaks to find each "
-                             "crystal's apparent resolution")
-        d_app = _apparent_resolution(q_peaks, amat)
-        if not math.isfinite(d_app):
+        if push == math.inf or not (math.isfinite(d_app) and d_app > 0):
             return self.q_max
         return min(self.q_max, 1.0 / d_app + push)
 
@@ -403,7 +250,7 @@ class _Predictor:
                 return self._buf[:n].copy()
             self._buf = np.empty((int(n * 1.25) + 1, 3), dtype=np.int32)
 
-    def arrays(self, crystals: pd.DataFrame, peaks=None) -> dict:
+    def arrays(self, crystals: pd.DataFrame) -> dict:
         """Predicted reflections of every crystal row, as arrays (the PREDICTIONS columns)."""
         columns = set(crystals.columns.tolist())
         missing = {"frame", "crystal", *_BASIS_COLUMNS} - columns
@@ -415,21 +262,21 @@ class _Predictor:
                          axis=1).reshape(n, 3, 3)
         frames = crystals["frame"].to_numpy()
         labels = crystals["crystal"].to_numpy()
-        radii = (pd.to_numeric(crystals["profile_radius_invA"], errors="coerce")
-                 .to_numpy(np.float64, na_value=np.nan)
-                 if "profile_radius_invA" in columns else np.full(n, np.nan))
+        radii, limits = (pd.to_numeric(crystals[c], errors="coerce")
+                         .to_numpy(np.float64, na_value=np.nan)
+                         if c in columns else np.full(n, np.nan)
+                         for c in ("profile_radius_invA", "resolution_limit_A"))
         centerings = ([_text(v, "P") for v in crystals["centering"].tolist()]
                       if "centering" in columns else ["P"] * n)
         lattices = ([_text(v, "") for v in crystals["lattice"].tolist()]
                     if "lattice" in columns else [""] * n)
-        q_peaks = None if peaks is None else _peak_vectors(peaks, self.geometry)
         k0 = self.k0
         model = self.params.partiality_model
         parts = []
         for row in range(n):
             amat = _check_basis(bases[row])
-            radius = self._radius(radii[row], amat, q_peaks)
-            q_max = self._q_limit(amat, q_peaks)
+            radius = self._radius(radii[row])
+            q_max = self._q_limit(limits[row])
             if not q_max > 0:
                 continue
             g_max = q_max * q_max / (2.0 * k0 * k0)
@@ -439,16 +286,15 @@ class _Predictor:
             hkl = hkl[_centering_allowed(hkl, centerings[row], lattices[row])]
             q = hkl @ amat
             q2 = np.sum(q * q, axis=1)
-            pz = q[:, 2] + k0
-            s = k0 - np.sqrt(q[:, 0] ** 2 + q[:, 1] ** 2 + pz * pz)
-            g = q2 / (2.0 * k0 * k0)
+            s = excitation_error(q, k0)
+            g = ewald_slope(q2, k0)
             keep = np.abs(s) <= radius + g * self.half_band
             hkl, q, q2, s, g = hkl[keep], q[keep], q2[keep], s[keep], g[keep]
             if model == "xsphere":
-                part = _xsphere(s, radius, g * self.half_band)
+                part = partiality_xsphere(s, radius, g * self.half_band)
             else:
-                var = _BALL_VARIANCE * radius * radius + (g * self.sigma_k) ** 2
-                part = np.exp(-(s * s) / (2.0 * var))
+                part = partiality_gaussian(s, _BALL_VARIANCE * radius * radius, g,
+                                           self.sigma_k)
             parts.append({
                 "row": np.full(len(hkl), row), "frame": np.full(len(hkl), frames[row]),
                 "crystal": np.full(len(hkl), labels[row]), "hkl": hkl, "q": q,
@@ -458,7 +304,7 @@ class _Predictor:
         if not parts:
             return {c: np.zeros(0, dtype=dt) for c, dt in tables.PREDICTIONS.dtypes.items()}
         cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-        kstar = self._spot_wavenumber(cat["q"], cat["q2"], cat["wr"])
+        kstar = spot_wavenumber(cat["q"], k0, cat["wr"], self.sigma_k, q2=cat["q2"])
         panel, fs, ss = self.geometry.q_to_pixel(cat["q"], wavelength_A=1.0 / kstar)
         hkl = cat["hkl"]
         on = panel >= 0
@@ -472,22 +318,11 @@ class _Predictor:
             "excitation_error_invA": cat["s"][idx],
         }
 
-    def _spot_wavenumber(self, q, q2, wr):
-        k0 = self.k0
-        if self.sigma_k == 0:
-            return np.full(len(q2), k0)
-        qz = q[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kb = np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
-            wb = (q2 / (2.0 * kb * kb) * self.sigma_k) ** 2
-            ks = (k0 * wr + kb * wb) / (wr + wb)
-        return np.where(np.isfinite(ks), ks, k0)
-
 
 @tables.documented
 def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None = None,
             profile_radius_invA: float | None = None, partiality_model: str = "xsphere",
-            push_res_invA: float = math.inf, peaks: pd.DataFrame | None = None) -> pd.DataFrame:
+            push_res_invA: float = math.inf) -> pd.DataFrame:
     """Reflections of each crystal that are excited and reach a panel.
 
     For every row of ``crystals`` (one lattice), every ``hkl`` with ``d >= d_min_A`` that
@@ -503,23 +338,20 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
     ----------
     crystals : DataFrame
         Crystals table (columns ``frame``, ``crystal``, ``astar_x`` ... ``cstar_z`` in
-        1/Å; optional ``centering``, ``lattice`` and ``profile_radius_invA``).
+        1/Å; optional ``centering``, ``lattice``, ``profile_radius_invA`` and
+        ``resolution_limit_A``, as :func:`sxlab.indexing.index` gives them).
     geometry : Detector
     d_min_A : float, optional
         Highest resolution (Å); default the detector's corner.
     profile_radius_invA : float, optional
         Profile radius R (1/Å) for crystals without a finite ``profile_radius_invA``
-        column; if None, estimated from ``peaks`` (:func:`estimate_profile_radius`) when
-        given, else :data:`DEFAULT_PROFILE_RADIUS_INVA`.
+        column; if None, :data:`DEFAULT_PROFILE_RADIUS_INVA`.
     partiality_model : {"xsphere", "gaussian"}
         See Notes.
     push_res_invA : float
-        Predict up to each crystal's apparent resolution (:func:`apparent_resolution`)
-        plus this many 1/Å; ``inf`` (default) applies no such limit. A crystal indexing no
-        peak keeps the ``d_min_A`` limit.
-    peaks : DataFrame, optional
-        The frame's peaks (``fs``, ``ss``, ``panel``); needed when ``push_res_invA`` is
-        finite.
+        Predict up to each crystal's apparent resolution (column ``resolution_limit_A``)
+        plus this many 1/Å; ``inf`` (default) applies no such limit. A crystal without an
+        apparent resolution keeps the ``d_min_A`` limit.
 
     Returns
     -------
@@ -570,23 +402,10 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
     """
     params = IntegrationParams(d_min_A=d_min_A, profile_radius_invA=profile_radius_invA,
                                partiality_model=partiality_model, push_res_invA=push_res_invA)
-    return tables.PREDICTIONS.make(_Predictor(geometry, params).arrays(crystals, peaks))
+    return tables.PREDICTIONS.make(_Predictor(geometry, params).arrays(crystals))
 
 
 # ======================================================================== integration
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", mask)
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(f"mask must be a Mask or a boolean array (True = good pixel), got "
-                        f"dtype {good.dtype}")
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good
-
-
 def _ring_classes(radii) -> np.ndarray:
     """Role of each integer offset in the square of half side ceil(r3): 1 peak, 2 background."""
     r1, r2, r3 = radii
@@ -696,7 +515,7 @@ class Integrator:
         rows = int(np.prod(shape[:-1]))
         cols = int(shape[-1])
         self._shape2d = (rows, cols)
-        good = _mask_good(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
+        good = good_pixels(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
         self.good = good
         self._good = np.ascontiguousarray(good.reshape(self._shape2d), dtype=np.uint8)
         self._no_bad = np.zeros((1, 1), dtype=np.bool_)
@@ -730,8 +549,7 @@ class Integrator:
 
     # ------------------------------------------------------------------- frames
     @tables.documented
-    def predict(self, crystals: pd.DataFrame, *, peaks: pd.DataFrame | None = None
-                ) -> pd.DataFrame:
+    def predict(self, crystals: pd.DataFrame) -> pd.DataFrame:
         """Predicted reflections of ``crystals`` (see :func:`predict`) with these params.
 
         Returns
@@ -741,14 +559,13 @@ class Integrator:
 
             [columns: predictions]
         """
-        return tables.PREDICTIONS.make(self._predictor.arrays(crystals, peaks))
+        return tables.PREDICTIONS.make(self._predictor.arrays(crystals))
 
     def _frame_arrays(self, image, bad):
         return frame_arrays(image, bad, self.shape, self._shape2d, self._no_bad)
 
     @tables.documented
     def __call__(self, image, crystals: pd.DataFrame | None = None, bad=None, *,
-                 peaks: pd.DataFrame | None = None,
                  predictions: pd.DataFrame | None = None) -> pd.DataFrame:
         """Predict and integrate the reflections of one frame's crystals.
 
@@ -764,9 +581,6 @@ class Integrator:
             ``predictions``.
         bad : ndarray of bool, optional
             Per-frame bad pixels, **True = bad**.
-        peaks : DataFrame, optional
-            The frame's peaks, for a finite ``push_res_invA`` and for estimating profile
-            radii the crystals table does not give.
         predictions : DataFrame, optional
             Reflections to integrate (columns of :data:`sxlab.tables.PREDICTIONS`, e.g. from
             :meth:`predict`) instead of predicting from ``crystals``.
@@ -793,7 +607,7 @@ class Integrator:
         else:
             if len(crystals) and crystals["frame"].nunique() > 1:
                 raise ValueError("crystals of several frames: pass one frame's crystals")
-            pred = self._predictor.arrays(crystals, peaks)
+            pred = self._predictor.arrays(crystals)
         panel = np.asarray(pred["panel"], dtype=np.int64)
         if len(panel) and (panel.max() >= self.geometry.n_panels):
             raise ValueError("a prediction refers to a panel the geometry does not have")
@@ -821,12 +635,14 @@ class Integrator:
 
 @tables.documented
 def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *, mask=None,
-              bad=None, peaks: pd.DataFrame | None = None,
-              predictions: pd.DataFrame | None = None, params: IntegrationParams | None = None,
-              **overrides) -> pd.DataFrame:
-    """Predict and integrate one frame's reflections (builds an :class:`Integrator`).
+              bad=None, predictions: pd.DataFrame | None = None,
+              params: IntegrationParams | None = None, **overrides) -> pd.DataFrame:
+    """Predict and integrate one frame's reflections with an :class:`Integrator`.
 
-    Build an :class:`Integrator` once and call it for every frame when there are many.
+    The integrator is prepared (ring offsets, usable pixels, buffers) on the first call
+    and reused by later calls with the same geometry, mask and parameters (the last two
+    prepared per thread are kept), so a loop over frames costs what a prepared
+    :class:`Integrator` does.
 
     Parameters
     ----------
@@ -839,8 +655,6 @@ def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *
         Usable pixels, True = good.
     bad : ndarray of bool, optional
         Per-frame bad pixels, True = bad.
-    peaks : DataFrame, optional
-        The frame's peaks (for ``push_res_invA`` and profile radii).
     predictions : DataFrame, optional
         Reflections to integrate instead of predicting them.
     params : IntegrationParams, optional
@@ -868,8 +682,14 @@ def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *
     >>> bool((refl.I / refl.sigma).max() > 10)
     True
     """
-    integrator = Integrator(geometry, mask, params, **overrides)
-    return integrator(image, crystals, bad, peaks=peaks, predictions=predictions)
+    if params is not None and not isinstance(params, IntegrationParams):
+        raise TypeError("params must be an IntegrationParams; give radii as radii=...")
+    p = (params or IntegrationParams()).replace(**overrides)
+    return _INTEGRATORS.get(geometry, mask, p)(image, crystals, bad, predictions=predictions)
+
+
+#: The prepared integrators of :func:`integrate`.
+_INTEGRATORS = PreparedCache(lambda geometry, mask, params: Integrator(geometry, mask, params))
 
 
 # ========================================================================= resolution
@@ -879,10 +699,10 @@ def resolution_estimate(reflections: pd.DataFrame, *, n_bins: int = 10,
 
     The reflections with finite ``I``, ``sigma > 0`` and ``d_A > 0`` are sorted into
     ``n_bins`` shells of equal reciprocal volume (equal steps of ``1/d³``) between their
-    lowest and highest resolution. The result is the high-resolution edge of the
-    highest-resolution shell holding at least ``min_per_bin`` reflections whose mean
-    ``I/sigma`` is at least ``min_i_over_sigma`` (cctbx.xfel's per-image resolution
-    rule), whether or not lower shells reach it.
+    lowest and highest resolution (:func:`resolution_shells`). The result is the
+    high-resolution edge of the highest-resolution shell holding at least
+    ``min_per_bin`` reflections whose mean ``I/sigma`` is at least ``min_i_over_sigma``
+    (cctbx.xfel's per-image resolution rule), whether or not lower shells reach it.
 
     Parameters
     ----------
@@ -908,37 +728,103 @@ def resolution_estimate(reflections: pd.DataFrame, *, n_bins: int = 10,
     >>> round(resolution_estimate(refl, n_bins=4), 3)
     2.203
     """
-    if int(n_bins) < 1:
+    shells = resolution_shells(reflections.assign(frame=0), n_bins=n_bins)
+    res = _shell_resolution(shells, min_i_over_sigma, min_per_bin)
+    return float(res.iloc[0]) if len(res) else math.nan
+
+
+def _shell_resolution(shells: pd.DataFrame, min_i_over_sigma: float,
+                      min_per_bin: int) -> pd.Series:
+    ok = ((shells["n"].to_numpy() >= max(int(min_per_bin), 1))
+          & (shells["mean_i_sigma"].to_numpy() >= min_i_over_sigma))
+    return shells["d_min_A"].where(ok).groupby(shells["frame"], sort=True).min()
+
+
+def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.DataFrame:
+    """Per-frame resolution shells and their mean I/σ(I) (the input of per-image resolution).
+
+    For every frame, the reflections with finite ``I``, ``sigma > 0`` and ``d_A > 0`` are
+    sorted into ``n_bins`` shells of equal reciprocal volume (equal steps of ``1/d³``)
+    between the frame's lowest and highest resolution. The per-image resolution at any
+    I/σ cutoff follows from this table (:func:`sxlab.runstats.frame_resolution`);
+    :func:`resolution_estimate` is its value at I/σ ≥ 1.
+
+    Parameters
+    ----------
+    reflections : DataFrame
+        Integrated reflections with ``frame``, ``I``, ``sigma`` and ``d_A``.
+    n_bins : int
+        Shells per frame. Default 10.
+
+    Returns
+    -------
+    DataFrame
+        One row per non-empty shell, by frame and shell:
+
+        ============  =======  ===========================================
+        frame         int64    frame index
+        shell         int64    shell index, 0 = lowest resolution
+        d_max_A       float64  low-resolution edge (Å)
+        d_min_A       float64  high-resolution edge (Å)
+        n             int64    reflections in the shell
+        mean_i_sigma  float64  mean I/σ(I) of those reflections
+        ============  =======  ===========================================
+
+    Examples
+    --------
+    >>> refl = pd.DataFrame({"frame": [0, 0, 0], "d_A": [4.0, 3.0, 2.0],
+    ...                      "I": [9.0, 3.0, 0.5], "sigma": 1.0})
+    >>> resolution_shells(refl, n_bins=2)[["shell", "n", "mean_i_sigma"]].values.tolist()
+    [[0.0, 2.0, 6.0], [1.0, 1.0, 0.5]]
+    """
+    nb = int(n_bins)
+    if nb < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     d = reflections["d_A"].to_numpy(np.float64)
     i = reflections["I"].to_numpy(np.float64)
     sig = reflections["sigma"].to_numpy(np.float64)
     ok = np.isfinite(d) & (d > 0) & np.isfinite(i) & np.isfinite(sig) & (sig > 0)
-    if not ok.any():
-        return math.nan
+    frames, code = np.unique(reflections["frame"].to_numpy(np.int64)[ok], return_inverse=True)
+    if not len(frames):
+        return pd.DataFrame({"frame": pd.Series(dtype="int64"),
+                             "shell": pd.Series(dtype="int64"),
+                             "d_max_A": pd.Series(dtype="float64"),
+                             "d_min_A": pd.Series(dtype="float64"),
+                             "n": pd.Series(dtype="int64"),
+                             "mean_i_sigma": pd.Series(dtype="float64")})
     x = d[ok] ** -3.0
     ios = i[ok] / sig[ok]
-    edges = np.linspace(x.min(), x.max(), int(n_bins) + 1)
-    b = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, int(n_bins) - 1)
-    count = np.bincount(b, minlength=int(n_bins))
-    total = np.bincount(b, weights=ios, minlength=int(n_bins))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-    passing = np.flatnonzero((count >= max(int(min_per_bin), 1)) & (mean >= min_i_over_sigma))
-    if passing.size == 0:
-        return math.nan
-    return float(edges[passing[-1] + 1] ** (-1.0 / 3.0))
+    lo = np.full(len(frames), np.inf)
+    hi = np.full(len(frames), -np.inf)
+    np.minimum.at(lo, code, x)
+    np.maximum.at(hi, code, x)
+    edges = np.linspace(lo, hi, nb + 1, axis=1)
+    b = np.clip((edges[code] <= x[:, None]).sum(axis=1) - 1, 0, nb - 1)
+    key = code * nb + b
+    count = np.bincount(key, minlength=len(frames) * nb)
+    total = np.bincount(key, weights=ios, minlength=len(frames) * nb)
+    keep = np.flatnonzero(count)
+    fk, sk = np.divmod(keep, nb)
+    return pd.DataFrame({
+        "frame": frames[fk],
+        "shell": sk.astype(np.int64),
+        "d_max_A": edges[fk, sk] ** (-1.0 / 3.0),
+        "d_min_A": edges[fk, sk + 1] ** (-1.0 / 3.0),
+        "n": count[keep].astype(np.int64),
+        "mean_i_sigma": total[keep] / count[keep],
+    })
 
 
-def resolution_per_frame(reflections: pd.DataFrame, **kwargs) -> pd.Series:
+def resolution_per_frame(reflections: pd.DataFrame, *, n_bins: int = 10,
+                         min_i_over_sigma: float = 1.0, min_per_bin: int = 1) -> pd.Series:
     """:func:`resolution_estimate` of every frame of a multi-frame reflection table.
 
     Parameters
     ----------
     reflections : DataFrame
         Integrated reflections with a ``frame`` column.
-    **kwargs
-        Passed to :func:`resolution_estimate`.
+    n_bins, min_i_over_sigma, min_per_bin
+        As for :func:`resolution_estimate`.
 
     Returns
     -------
@@ -953,11 +839,8 @@ def resolution_per_frame(reflections: pd.DataFrame, **kwargs) -> pd.Series:
     >>> resolution_per_frame(refl, n_bins=2).round(2).tolist()
     [2.0, 2.31]
     """
-    frames = np.unique(reflections["frame"].to_numpy(np.int64))
-    values = [resolution_estimate(group, **kwargs)
-              for _, group in reflections.groupby("frame", sort=True)]
-    index = pd.Index(frames, name="frame")
-    return pd.Series(np.asarray(values, dtype=np.float64), index=index, name="resolution_A")
+    frames = pd.Index(np.unique(reflections["frame"].to_numpy(np.int64)), name="frame")
+    shells = resolution_shells(reflections, n_bins=n_bins)
+    res = _shell_resolution(shells, min_i_over_sigma, min_per_bin)
+    return res.reindex(frames).astype(np.float64).rename("resolution_A")
 
-
-_callable.make_callable(__name__, "integrate")

@@ -1,8 +1,8 @@
 """Indexing of single frames: parameters, the prepared :class:`Indexer` and :func:`index`.
 
 A frame's peaks are mapped to reciprocal space at the nominal wavelength, a lattice is
-searched with asdf (:mod:`sxlab.index.asdf`), matched to the reference cell
-(:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.index.refine`) and accepted if it
+searched with asdf (:mod:`sxlab.indexing.asdf`), matched to the reference cell
+(:class:`sxlab.cell.CellMatcher`), refined (:mod:`sxlab.indexing.refine`) and accepted if it
 explains enough peaks. The result is the crystals table, one row per lattice
 (:data:`sxlab.tables.CRYSTALS`).
 """
@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .. import tables
 from .._frozen import FrozenParams
+from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
-from .asdf import AsdfSearch, expand_subcell, reduce_supercell
-from .refine import (
-    REFINE_MODES,
+from ..reciprocal import (
     apparent_resolution,
     assign_indices,
-    excitation_errors,
+    excitation_error,
+    peak_vectors,
     profile_radius,
-    refine_basis,
 )
+from .asdf import AsdfSearch, expand_subcell, reduce_supercell
+from .refine import REFINE_MODES, refine_basis
 
-__all__ = ["IndexParams", "Indexer", "index"]
+__all__ = ["IndexParams", "Indexer", "Indexing", "index"]
 
 _METHODS = ("asdf",)
 
@@ -76,7 +78,7 @@ class IndexParams(FrozenParams):
     refine : bool
         Refine the lattice against the peaks. Default True.
     refine_mode : {"orientation", "isotropic", "lattice", "unconstrained"}
-        What the refinement fits (see :mod:`sxlab.index.refine`); ``"lattice"`` keeps the
+        What the refinement fits (see :mod:`sxlab.indexing.refine`); ``"lattice"`` keeps the
         lattice type of the reference cell (triclinic without one). Default "lattice".
     excitation_weight : float
         Weight of the residual along the diffracted ray in the refinement. Default 1.
@@ -196,6 +198,22 @@ class IndexParams(FrozenParams):
         return f"{self.method}-fast" if self.fast else self.method
 
 
+class Indexing(NamedTuple):
+    """What :meth:`Indexer.index` returns for one frame.
+
+    Attributes
+    ----------
+    crystals : DataFrame
+        One row per lattice (:data:`sxlab.tables.CRYSTALS`).
+    peaks : DataFrame
+        The frame's peaks with the lattice (``crystal``) and ``h, k, l`` each was
+        assigned (-1 and 0 0 0 when none explains it).
+    """
+
+    crystals: pd.DataFrame
+    peaks: pd.DataFrame
+
+
 class _Found:
     """A verified lattice: refined reciprocal basis, cell and peak statistics."""
 
@@ -232,10 +250,10 @@ class Indexer:
 
     Notes
     -----
-    Prepared once: per-panel corner and pixel-step vectors (peak positions to lab
-    positions without a loop over panels), the reference's cell matcher, lattice
-    constraints and primitive volume, the vector-length window, the asdf buffers and the
-    triplet tables.
+    Prepared once: the reference's cell matcher, lattice constraints and primitive volume,
+    the vector-length window, the asdf buffers and the triplet tables; peak positions
+    become scattering vectors through the geometry's cached per-panel vectors
+    (:func:`sxlab.reciprocal.peak_vectors`).
 
     Per frame (:meth:`__call__`): peaks without a finite position are dropped, the rest
     are ordered by decreasing ``intensity`` (stable; the table order without that column)
@@ -244,8 +262,8 @@ class Indexer:
     search proposes is **verified**: its three vectors are fitted to the peaks (linear
     least squares), it is matched to the reference (``length_tolerance``,
     ``angle_tolerance_deg``; without a reference a supercell is reduced with
-    :func:`~sxlab.index.asdf.reduce_supercell`, a subcell enlarged with
-    :func:`~sxlab.index.asdf.expand_subcell` and the basis Niggli-reduced), refined,
+    :func:`~sxlab.indexing.asdf.reduce_supercell`, a subcell enlarged with
+    :func:`~sxlab.indexing.asdf.expand_subcell` and the basis Niggli-reduced), refined,
     checked against the reference again, and accepted if it explains (all fractional
     indices within ``index_tolerance``) at least ``min_fraction`` of the peaks in play
     (``multi_min_fraction`` in multi-lattice mode). The refinement is kept unless it
@@ -285,12 +303,7 @@ class Indexer:
         p = self.params
         self.last_stats: list = []
 
-        panels = geometry.panels
-        self._corner = np.array([pn.corner_m() for pn in panels])
-        self._fs_step = np.array([pn.fs_m() for pn in panels])
-        self._ss_step = np.array([pn.ss_m() for pn in panels])
-        self._origin = np.array([[pn.min_fs, pn.min_ss] for pn in panels], dtype=float)
-        self._panel_lut = {pn.name: i for i, pn in enumerate(panels)}
+        geometry.pixel_to_q(0.5, 0.5, 0)  # the geometry's per-panel vectors, cached once
 
         if cell is not None:
             self._matcher = CellMatcher(cell, length_tol=p.length_tolerance,
@@ -318,42 +331,6 @@ class Indexer:
     def __repr__(self) -> str:
         return (f"Indexer({self.geometry.name!r}, {self.cell!r}, "
                 f"method={self.params.method_name!r})")
-
-    # ------------------------------------------------------------------ helpers
-    def peaks_to_q(self, peaks: pd.DataFrame, wavelength_A: float | None = None) -> np.ndarray:
-        """Scattering vectors (1/Å, shape (n, 3)) of a peak table's ``fs, ss, panel``.
-
-        Rows without a panel column use the panel under the pixel (single-module
-        detectors only); positions on no panel give NaN rows.
-        """
-        lam = self.geometry.beam.wavelength_A if wavelength_A is None else wavelength_A
-        if not (np.isfinite(lam) and lam > 0):
-            raise ValueError("a finite, positive wavelength is needed (the geometry's beam "
-                             "or wavelength_A)")
-        fs = np.asarray(peaks["fs"], dtype=float)
-        ss = np.asarray(peaks["ss"], dtype=float)
-        if "panel" in peaks:
-            col = peaks["panel"]
-            if col.dtype.kind in "iuf":
-                pid = np.asarray(col, dtype=float)
-                pid = np.where(np.isfinite(pid), pid, -1).astype(np.int64)
-            else:
-                pid = np.array([self._panel_lut.get(str(x), -1) for x in col], dtype=np.int64)
-        else:
-            if self.geometry.is_stacked:
-                raise ValueError("peaks need a panel column for a stacked detector")
-            pid = self.geometry.panel_of_pixel(fs, ss)
-        pid = np.where((pid >= 0) & (pid < len(self._corner)), pid, -1)
-        good = pid >= 0
-        xyz = np.full((fs.size, 3), np.nan)
-        p = pid[good]
-        xyz[good] = (self._corner[p]
-                     + (fs[good] - self._origin[p, 0])[:, None] * self._fs_step[p]
-                     + (ss[good] - self._origin[p, 1])[:, None] * self._ss_step[p])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            u = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
-        u[:, 2] -= 1.0
-        return u / lam
 
     def _verify(self, basis, q_play, q_all, k, min_fraction):
         p = self.params
@@ -424,7 +401,27 @@ class Indexer:
     @tables.documented
     def __call__(self, peaks: pd.DataFrame, *, frame: int | None = None,
                  wavelength_A: float | None = None) -> pd.DataFrame:
-        """Index one frame's peaks.
+        """Index one frame's peaks: the crystals table (see :meth:`index`).
+
+        Parameters
+        ----------
+        peaks, frame, wavelength_A
+            As for :meth:`index`.
+
+        Returns
+        -------
+        DataFrame
+            The crystals table (:data:`sxlab.tables.CRYSTALS`), one row per lattice found
+            (none if the frame did not index):
+
+            [columns: crystals]
+        """
+        return self.index(peaks, frame=frame, wavelength_A=wavelength_A).crystals
+
+    @tables.documented
+    def index(self, peaks: pd.DataFrame, *, frame: int | None = None,
+              wavelength_A: float | None = None) -> Indexing:
+        """Index one frame's peaks; the crystals and the peaks with their assignment.
 
         Parameters
         ----------
@@ -440,20 +437,27 @@ class Indexer:
 
         Returns
         -------
-        DataFrame
-            The crystals table (:data:`sxlab.tables.CRYSTALS`), one row per lattice found
-            (none if the frame did not index). The cell is in the reference's setting
-            (right-handed); without a reference it is the Niggli cell of the lattice.
-            ``profile_radius_invA`` is the ``profile_percentile`` of the indexed peaks'
-            ``|excitation error|``:
+        Indexing
+            ``crystals``: the crystals table (:data:`sxlab.tables.CRYSTALS`), one row per
+            lattice found (none if the frame did not index). The cell is in the
+            reference's setting (right-handed); without a reference it is the Niggli cell
+            of the lattice. ``profile_radius_invA`` is the ``profile_percentile`` of the
+            ``|excitation error|`` of the lattice points the indexed peaks were assigned
+            to, ``resolution_limit_A`` the resolution of the highest-resolution indexed
+            peak (both at the nominal wavelength):
 
             [columns: crystals]
+
+            ``peaks``: the input table, rows and columns in their order, with
+            ``crystal``, ``h``, ``k``, ``l`` set (added when missing): the first
+            lattice that explains the peak (all fractional indices within
+            ``index_tolerance``) and its indices there; -1 and 0 0 0 for the others.
         """
         p = self.params
         if frame is None:
             frame = int(peaks["frame"].iloc[0]) if "frame" in peaks and len(peaks) else 0
         lam = self.geometry.beam.wavelength_A if wavelength_A is None else wavelength_A
-        q = self.peaks_to_q(peaks, lam) if len(peaks) else np.zeros((0, 3))
+        q = peak_vectors(peaks, self.geometry, lam)
         finite = np.all(np.isfinite(q), axis=1)
         if "intensity" in peaks:
             inten = np.asarray(peaks["intensity"], dtype=float)[finite]
@@ -461,42 +465,54 @@ class Indexer:
             order = np.argsort(-inten, kind="stable")
         else:
             order = np.arange(int(finite.sum()))
+        row_of = np.flatnonzero(finite)[order]  # table row of each point of q
         q = np.ascontiguousarray(q[finite][order])
         n_peaks = q.shape[0]
         self.last_stats = []
-        if n_peaks < max(p.min_peaks, 4):
-            return tables.CRYSTALS.empty()
-        k = 1.0 / lam
-        rng = np.random.default_rng(p.seed)
+        owner = np.full(len(peaks), -1, dtype=np.int64)
+        hkl_of = np.zeros((len(peaks), 3), dtype=np.int32)
         rows = []
-        remaining = np.arange(n_peaks)
-        n_lattices = p.max_lattices if p.multi else 1
-        threshold = p.multi_min_fraction if p.multi else p.min_fraction
-        for crystal in range(n_lattices):
-            if remaining.size < max(p.min_peaks, 4):
-                break
-            found, tries = self._attempts(q[remaining], q, k, rng, threshold)
-            if found is None:
-                break
-            q_ind = q[found.indexed]
-            hkl, _, _ = assign_indices(q_ind, found.astar, p.index_tolerance)
-            s = excitation_errors(hkl, found.astar, k)
-            n_ind = int(found.indexed.sum())
-            c = found.cell
-            row = {"frame": frame, "crystal": crystal, "a": c.a, "b": c.b, "c": c.c,
-                   "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
-                   "lattice": self._lattice, "centering": self._centering,
-                   "n_peaks_indexed": n_ind, "n_peaks": n_peaks,
-                   "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
-                   "tries": tries,
-                   "profile_radius_invA": profile_radius(s, p.profile_percentile),
-                   "resolution_limit_A": apparent_resolution(q_ind),
-                   "residual_invA": found.residual}
-            row.update(zip(_ASTAR_COLUMNS, found.astar.ravel(), strict=True))
-            rows.append(row)
-            remaining = remaining[~found.indexed[remaining]]
-        return tables.CRYSTALS.make({c: [r[c] for r in rows] for c in tables.CRYSTALS.names}
-                                    if rows else None)
+        if n_peaks >= max(p.min_peaks, 4):
+            k = 1.0 / lam
+            rng = np.random.default_rng(p.seed)
+            remaining = np.arange(n_peaks)
+            n_lattices = p.max_lattices if p.multi else 1
+            threshold = p.multi_min_fraction if p.multi else p.min_fraction
+            for crystal in range(n_lattices):
+                if remaining.size < max(p.min_peaks, 4):
+                    break
+                found, tries = self._attempts(q[remaining], q, k, rng, threshold)
+                if found is None:
+                    break
+                q_ind = q[found.indexed]
+                hkl, _, _ = assign_indices(q_ind, found.astar, p.index_tolerance)
+                s = excitation_error(hkl.astype(float) @ found.astar, k)
+                rows.append(self._row(frame, crystal, found, tries, n_peaks,
+                                      profile_radius(s, p.profile_percentile),
+                                      apparent_resolution(q_ind)))
+                rows_ind = row_of[found.indexed]
+                free = owner[rows_ind] < 0
+                owner[rows_ind[free]] = crystal
+                hkl_of[rows_ind[free]] = hkl[free]
+                remaining = remaining[~found.indexed[remaining]]
+        crystals = tables.CRYSTALS.make(
+            {c: [r[c] for r in rows] for c in tables.CRYSTALS.names} if rows else None)
+        assigned = peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1], l=hkl_of[:, 2])
+        return Indexing(crystals, assigned)
+
+    def _row(self, frame, crystal, found, tries, n_peaks, radius, resolution) -> dict:
+        p = self.params
+        c = found.cell
+        n_ind = int(found.indexed.sum())
+        row = {"frame": frame, "crystal": crystal, "a": c.a, "b": c.b, "c": c.c,
+               "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
+               "lattice": self._lattice, "centering": self._centering,
+               "n_peaks_indexed": n_ind, "n_peaks": n_peaks,
+               "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
+               "tries": tries, "profile_radius_invA": radius,
+               "resolution_limit_A": resolution, "residual_invA": found.residual}
+        row.update(zip(_ASTAR_COLUMNS, found.astar.ravel(), strict=True))
+        return row
 
     def _attempts(self, q_play, q_all, k, rng, threshold):
         p = self.params
@@ -524,6 +540,11 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
           refine: bool = True, min_peaks: int = 10, wavelength_A: float | None = None,
           **options) -> pd.DataFrame:
     """Index the peaks of one or more frames.
+
+    The :class:`Indexer` is prepared on the first call and reused by later calls with the
+    same geometry, cell and parameters (the last two per thread), so a loop over frames
+    costs what a prepared Indexer does. Its assignment of peaks to lattices is
+    :meth:`Indexer.index`'s.
 
     Parameters
     ----------
@@ -588,8 +609,12 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
                     max_lattices=max_lattices, length_tolerance=length_tol,
                     angle_tolerance_deg=angle_tol, refine=refine, min_peaks=min_peaks,
                     **options)
-    indexer = Indexer(geometry, cell, p)
+    indexer = _INDEXERS.get(geometry, None, cell, p)
     if "frame" not in peaks or len(peaks) == 0:
         return indexer(peaks, wavelength_A=wavelength_A)
     return tables.CRYSTALS.concat(indexer(group, frame=int(fr), wavelength_A=wavelength_A)
                                   for fr, group in peaks.groupby("frame", sort=True))
+
+
+#: The prepared indexers of :func:`index`.
+_INDEXERS = PreparedCache(lambda geometry, mask, cell, params: Indexer(geometry, cell, params))

@@ -30,7 +30,7 @@ strongest first:
    ``min_volume_fraction`` of ``|a| |b| |c|`` and matches the target volume within
    ``volume_tol`` (when given), and it explains (all three indices within ``tol`` of
    integers) at least as many points as a vector must fit. Each cell is handed to a
-   verification callback (in :class:`sxlab.index.Indexer`: cell matching, refinement,
+   verification callback (in :class:`sxlab.indexing.Indexer`: cell matching, refinement,
    peak check); lattices that fail it are remembered and not tried again.
 
 With a target volume (a reference cell) the search ends at the first verified cell: on
@@ -41,7 +41,7 @@ supercells made of long vectors; after the first verified cell the search goes o
 ``patience`` times as many triplets have been processed (at least ``patience`` more
 batches), and the verified cell of smallest volume wins.
 
-The histogram and vector kernels are in :mod:`sxlab.index._asdf_kernels`; the FFTs are
+The histogram and vector kernels are in :mod:`sxlab.indexing._asdf_kernels`; the FFTs are
 batched over the rows of a 2-D array (``scipy.fft``, single precision: the histograms hold
 small integer counts, exact in float32).
 """
