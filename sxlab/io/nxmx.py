@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -273,6 +274,7 @@ class NXmxWriter:
         self.frame_shape = tuple(detector.data_shape)
         self.master_shape = _flat_shape(self.frame_shape)
         self.pixel_mask = self._make_pixel_mask(pixel_mask)
+        self._mask_chunk: bytes | None = None
         self.saturation_value = saturation_value
         self.count_time = count_time
         self.frame_time = frame_time
@@ -640,8 +642,14 @@ class NXmxWriter:
         bits = 8 * self.dtype.itemsize
         d["bit_depth_readout"] = np.int32(bits)
         d["bit_depth_image"] = np.int32(bits)
-        d.create_dataset("pixel_mask", data=self.pixel_mask.reshape(self.master_shape),
-                         compression="gzip")
+        # Compressed once: a master rewritten as data files complete reuses the chunk.
+        if self._mask_chunk is None:
+            self._mask_chunk = zlib.compress(
+                np.ascontiguousarray(self.pixel_mask, dtype="<u4").tobytes(), 1)
+        pm = d.create_dataset("pixel_mask", shape=self.master_shape, dtype="<u4",
+                              chunks=self.master_shape, compression="gzip",
+                              compression_opts=1)
+        pm.id.write_direct_chunk((0, 0), self._mask_chunk)
         d["depends_on"] = _TRANSLATION
         tr = _group(d, "transformations", "NXtransformations")
         t = tr.create_dataset("translation", data=dist)

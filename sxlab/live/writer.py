@@ -58,11 +58,6 @@ _COMPRESSION = {"bslz4": "bslz4", "lz4-hdf5": "lz4", "lz4": "lz4", "none": None}
 _LZ4_HEADER = struct.Struct(">QII")
 #: Per-frame values stored with the frames.
 FRAME_INFO = {"frame_number": "int64", "blank_sample": "uint8"}
-#: Columns of :meth:`LiveWriter.status`.
-STATUS_SCHEMA = {"input": "object", "group": "object", "stored": "int64",
-                 "failed": "int64", "files": "int64", "in_open_file": "int64",
-                 "lag": "int64", "frames_per_s": "float64", "mb_per_s": "float64"}
-
 
 def input_streams(key: str, input: str = "frames") -> tuple[str, str, str]:
     """``(input stream, frame stream, policy)`` of writer input ``input`` of run ``key``.
@@ -428,10 +423,12 @@ class LiveWriter:
                 self.summary.stored, f"writer:{self.input}:seen": now})
 
     def status(self) -> pd.DataFrame:
-        """One row: stored, failed, complete files, frames in the open file, lag and rates.
+        """One row: stored, failed, files, frames in the open file, lag and rates.
 
-        Columns: see :data:`STATUS_SCHEMA`.
+        Columns: :data:`sxlab.tables.WRITER_STATUS`.
         """
+        from sxlab import tables
+
         (t0, n0, b0), (t1, n1, b1) = (self._rate[0], self._rate[-1]) if self._rate else (
             (0, 0, 0), (0, 0, 0))
         span = t1 - t0
@@ -440,9 +437,9 @@ class LiveWriter:
                "failed": len(self._failed), "files": self.summary.files,
                "in_open_file": self.writer.frames_in_file if self.writer else 0,
                "lag": self.lag(),
-               "frames_per_s": (n1 - n0) / span if span > 0 else np.nan,
-               "mb_per_s": (b1 - b0) / span / 1e6 if span > 0 else np.nan}
-        return pd.DataFrame([row], columns=list(STATUS_SCHEMA)).astype(STATUS_SCHEMA)
+               "rate_hz": (n1 - n0) / span if span > 0 else np.nan,
+               "throughput_MBps": (b1 - b0) / span / 1e6 if span > 0 else np.nan}
+        return tables.WRITER_STATUS.make(pd.DataFrame([row]))
 
     # --------------------------------------------------------------------- run
     def run(self, *, stop=None, idle_timeout_s: float | None = None,
