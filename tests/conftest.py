@@ -1,4 +1,5 @@
 import os
+import uuid
 
 import numpy as np
 import pytest
@@ -46,3 +47,28 @@ def _sxlab_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("SXLAB_CACHE", None)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A loopback Redis server (free port, private directory) for one test module."""
+    from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server
+
+    try:
+        find_redis_server()
+        ok = True
+    except RedisNotFoundError:
+        ok = False
+    require_service("redis", ok)
+    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def broker(redis_url):
+    """A broker connection with a beamtime of its own (keys do not collide)."""
+    from sxlab.live.broker import Broker
+
+    b = Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}")
+    yield b
+    b.close()

@@ -18,40 +18,19 @@ import uuid
 import h5py
 import numpy as np
 import pytest
-from conftest import require_service
 
 import sxlab as sx
 from sxlab.io.compression import compress, decompress
 from sxlab.io.nxmx import data_file_name
-from sxlab.live.broker import Broker, derived_key
+from sxlab.live.broker import derived_key
 from sxlab.live.eiger import ImageMessage, SeriesEnd, encode
 from sxlab.live.ingest import Ingest
 from sxlab.live.replay import Replay
-from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server
 from sxlab.live.writer import LiveWriter, input_streams
 
 pytestmark = pytest.mark.service
 
 SAMPLE = "datasets/samples/lysozyme-sample_master.h5"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    try:
-        find_redis_server()
-        ok = True
-    except RedisNotFoundError:
-        ok = False
-    require_service("redis", ok)
-    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture
-def broker(redis_url):
-    b = Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import h5py
 import numpy as np
 
 from sxlab.geometry import Beam, Detector, Panel
+from sxlab.io.nxmx import read_nxmx_geometry, unique_panel_name
 
 __all__ = ["IMGCIF_TO_LAB", "read_dials_expt", "read_dials_geometry"]
 
@@ -84,16 +84,6 @@ def _beam_rotation(direction_lab: np.ndarray) -> np.ndarray:
     return np.eye(3) + s * kx + (1 - c) * (kx @ kx)
 
 
-def _panel_name(name: str, used: set) -> str:
-    base = re.sub(r"[^A-Za-z0-9_]", "_", name.rsplit("/", 1)[-1]) or "p"
-    out, k = base, 1
-    while out in used:
-        out = f"{base}_{k}"
-        k += 1
-    used.add(out)
-    return out
-
-
 def read_dials_expt(path: str | os.PathLike, *, experiment: int = 0) -> Detector:
     """Detector geometry and wavelength of one experiment of a DIALS ``.expt`` file.
 
@@ -146,7 +136,7 @@ def read_dials_expt(path: str | os.PathLike, *, experiment: int = 0) -> Detector
         res = 1000.0 / px_fast
         trusted = pj.get("trusted_range", [0.0, float("inf")])
         panels.append(Panel(
-            name=_panel_name(pj.get("name") or f"p{k}", used),
+            name=unique_panel_name(pj.get("name") or f"p{k}", used),
             min_fs=0, max_fs=width - 1, min_ss=row, max_ss=row + height - 1,
             corner_x=float(corner[0] * res), corner_y=float(corner[1] * res),
             fs=tuple(rot @ IMGCIF_TO_LAB @ fast), ss=tuple(rot @ IMGCIF_TO_LAB @ slow),
@@ -211,8 +201,6 @@ def read_dials_geometry(path: str | os.PathLike, *, experiment: int = 0,
     """
     where = os.fspath(path)
     if h5py.is_hdf5(where):
-        from sxlab.io.nxmx import read_nxmx_geometry
-
         det = read_nxmx_geometry(where, entry=f"/entry/experiment_{experiment}",
                                  prefer_embedded=False)
     else:

@@ -50,6 +50,7 @@ __all__ = [
     "data_file_name",
     "nxmx_entries",
     "read_nxmx_geometry",
+    "unique_panel_name",
     "virtual_frame_blocks",
 ]
 
@@ -1128,17 +1129,31 @@ def _module_panel(f: h5py.File, module, name: str, origin, size, *, data_path: s
     )
 
 
+def unique_panel_name(name: str, used: set) -> str:
+    """A panel name from an NXdetector_module (or DIALS panel) path: the last part, with
+    characters other than letters, digits and ``_`` replaced, made unique in ``used``
+    (which it joins).
+
+    Examples
+    --------
+    >>> used = {"p0"}
+    >>> unique_panel_name("/entry/instrument/detector/p0", used), sorted(used)
+    ('p0_1', ['p0', 'p0_1'])
+    """
+    base = re.sub(r"[^A-Za-z0-9_]", "_", name.rsplit("/", 1)[-1]) or "p"
+    out, k = base, 1
+    while out in used:
+        out = f"{base}_{k}"
+        k += 1
+    used.add(out)
+    return out
+
+
 def _panel_name(module, used: set) -> str:
     name = module.name.rsplit("/", 1)[-1]
     if name.startswith("module_") and name[len("module_"):] in _RESERVED:
         name = name[len("module_"):]
-    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "p"
-    base, k = name, 1
-    while name in used:
-        name = f"{base}_{k}"
-        k += 1
-    used.add(name)
-    return name
+    return unique_panel_name(name, used)
 
 
 def _dials_export_rotation(entry) -> np.ndarray | None:

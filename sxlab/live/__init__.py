@@ -89,6 +89,13 @@ output reader keys rows by frame and keeps one copy. Publish derived streams wit
 The cache is bounded by the ingest (``maxlen``, frames or minutes of data); frames it
 trims before a group read them are counted and logged, and recorded as failed frames in
 the output when the run finishes.
+
+Consumers that must see a stream in order and hold many entries before acknowledging
+them (:class:`~sxlab.live.writer.LiveWriter`, the ``write`` group storing a run as NeXus
+files; :class:`~sxlab.live.binner.LiveBinner`, the ``bin<N>`` group publishing a binned
+frame stream) are the single consumer of their group
+(:class:`~sxlab.live.sequential.SequentialConsumer`). The storage policies, hits or
+indexed frames plus a seeded blank sample, are in :mod:`sxlab.live.storage`.
 """
 
 from __future__ import annotations
@@ -104,6 +111,10 @@ _EXPORTS = {
     "Ingest": "ingest",
     "Replay": "replay",
     "LiveWorker": "worker",
+    "LiveWriter": "writer",
+    "LiveBinner": "binner",
+    "Selection": "storage",
+    "blank_sample": "storage",
     "LiveOutput": "worker",
     "run_live": "supervisor",
     "live_demo": "demo",
