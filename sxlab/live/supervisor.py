@@ -212,12 +212,12 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
                         bar = tqdm(total=int(total) if total else None, desc="live",
                                    unit="frame")
             finished = key is not None and broker.finished(key, "process")
+            ended = key is not None and broker.info(key).get("state") == "ended"
             for c in children:
                 rc = c.poll()
                 if rc is None:
                     continue
-                if c.name == "ingest" and (rc == 0 or broker.info(key or "x:x:x:x").get(
-                        "state") == "ended"):
+                if c.name == "ingest" and (rc == 0 or ended):
                     continue
                 if c.name != "ingest" and (rc == 0 and finished):
                     continue
