@@ -22,6 +22,8 @@ only; pixels it does not judge stay good (pixels that belong to no panel are mar
 * :func:`mask_pixel_ranges` — inclusive rectangles in data-array pixel coordinates;
 * :func:`mask_lab_region` — rectangles in lab coordinates (CrystFEL's ``min_x`` ... rule);
 * :func:`mask_beamstop` — a disc around the beam plus an optional holding rod;
+* :func:`mask_lab_shape` — a painted rectangle, circle, polygon or brush stroke in the
+  lab plane (what :class:`sxlab.widgets.MaskPainter` records);
 * :func:`mask_resolution` — resolution limits in Å;
 * :func:`mask_panel_edges`, :func:`mask_no_index`, :func:`mask_from_geometry`;
 * :func:`mask_from_hdf5`, :func:`mask_from_panel_masks` — bit masks stored in HDF5 files
@@ -62,6 +64,7 @@ __all__ = [
     "mask_from_panel_masks",
     "mask_from_values",
     "mask_lab_region",
+    "mask_lab_shape",
     "mask_no_index",
     "mask_panel_edges",
     "mask_pixel_ranges",
@@ -841,6 +844,135 @@ def mask_beamstop(geometry: Detector, radius_px: float, *, rod_width_px: float |
     rod = (f", rod {rod_width_px:g} wide at {rod_angle_deg:g}°" if rod_width_px else "")
     text = (f"mask_beamstop: radius {radius_px:g}{rod}, centre ({center[0]:g}, "
             f"{center[1]:g}) {units}{_label(geometry)}")
+    return Mask._wrap(np.logical_not(bad, out=bad), (text,))
+
+
+SHAPES = ("rectangle", "circle", "polygon", "brush")
+
+
+def _inside_polygon(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
+    """Even-odd rule: True where (x, y) is inside the closed polygon (vx, vy)."""
+    inside = np.zeros(x.shape, dtype=bool)
+    n = vx.size
+    for i in range(n):
+        x0, y0, x1, y1 = vx[i], vy[i], vx[(i + 1) % n], vy[(i + 1) % n]
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < xc)
+    return inside
+
+
+def _shape_parts(kind: str, pts: np.ndarray, radius: float):
+    """(bounding box, predicate(x, y)) pieces whose union is the shape (lab pixels)."""
+    if kind == "rectangle":
+        (xa, ya), (xb, yb) = pts.min(axis=0), pts.max(axis=0)
+        return [((xa, xb, ya, yb), lambda x, y: (x >= xa) & (x <= xb) & (y >= ya) & (y <= yb))]
+    if kind == "circle":
+        cx, cy = pts[0]
+        return [((cx - radius, cx + radius, cy - radius, cy + radius),
+                 lambda x, y: np.hypot(x - cx, y - cy) <= radius)]
+    if kind == "polygon":
+        vx, vy = pts[:, 0].copy(), pts[:, 1].copy()
+        box = (vx.min(), vx.max(), vy.min(), vy.max())
+        return [(box, lambda x, y: _inside_polygon(x, y, vx, vy))]
+    parts = []  # brush: capsules around each segment (a dot for a single point)
+    segs = np.stack([pts[:-1], pts[1:]], axis=1) if len(pts) > 1 else pts[None, [0, 0]]
+    for (ax, ay), (bx, by) in segs:
+        def inside(x, y, ax=ax, ay=ay, bx=bx, by=by):
+            dx, dy = bx - ax, by - ay
+            ll = dx * dx + dy * dy
+            t = np.zeros_like(x) if ll == 0 else np.clip(((x - ax) * dx + (y - ay) * dy) / ll,
+                                                         0.0, 1.0)
+            return np.hypot(x - ax - t * dx, y - ay - t * dy) <= radius
+        box = (min(ax, bx) - radius, max(ax, bx) + radius, min(ay, by) - radius,
+               max(ay, by) + radius)
+        parts.append((box, inside))
+    return parts
+
+
+def mask_lab_shape(geometry: Detector, kind: str, points, *, radius: float = 0.0,
+                   units: str = "px") -> Mask:
+    """Mask the pixels under a shape drawn in the lab plane (a painted mask stroke).
+
+    A pixel is bad when the lab (x, y) of its **centre** lies inside the shape (edges
+    included), the rule by which :class:`sxlab.widgets.MaskPainter` turns what is drawn
+    on the assembled detector into data-array pixels of every panel the shape covers.
+    Each panel is tested over the shape's bounding box in its own pixel grid only, so the
+    cost grows with the shape, not with the detector.
+
+    Parameters
+    ----------
+    geometry : Detector
+    kind : {"rectangle", "circle", "polygon", "brush"}
+        ``rectangle``: two opposite corners; ``circle``: the centre, with ``radius``;
+        ``polygon``: three or more vertices (even-odd rule); ``brush``: a stroke through
+        one or more points, ``radius`` wide on each side (round ends).
+    points : array_like, shape (n, 2)
+        Lab (x, y): x horizontal, y up, origin on the beam axis.
+    radius : float
+        Circle or brush radius.
+    units : {"px", "m"}
+        Unit of ``points`` and ``radius``: pixels of each panel, or metres.
+
+    Returns
+    -------
+    Mask
+
+    Notes
+    -----
+    Like :func:`mask_beamstop`, the test uses the lab x and y of the pixel centre (the
+    projection along z).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger1m")
+    >>> mask_lab_shape(det, "rectangle", [(10, 20), (19.9, 24.9)]).n_bad   # 10 x 5 centres
+    50
+    >>> mask_lab_shape(det, "circle", [(100, 100)], radius=10).n_bad      # about pi * 100
+    316
+    """
+    geometry = _detector(geometry)
+    if kind not in SHAPES:
+        raise ValueError(f"unknown shape {kind!r}; shapes are {SHAPES}")
+    pts = np.atleast_2d(np.asarray(points, dtype=float))
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
+        raise ValueError(f"{kind}: points must be finite (x, y) pairs, got {points!r}")
+    need = {"rectangle": 2, "circle": 1, "polygon": 3, "brush": 1}[kind]
+    if len(pts) < need or (kind == "rectangle" and len(pts) != 2):
+        raise ValueError(f"a {kind} needs {'exactly' if kind == 'rectangle' else 'at least'} "
+                         f"{need} point(s), got {len(pts)}")
+    if kind in ("circle", "brush") and not radius > 0:
+        raise ValueError(f"a {kind} needs a positive radius, got {radius}")
+    bad = np.zeros(geometry.data_shape, dtype=bool)
+    for i, p in enumerate(geometry.panels):
+        k = _units_scale(units, p)
+        view = bad[geometry.panel_slice(i)]
+        a = np.array([[p.fs[0], p.ss[0]], [p.fs[1], p.ss[1]]])
+        if abs(np.linalg.det(a)) < 1e-12:
+            continue  # edge-on in the lab x-y plane: no pixel centre is inside any shape
+        inv = np.linalg.inv(a)
+        for (x0, x1, y0, y1), inside in _shape_parts(kind, pts * k, radius * k):
+            corners = np.array([[x0, x1, x0, x1], [y0, y0, y1, y1]])
+            rel = inv @ (corners - np.array([[p.corner_x], [p.corner_y]]))
+            f0, f1 = (np.clip([np.floor(rel[0].min()) - 1, np.ceil(rel[0].max()) + 1],
+                              0, p.width).astype(int))
+            s0, s1 = (np.clip([np.floor(rel[1].min()) - 1, np.ceil(rel[1].max()) + 1],
+                              0, p.height).astype(int))
+            if f0 >= f1 or s0 >= s1:
+                continue
+            fc = np.arange(f0, f1, dtype=float)[None, :] + 0.5
+            sc = np.arange(s0, s1, dtype=float)[:, None] + 0.5
+            x = p.corner_x + fc * p.fs[0] + sc * p.ss[0]
+            y = p.corner_y + fc * p.fs[1] + sc * p.ss[1]
+            view[s0:s1, f0:f1] |= inside(x, y)
+    where = ", ".join(f"({_fmt(float(x))}, {_fmt(float(y))})" for x, y in pts[:8])
+    if len(pts) > 8:
+        where += f", ... ({len(pts)} points)"
+    extra = f", radius {radius:g}" if kind in ("circle", "brush") else ""
+    text = f"mask_lab_shape: {kind} {where}{extra} {units}{_label(geometry)}"
     return Mask._wrap(np.logical_not(bad, out=bad), (text,))
 
 

@@ -12,6 +12,7 @@ Coordinates are data-array coordinates as in :mod:`sxlab.geometry` and CrystFEL 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ _BOUND_FRACTION = 0.75
 # Whole-number values counted per annulus in the full statistics pass (see _exact_stats).
 _N_BINS = 8
 _INT_ACC_DTYPES = ("uint16",)
+# Parameters the preparation depends on; the others are read per frame.
+_PREPARED_FIELDS = ("method", "min_res", "max_res", "d_min_A", "d_max_A", "fast",
+                    "fast_n_pixels", "seed")
 
 
 # ========================================================================= parameters
@@ -263,6 +267,7 @@ class PeakFinder:
         if not isinstance(geometry, Detector):
             raise TypeError(f"geometry must be a Detector, got {type(geometry).__name__}")
         self.geometry = geometry
+        self._mask = mask
         self.params = (params or PeakFinderParams()).replace(**overrides)
         p = self.params
         shape = tuple(geometry.data_shape)
@@ -365,6 +370,29 @@ class PeakFinder:
             row0 = (pn.slab or 0) * self._rows_per_module if det.is_stacked else 0
             rects[i] = (row0 + pn.min_ss, row0 + pn.max_ss, pn.min_fs, pn.max_fs)
         return rects
+
+    def with_params(self, params: PeakFinderParams | None = None, **overrides) -> PeakFinder:
+        """A finder with other parameters, reusing this one's preparation when possible.
+
+        When only per-frame parameters change (thresholds, pixel counts, background
+        radius, clipping iterations, dispersion settings, ``max_peaks_per_panel``), the
+        new finder shares this one's annuli, sample and work buffers and costs nothing to
+        make: call one of the two at a time. Changing ``method``, the resolution limits
+        or the fast-mode sample prepares a new finder for the same geometry and mask.
+
+        Examples
+        --------
+        >>> from sxlab.geometry import builtin_geometry
+        >>> finder = PeakFinder(builtin_geometry("eiger1m"), min_snr=6)
+        >>> finder.with_params(min_snr=4).params.min_snr
+        4.0
+        """
+        new = (params or self.params).replace(**overrides)
+        if any(getattr(new, f) != getattr(self.params, f) for f in _PREPARED_FIELDS):
+            return PeakFinder(self.geometry, self._mask, new)
+        out = copy.copy(self)
+        out.params = new
+        return out
 
     # -------------------------------------------------------------- per frame
     def _frame_arrays(self, image, bad):
