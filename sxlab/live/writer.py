@@ -209,8 +209,8 @@ class LiveWriter:
 
         return data_file_name(self.master_path, 1)
 
-    def _note_lost(self, entry_id: str, fields=None) -> None:
-        frame = self._frame_of(Entry(entry_id, fields))
+    def _note_lost(self, entry_id: str) -> None:
+        frame = self._frame_of(Entry(entry_id, None))
         reason = ("trimmed from the broker cache after it was handed to a writer that died "
                   "before storing it")
         if frame is None:
