@@ -195,8 +195,13 @@ def test_storage_policy_stores_the_selection_and_reprocesses_the_same(
     run = sx.open_run(master)
     for i, f in enumerate(numbers):
         np.testing.assert_array_equal(run.read_raw(i), sample.read_raw(int(f) % len(sample)))
-    # Processing the stored file gives the live results of those frames.
-    again = sx.process_run(run, params, executor="local", n_workers=1, progress=False)
+    # `sxlab process` on the stored file gives the live results of those frames.
+    params.save(tmp_path / "trial.toml")
+    cmd = [sys.executable, "-m", "sxlab", "process", str(master), "--params",
+           str(tmp_path / "trial.toml"), "--out", str(tmp_path / "again"), "-j", "1",
+           "--no-progress"]
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    again = sx.Results.load(tmp_path / "again")
     for kind in ("frames", "peaks", "crystals", "reflections"):
         _same_rows(getattr(live, kind), getattr(again, kind), numbers, kind)
 

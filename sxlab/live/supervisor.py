@@ -166,8 +166,9 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
         if binned:
             children.append(_Child("binner", _cmd("bin", *common, *which, "--factor",
                                                   bin_factor), logs / "binner.log"))
-        if store != "all" and store not in publish.split(","):
-            publish = f"{publish},{store}"
+        selection = store if write and store != "all" else None
+        if selection and selection not in publish.split(","):
+            publish = f"{publish},{selection}"
         for k in range(n_workers):
             wargs = ["worker", *common, "--out", out, "--params", params_path,
                      "--since", repr(t_start), "--worker", k, "--name", f"w{k}",
@@ -178,7 +179,7 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
                 wargs += ["--run", run]
             if binned:
                 wargs += ["--input", binned]
-            if store != "all":
+            if selection:
                 wargs += ["--blank-sample", blank_sample, "--blank-seed", blank_seed]
             children.append(_Child(f"w{k}", _cmd(*wargs), logs / f"worker{k}.log"))
         if write:
