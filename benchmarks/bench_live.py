@@ -455,7 +455,8 @@ def products_report(args, workdir: Path) -> tuple[list[str], dict]:
         "## Binning (lysozyme-16m, EIGER2 16M, live worker on the binned stream)", "",
         _md(pd.DataFrame(binning)), "",
         "process_cpu_ms: one worker's CPU per frame (decode + peaks + index + integrate); "
-        "binner_cpu_ms: the binning worker's (decode + bin + encode).",
+        "binner_cpu_ms: the binning worker's (decode + bin + encode).", "",
+        f"Load average (1/5/15 min) after this part: {_common.load_average()}",
     ]
     return lines, {"writer": throughput, "policies": policies, "binning": binning}
 
