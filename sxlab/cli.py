@@ -216,11 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_merge)
 
     from sxlab.experiment.cli import add_parser as add_experiment_parser
-    from sxlab.live.cli import register as register_live
     from sxlab.report import add_parser as add_report_parser
 
     add_experiment_parser(sub, figure=_run_stats_figure)
     add_report_parser(sub)
+
+    from sxlab.live.cli import register as register_live
+
     register_live(sub)
     return parser
 
