@@ -44,25 +44,6 @@ TABLES = ("frames", "peaks", "crystals", "reflections")
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    try:
-        find_redis_server()
-        ok = True
-    except RedisNotFoundError:
-        ok = False
-    require_service("redis", ok)
-    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture
-def broker(redis_url):
-    b = Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
 def params(tmp_path_factory):
     p = demo_params(datasets.truth("lysozyme-sample"))
     path = tmp_path_factory.mktemp("params") / "trial.toml"
