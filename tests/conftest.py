@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import time
 import uuid
 
 import numpy as np
@@ -72,3 +75,19 @@ def broker(redis_url):
     b = Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}")
     yield b
     b.close()
+
+
+def run_sxlab(*args, log=None) -> subprocess.Popen:
+    """Start ``python -m sxlab ARGS...`` (output to ``log`` or nowhere)."""
+    return subprocess.Popen([sys.executable, "-m", "sxlab", *map(str, args)],
+                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def wait_until(cond, timeout_s: float, what: str) -> None:
+    """Poll ``cond()`` until it is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -18,6 +18,7 @@ import uuid
 import h5py
 import numpy as np
 import pytest
+from conftest import run_sxlab, wait_until
 
 import sxlab as sx
 from sxlab.io.compression import compress, decompress
@@ -207,20 +208,6 @@ def test_storage_policy_stores_the_selection_and_reprocesses_the_same(
 
 
 # --------------------------------------------------------------------------- faults
-def _python(*args, log=None):
-    return subprocess.Popen([sys.executable, "-m", "sxlab", *map(str, args)],
-                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-
-
-def _wait(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _delivered(broker, key, group="write") -> int:
     """Entry-id number of the last entry handed to ``group`` (frame + 1)."""
     for g in broker.groups(key):
@@ -253,9 +240,9 @@ def test_writer_killed_mid_file_restarts_without_gap_or_duplicate(tmp_path, brok
     log = open(tmp_path / "writer.log", "ab")  # noqa: SIM115
     args = ["live", "write", "--broker", broker.url, "--beamtime", broker.beamtime,
             "--run", "run1", "--out", out, "--frames-per-file", per_file]
-    first = _python(*args, log=log)
+    first = run_sxlab(*args, log=log)
     try:
-        _wait(lambda: _delivered(broker, feed.key) >= 15 and os.path.exists(
+        wait_until(lambda: _delivered(broker, feed.key) >= 15 and os.path.exists(
             data_file_name(master, 1)), 60, "the writer to read 15 frames")
         time.sleep(0.3)
         assert os.path.exists(data_file_name(master, 2) + ".part")     # mid-file
@@ -265,7 +252,7 @@ def test_writer_killed_mid_file_restarts_without_gap_or_duplicate(tmp_path, brok
         pending = broker.client.xpending(feed.key, "write")["pending"]
         assert pending == 5                  # the frames of the unfinished file
         feed.end()
-        second = _python(*args, "--name", "writer-2", log=log)          # any name
+        second = run_sxlab(*args, "--name", "writer-2", log=log)          # any name
         assert second.wait(60) == 0
     finally:
         for p in (first, locals().get("second")):
@@ -429,7 +416,7 @@ def test_live_run_writes_binned_hits_with_blank_sample(tmp_path, redis_url, para
     ppath = tmp_path / "trial.toml"
     params.save(ppath)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    replay = _python("replay", SAMPLE, "--endpoint", endpoint, "--rate", 50, "--frames", n,
+    replay = run_sxlab("replay", SAMPLE, "--endpoint", endpoint, "--rate", 50, "--frames", n,
                      "--loop", "--format", "stream2", "--run-name", "e2e")
     try:
         summary = run_live(endpoint, ppath, tmp_path / "out", n_workers=1,

@@ -165,9 +165,9 @@ def _wait_key(broker, args, stop) -> str | None:
     return None
 
 
-def _cmd_write(args) -> int:
-    from .writer import LiveWriter
-
+def _single_consumer(args, start) -> int:
+    """The frame of ``write`` and ``bin``: broker, signals, the run, then ``start(broker,
+    key, stop)``, which runs the consumer and returns it with its one-line report."""
     _logging(args.verbose)
     broker = _broker(args)
     stop = _stop_on_signals()
@@ -175,38 +175,41 @@ def _cmd_write(args) -> int:
         key = _wait_key(broker, args, stop)
         if key is None:
             return 1
-        writer = LiveWriter(broker, key, args.out, input=args.input, group=args.group,
-                            consumer=args.name, frames_per_file=args.frames_per_file,
-                            process_group=args.process_group, prefix=args.prefix)
-        s = writer.run(stop=stop, progress=args.progress)
-        print(f"write {writer.input_key}: {s.stored} frames stored in {s.files} file(s), "
-              f"{s.failed} not stored, {s.skipped} found already stored; "
-              f"{s.bytes / max(s.wall_s, 1e-9) / 1e6:.1f} MB/s, most behind: {s.max_lag} "
-              f"entries -> {writer.master_path}", file=sys.stderr)
-        return 0 if writer.done else 1
+        consumer, report = start(broker, key, stop)
+        print(report, file=sys.stderr)
+        return 0 if consumer.done else 1
     finally:
         broker.close()
+
+
+def _cmd_write(args) -> int:
+    from .writer import LiveWriter
+
+    def start(broker, key, stop):
+        w = LiveWriter(broker, key, args.out, input=args.input, group=args.group,
+                       consumer=args.name, frames_per_file=args.frames_per_file,
+                       process_group=args.process_group, prefix=args.prefix)
+        s = w.run(stop=stop, progress=args.progress)
+        return w, (f"write {w.input_key}: {s.stored} frames stored in {s.files} file(s), "
+                   f"{s.failed} not stored, {s.skipped} found already stored; "
+                   f"{s.bytes / max(s.wall_s, 1e-9) / 1e6:.1f} MB/s, most behind: "
+                   f"{s.max_lag} entries -> {w.master_path}")
+
+    return _single_consumer(args, start)
 
 
 def _cmd_bin(args) -> int:
     from .binner import LiveBinner
 
-    _logging(args.verbose)
-    broker = _broker(args)
-    stop = _stop_on_signals()
-    try:
-        key = _wait_key(broker, args, stop)
-        if key is None:
-            return 1
-        binner = LiveBinner(broker, key, args.factor, bad_fraction=args.bad_fraction,
-                            threads=args.threads, consumer=args.name)
-        s = binner.run(stop=stop)
-        print(f"bin {args.factor}x{args.factor} {key} -> {binner.out_key}: {s.frames} "
-              f"frames ({s.failed} failed), {1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU "
-              "per frame", file=sys.stderr)
-        return 0 if binner.done else 1
-    finally:
-        broker.close()
+    def start(broker, key, stop):
+        b = LiveBinner(broker, key, args.factor, bad_fraction=args.bad_fraction,
+                       threads=args.threads, consumer=args.name)
+        s = b.run(stop=stop)
+        return b, (f"bin {args.factor}x{args.factor} {key} -> {b.out_key}: {s.frames} "
+                   f"frames ({s.failed} failed), "
+                   f"{1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame")
+
+    return _single_consumer(args, start)
 
 
 def _cmd_status(args) -> int:
