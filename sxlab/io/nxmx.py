@@ -319,7 +319,6 @@ class NXmxWriter:
         self._dset = None
         self._info_dsets: dict = {}
         self._closed = False
-        self._master_counts: list[int] | None = None
         if resume:
             self._resume()
         if self.n_frames is not None:
@@ -540,7 +539,10 @@ class NXmxWriter:
         det = self.detector
         shape = self.master_shape
         total = int(sum(counts))
-        target = self.master_path + ".tmp" if self.atomic else self.master_path
+        # A master that exists already is replaced atomically (readers see the old or
+        # the new file, never half of one, and an open reader does not block the write).
+        replace = self.atomic or os.path.exists(self.master_path)
+        target = self.master_path + ".tmp" if replace else self.master_path
         with h5py.File(target, "w") as f:
             _set_attrs(f, NX_class="NXroot", default="entry", creator="sxlab")
             entry = _group(f, "entry", "NXentry")
@@ -577,9 +579,8 @@ class NXmxWriter:
             sample["depends_on"] = "."
             source = _group(entry, "source", "NXsource")
             source["name"] = "unknown"
-        if self.atomic:
+        if replace:
             os.replace(target, self.master_path)
-        self._master_counts = list(counts)
 
     def _write_frame_info(self, data, counts: list[int]) -> None:
         """Per-frame values of the frames in the master (when all of them are known)."""
@@ -753,12 +754,9 @@ class NXmxWriter:
                 seconds=float(self.frame_time or 0.0) * self.n_written))
         else:
             end = _utc_now()
-        if (not self.atomic and self._master_counts == self._counts
-                and os.path.exists(self.master_path)):
-            with h5py.File(self.master_path, "r+") as f:
-                f["entry/end_time"] = end
-        else:
-            self._write_master(self._counts, end_time=end)
+        # Rewritten whole, never reopened for writing: a reader (a run watcher, a
+        # processing job) may hold the master open while the run ends.
+        self._write_master(self._counts, end_time=end)
 
     def __enter__(self) -> NXmxWriter:
         return self
