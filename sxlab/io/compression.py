@@ -17,6 +17,9 @@ Three blob layouts occur (see the format notes on the EIGER stream):
 Decompression is done by the ``bitshuffle`` and ``lz4`` libraries; this module checks the
 framing first (the decoders trust the lengths in the blob, so a damaged length could make
 them read past the buffer) and reports what is wrong in words.
+:func:`bslz4_decode_into` decodes a bitshuffle-LZ4 blob into an existing array with the
+single-threaded C decoder of hdf5plugin's bitshuffle filter (the one HDF5 itself runs),
+without the temporary arrays of a filtered HDF5 read.
 
 Examples
 --------
@@ -31,11 +34,14 @@ True
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import struct
 
 import numpy as np
 
-__all__ = ["ENCODINGS", "BlobError", "bslz4_problem", "compress", "decompress"]
+__all__ = ["ENCODINGS", "BlobError", "bslz4_decode_into", "bslz4_problem", "compress",
+           "decompress"]
 
 #: Blob encodings understood by :func:`decompress`.
 ENCODINGS = ("none", "bslz4", "lz4", "lz4-hdf5")
@@ -102,6 +108,72 @@ def bslz4_problem(blob, nbytes: int, elem: int) -> str | None:
     if pos + tail != n:
         return f"block lengths add up to {pos + tail} bytes, the blob has {n}"
     return None
+
+
+@functools.cache
+def _bshuf_decoder():
+    """``bshuf_decompress_lz4`` of hdf5plugin's bitshuffle filter library, or None."""
+    try:
+        import hdf5plugin
+
+        path = hdf5plugin.get_config().registered_filters.get("bshuf")
+        fn = ctypes.CDLL(path).bshuf_decompress_lz4 if path else None
+    except (ImportError, OSError, AttributeError):
+        return None
+    if fn is not None:
+        # int64_t bshuf_decompress_lz4(const void *in, void *out, size_t size,
+        #                              size_t elem_size, size_t block_size)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                       ctypes.c_size_t]
+    return fn
+
+
+def bslz4_decode_into(blob: bytes, out: np.ndarray, *, checked: bool = False) -> None:
+    """Decode a bitshuffle-LZ4 blob (12-byte header included) into ``out`` in place.
+
+    Parameters
+    ----------
+    blob : bytes
+        The blob, e.g. a chunk from ``h5py``'s ``read_direct_chunk``.
+    out : ndarray
+        C-contiguous, native byte order, of the blob's decoded size; its dtype's item
+        size is the element size of the bitshuffle.
+    checked : bool
+        The framing was already checked with :func:`bslz4_problem`.
+
+    Raises
+    ------
+    BlobError
+        Damaged framing, a size that does not match ``out`` or a block that does not
+        decode.
+
+    Examples
+    --------
+    >>> a = np.arange(1000, dtype="<u4")
+    >>> out = np.empty_like(a)
+    >>> bslz4_decode_into(compress(a, "bslz4"), out)
+    >>> bool((out == a).all())
+    True
+    """
+    if not (out.flags.c_contiguous and out.flags.writeable and out.dtype.isnative):
+        raise ValueError("out must be a writeable C-contiguous array in native byte order")
+    elem = out.dtype.itemsize
+    if not checked:
+        problem = bslz4_problem(blob, out.nbytes, elem)
+        if problem:
+            raise BlobError(f"bitshuffle-LZ4 blob: {problem}")
+    block = _HEADER.unpack_from(blob, 0)[1] // elem
+    fn = _bshuf_decoder()
+    if fn is None:  # no C library: the bitshuffle package (allocates)
+        out[...] = decompress(blob, "bslz4", out.shape, out.dtype)
+        return
+    data = blob if isinstance(blob, bytes) else bytes(blob)
+    start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + _HEADER.size
+    used = fn(start, out.ctypes.data, out.size, elem, block)
+    if used != len(data) - _HEADER.size:
+        raise BlobError(f"bitshuffle-LZ4 blob does not decode (decoder status {used}, "
+                        f"{len(data) - _HEADER.size} bytes after the header)")
 
 
 def _lz4_hdf5_decode(view: memoryview, nbytes: int) -> bytes:

@@ -30,13 +30,13 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 HDF5 filters)
 import numpy as np
-import xarray as xr
 
-from sxlab.io.compression import bslz4_problem
+from sxlab.io.compression import BlobError, bslz4_decode_into, bslz4_problem
 from sxlab.io.nxmx import (
     as_str,
     find_detectors,
@@ -45,13 +45,17 @@ from sxlab.io.nxmx import (
     virtual_frame_blocks,
 )
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 __all__ = ["FrameReadError", "Run", "open_run", "value_flags"]
 
 _BSLZ4_FILTER = 32008
 _CXI_PATHS = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
 _DATA_LINK = re.compile(r"^data_\d+$")
 _DATA_FILE = re.compile(r"^(?P<prefix>.*)_data_\d+\.(h5|hdf5|nxs)$")
-_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, BlobError)
+_NO_BOOL = np.zeros(0, dtype=bool)
 
 
 class FrameReadError(IOError):
@@ -404,9 +408,20 @@ class Run:
                     offset, sel = (0,) * len(shape), np.s_[...]
                 else:
                     offset, sel = (local,) + (0,) * len(shape), np.s_[local]
-                if self._check_chunks and info.bslz4_elem and info.dset.chunks == (
-                    info.shape if seg.single else (1, *shape)
-                ):
+                one_chunk = info.bslz4_elem and info.dset.chunks == (
+                    info.shape if seg.single else (1, *shape))
+                if one_chunk and info.bslz4_elem == info.dtype.itemsize \
+                        and info.dset.dtype.isnative:
+                    # the frame's chunk decoded straight into the buffer (no temporaries)
+                    filter_mask, blob = info.dset.id.read_direct_chunk(offset)
+                    if filter_mask == 0:
+                        problem = bslz4_problem(blob, buf.nbytes, info.bslz4_elem)
+                        if problem:
+                            raise OSError(f"corrupt bitshuffle-LZ4 chunk at {offset}: "
+                                          f"{problem}")
+                        bslz4_decode_into(blob, buf, checked=True)
+                        return buf, seg, local
+                if self._check_chunks and one_chunk:
                     _check_bslz4_chunk(info.dset, offset, buf.nbytes, info.bslz4_elem)
                 info.dset.read_direct(buf, sel)
                 return buf, seg, local
@@ -443,22 +458,73 @@ class Run:
         """Read frame ``g`` into float32 ``out`` (and its bad mask into ``mask_out``)."""
         with self._handles.lock:
             buf, seg, local = self._read_into_buffer(g)
-            flags = value_flags(buf, self._metas[seg.meta].eiger_flags)
-            np.copyto(out, buf, casting="unsafe")
-            if flags.any():
-                np.putmask(out, flags, 0)
-            if mask_out is not None:
-                pm = self._pixel_mask(seg.meta)
-                if pm is None:
-                    np.copyto(mask_out, flags)
-                else:
-                    np.logical_or(flags, pm, out=mask_out)
+            meta = self._metas[seg.meta]
+            pm = self._pixel_mask(seg.meta) if mask_out is not None else None
+            if buf.dtype.kind == "u" and out.flags.c_contiguous and (
+                    mask_out is None or mask_out.flags.c_contiguous):
+                # flags are the top values: convert, flag and mask in one pass
+                from sxlab.io._read_kernels import convert_flagged
+
+                top = np.iinfo(buf.dtype).max
+                threshold = buf.dtype.type(top - 1 if meta.eiger_flags else top)
+                flat_bad = _NO_BOOL if mask_out is None else mask_out.reshape(-1)
+                convert_flagged(buf.reshape(-1), threshold,
+                                _NO_BOOL if pm is None else pm.reshape(-1), pm is not None,
+                                out.reshape(-1), flat_bad, mask_out is not None)
+            else:
+                flags = value_flags(buf, meta.eiger_flags)
+                np.copyto(out, buf, casting="unsafe")
+                if flags.any():
+                    np.copyto(out, 0, where=flags)
+                if mask_out is not None:
+                    if pm is None:
+                        np.copyto(mask_out, flags)
+                    else:
+                        np.logical_or(flags, pm, out=mask_out)
         return seg, local
 
     def _image(self, g: int) -> xr.DataArray:
+        import xarray as xr
+
         img = np.empty(self.frame_shape, dtype=np.float32)
         seg, local = self._convert(g, img, None)
         return xr.DataArray(img, dims=self.dims, attrs=self._attrs(g, seg, local))
+
+    def read_into(self, i, image: np.ndarray, bad: np.ndarray | None = None) -> dict:
+        """Read frame ``i`` into existing arrays (no allocation); return its attrs.
+
+        The plain-array form of :meth:`read` for loops that reuse their buffers.
+
+        Parameters
+        ----------
+        i : int
+            Frame index.
+        image : ndarray of float32
+            Of the run's ``frame_shape``; receives the frame, pixels flagged by value 0.
+        bad : ndarray of bool, optional
+            Of ``frame_shape``; receives the bad-pixel mask (see :meth:`read`).
+
+        Returns
+        -------
+        dict
+            ``frame``, ``run``, ``event``, ``source``, ``dataset``.
+
+        Examples
+        --------
+        >>> import numpy as np, sxlab as sx
+        >>> run = sx.datasets.load("lysozyme-sample", progress=False)
+        >>> img = np.empty(run.frame_shape, np.float32)
+        >>> bad = np.empty(run.frame_shape, bool)
+        >>> run.read_into(0, img, bad)["event"]
+        '//0'
+        """
+        for name, arr, dtype in (("image", image, np.float32), ("bad", bad, np.bool_)):
+            if arr is not None and (arr.shape != self.frame_shape or arr.dtype != dtype):
+                raise ValueError(f"{name} must be {np.dtype(dtype).name} of shape "
+                                 f"{self.frame_shape}, got {arr.dtype} {arr.shape}")
+        g = self._global(i)
+        seg, local = self._convert(g, image, bad)
+        return self._attrs(g, seg, local)
 
     def read(self, i) -> tuple[xr.DataArray, xr.DataArray]:
         """Frame ``i`` and its bad-pixel mask.
@@ -476,11 +542,11 @@ class Run:
         FrameReadError
             When the frame cannot be read.
         """
-        g = self._global(i)
+        import xarray as xr
+
         img = np.empty(self.frame_shape, dtype=np.float32)
         bad = np.empty(self.frame_shape, dtype=bool)
-        seg, local = self._convert(g, img, bad)
-        attrs = self._attrs(g, seg, local)
+        attrs = self.read_into(i, img, bad)
         return (xr.DataArray(img, dims=self.dims, attrs=attrs),
                 xr.DataArray(bad, dims=self.dims, attrs=dict(attrs)))
 
@@ -565,6 +631,8 @@ class Run:
             float32, dims ``("frame", *dims)`` with coords ``frame`` (global index),
             ``event`` and ``source``; attrs ``run``.
         """
+        import xarray as xr
+
         size = int(size)
         if size < 1:
             raise ValueError(f"chunk size must be >= 1, got {size}")

@@ -1,0 +1,84 @@
+"""The fast read path: bitshuffle-LZ4 decoded in place, one-pass conversion, read_into."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sxlab.io._read_kernels import convert_flagged
+from sxlab.io.compression import BlobError, bslz4_decode_into, compress, decompress
+from sxlab.io.hdf5 import open_run, value_flags
+from tests.test_io_hdf5 import expected_image, flat_detector, make_frames, write_run
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int32", "float32"])
+@pytest.mark.parametrize("n", [1, 7, 8, 4099, 70001])
+def test_bslz4_decode_into_matches_bitshuffle(rng, dtype, n):
+    a = (rng.poisson(3.0, n) * rng.integers(1, 50, n)).astype(dtype)
+    blob = compress(a, "bslz4")
+    out = np.full_like(a, 99)
+    bslz4_decode_into(blob, out)
+    np.testing.assert_array_equal(out, decompress(blob, "bslz4", a.shape, a.dtype))
+    np.testing.assert_array_equal(out, a)
+
+
+def test_bslz4_decode_into_rejects_damage(rng):
+    a = rng.poisson(3.0, 5000).astype("<u2")
+    blob = bytearray(compress(a, "bslz4"))
+    out = np.empty_like(a)
+    with pytest.raises(BlobError, match="header announces"):
+        bslz4_decode_into(bytes(blob), np.empty(4999, "<u2"))
+    blob[14] ^= 0x7F  # a block length
+    with pytest.raises(BlobError, match="bitshuffle-LZ4 blob"):
+        bslz4_decode_into(bytes(blob), out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bslz4_decode_into(compress(a, "bslz4"), np.empty((2, 5000), "<u2")[:, 0])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32"])
+@pytest.mark.parametrize("eiger", [True, False])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_convert_flagged_matches_numpy(rng, dtype, eiger, with_mask):
+    top = np.iinfo(dtype).max
+    raw = rng.integers(0, top, 10_000, dtype=dtype, endpoint=True)
+    raw[rng.random(raw.size) < 0.05] = top
+    raw[rng.random(raw.size) < 0.05] = top - 1
+    pm = rng.random(raw.size) < 0.1
+    out = np.full(raw.size, np.nan, np.float32)
+    bad = np.zeros(raw.size, bool)
+    threshold = raw.dtype.type(top - 1 if eiger else top)
+    n = convert_flagged(raw, threshold, pm if with_mask else np.zeros(0, bool), with_mask,
+                        out, bad, True)
+    flags = value_flags(raw, eiger)
+    ref = raw.astype(np.float32)
+    ref[flags] = 0
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(bad, flags | pm if with_mask else flags)
+    assert n == flags.sum()
+
+
+@pytest.mark.parametrize("compression", ["bslz4", "gzip", None])
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "float32"])
+def test_read_into_equals_read(tmp_path, rng, compression, dtype):
+    frames = make_frames(rng, 5, dtype)
+    if dtype.startswith("u"):
+        frames[:, 3, 4] = np.iinfo(dtype).max
+        frames[:, 5, 6] = np.iinfo(dtype).max - 1
+    pixel_mask = np.zeros(frames.shape[1:], np.uint32)
+    pixel_mask[7, :] = 1
+    master = write_run(tmp_path / "r_master.h5", flat_detector(), frames,
+                       compression=compression, pixel_mask=pixel_mask)
+    run = open_run(master)
+    img = np.full(run.frame_shape, np.nan, np.float32)
+    bad = np.zeros(run.frame_shape, bool)
+    for i in range(len(run)):
+        attrs = run.read_into(i, img, bad)
+        image, mask = run.read(i)
+        assert attrs == image.attrs
+        np.testing.assert_array_equal(img, image.values)
+        np.testing.assert_array_equal(bad, mask.values)
+        np.testing.assert_array_equal(img, expected_image(frames[i], eiger=True))
+        flags = value_flags(frames[i], eiger=True)
+        np.testing.assert_array_equal(bad, flags | (pixel_mask != 0))
+    with pytest.raises(ValueError, match="float32 of shape"):
+        run.read_into(0, np.empty(run.frame_shape, np.float64))
