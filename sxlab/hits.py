@@ -26,12 +26,15 @@ import os
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from . import _hits_kernels as _k
+
+if TYPE_CHECKING:
+    import xarray as xr
 from . import tables
 from ._frozen import FrozenParams
 from .executors import map_unordered
@@ -447,6 +450,8 @@ class RadialProfiler:
         attrs.update(long_name="mean intensity", units="ADU")
         coords = self.axis.coords(self.edges)
         coords["count"] = (name, counts, {"long_name": "good pixels", "units": "pixels"})
+        import xarray as xr
+
         return xr.DataArray(mean, dims=(name,), coords=coords, name="radial_profile",
                             attrs=attrs)
 
@@ -778,6 +783,8 @@ class RunStatistics:
             std = np.sqrt(np.maximum(self.m2, 0.0) / self.count)
         std[empty] = np.nan
         vmax = np.where(empty, np.float32(np.nan), self.max).astype(np.float32)
+        import xarray as xr
+
         ds = xr.Dataset(
             {
                 "mean": (dims, mean.reshape(shape), {"long_name": "mean", "units": "ADU"}),
@@ -1004,6 +1011,8 @@ def virtual_powder(peaks: pd.DataFrame, geometry: Detector, *, weight: str | Non
         edges = np.sort(ax.values_from_user(bins))
     hist, _ = np.histogram(v[np.isfinite(v)], bins=edges)
     frames = int(peaks["frame"].nunique()) if "frame" in peaks.columns else 1
+    import xarray as xr
+
     return xr.Dataset(
         {
             "powder": (geometry.dims, powder,

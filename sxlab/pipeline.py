@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,9 @@ class Context:
     solvent : SolventRatio
     profiler : Profiler
     worker : int
+    buffers : dict
+        The frame and bad-pixel arrays the batch loop reads every frame into (by shape),
+        reused from frame to frame.
     """
 
     geometry: object
@@ -86,6 +89,15 @@ class Context:
     solvent: object
     profiler: object
     worker: int = 0
+    buffers: dict = field(default_factory=dict, repr=False)
+
+    def frame_buffers(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's (float32 image, bool bad) arrays of ``shape``, made once."""
+        bufs = self.buffers.get(shape)
+        if bufs is None:
+            bufs = self.buffers[shape] = (np.empty(shape, np.float32),
+                                          np.empty(shape, bool))
+        return bufs
 
 
 def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Context:
@@ -148,7 +160,7 @@ def _frame_row(frame: int, attrs: dict, worker: int) -> dict:
 
 def process_frame(image, bad=None, context: Context | None = None, *,
                   frame: int | None = None, read_s: float = 0.0,
-                  wait_s: float = 0.0) -> FrameResult:
+                  wait_s: float = 0.0, attrs: dict | None = None) -> FrameResult:
     """Run every enabled stage on one frame.
 
     Parameters
@@ -167,6 +179,9 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     wait_s : float
         Seconds spent waiting for the frame to arrive (live processing), recorded as
         the profile segment ``wait``; not counted in ``total_s``.
+    attrs : dict, optional
+        The frame's ``run``, ``event`` and ``source`` (as :meth:`Run.read_into` returns
+        them) when ``image`` is a plain array (default: ``image.attrs``).
 
     Returns
     -------
@@ -177,7 +192,8 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     if context is None:
         raise TypeError("process_frame needs a context from prepare(geometry, params)")
     ctx = context
-    attrs = dict(getattr(image, "attrs", {}) or {})
+    if attrs is None:
+        attrs = dict(getattr(image, "attrs", {}) or {})
     if frame is None:
         frame = int(attrs.get("frame", -1))
     prof = ctx.profiler
@@ -232,13 +248,18 @@ def failed_result(frame: int, error, worker: int = 0, run_name: str = "",
 def _process_index(run, i: int, ctx: Context) -> FrameResult:
     """Read frame ``i`` of ``run`` and process it; any failure becomes a failed row."""
     t0 = time.perf_counter()
+    attrs = None
     try:
-        image, bad = run.read(i)
+        if hasattr(run, "read_into"):  # into this worker's reused arrays
+            image, bad = ctx.frame_buffers(tuple(run.frame_shape))
+            attrs = run.read_into(i, image, bad)
+        else:
+            image, bad = run.read(i)
     except Exception as exc:  # noqa: BLE001 - recorded per frame, processing goes on
         return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
     read_s = time.perf_counter() - t0
     try:
-        return process_frame(image, bad, ctx, frame=i, read_s=read_s)
+        return process_frame(image, bad, ctx, frame=i, read_s=read_s, attrs=attrs)
     except Exception as exc:  # noqa: BLE001
         ctx.profiler.clear()
         return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 
 import numpy as np
-from scipy import fft as _fft
 
 from . import _asdf_kernels as _k
 
@@ -72,7 +71,9 @@ __all__ = [
 
 def _rfft_rows(hist: np.ndarray) -> np.ndarray:
     """Real FFT of each row (single precision in, single precision out)."""
-    return _fft.rfft(hist, axis=1, workers=1)
+    from scipy import fft  # first indexed frame; not on a worker's start-up path
+
+    return fft.rfft(hist, axis=1, workers=1)
 
 
 def triplet_indices(n: int) -> np.ndarray:
