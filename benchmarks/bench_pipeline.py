@@ -153,7 +153,15 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
         cpu.append(time.process_time() - c0)
         hits.append(bool(res.frame["hit"]))
         indexed.append(bool(res.frame["indexed"]))
-    json.dump({"start_cpu_s": c_start, "import_cpu_s": c_import - c_start,
+    private = 0.0  # memory of this process alone (shared library pages left out), MB
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    private += int(line.split()[1]) / 1024
+    except OSError:
+        private = float("nan")
+    json.dump({"start_cpu_s": c_start, "private_mb": private, "import_cpu_s": c_import - c_start,
                "setup_cpu_s": c_setup - c_import, "startup_cpu_s": c_setup,
                "rss_setup_mb": rss_setup, "cpu": cpu, "hit": hits, "indexed": indexed,
                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
@@ -186,6 +194,7 @@ def sxlab_figures(master: Path, params_file: Path, n_frames: int, truth_hit) -> 
         "first_frame_ms": 1e3 * med(s["cpu"][0] for s in starts),
         "frame_ms": 1e3 * statistics.mean(w["cpu"][1:] or w["cpu"]),
         "worker_rss_mb": w["rss_mb"],
+        "worker_private_mb": w["private_mb"],
         "whole_cpu_s": whole["cpu_s"],
         "whole_rss_mb": whole["rss_mb"],
         "indexed": int(sum(w["indexed"])),
@@ -335,6 +344,8 @@ def report(rows: list[dict], header: list[str]) -> str:
                      f"{ratio(s['whole_rss_mb'], c.get('whole_rss_mb'))} | {rss_target} |")
         lines.append(f"| peak RSS, MB (one worker: after set-up / after all frames) | "
                      f"{s['rss_setup_mb']:.0f} / {s['worker_rss_mb']:.0f} | | | |")
+        lines.append(f"| private memory at the end, MB (one worker; RSS less shared "
+                     f"pages) | {s['worker_private_mb']:.0f} | | | |")
         lines.append(f"| frames indexed (of {r['hits']} hits) | {s['indexed']} | "
                      f"{c.get('indexed', '–')} | | ≥ CrystFEL |")
         lines.append("")
