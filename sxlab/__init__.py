@@ -106,6 +106,9 @@ _EXPORTS = {
     "Simulator": "simulate",
     "Truth": "simulate",
     "simulate_frame": "simulate",
+    "simulate_powder": "simulate",
+    "calibrate_rings": "calibration",
+    "refine_geometry": "calibration",
 }
 
 

@@ -210,11 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
 
+    from sxlab.calibration.cli import add_parser as add_calibration_parser
     from sxlab.experiment.cli import add_parser as add_experiment_parser
     from sxlab.report import add_parser as add_report_parser
 
     add_experiment_parser(sub, figure=_run_stats_figure)
     add_report_parser(sub)
+    add_calibration_parser(sub)
     return parser
 
 

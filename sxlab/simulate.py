@@ -83,6 +83,7 @@ from .reciprocal import (
 __all__ = [
     "powder_ring_intensities",
     "write_powder",
+    "simulate_powder",
     "FrameTruth",
     "SimulationParams",
     "Simulator",
@@ -1004,26 +1005,10 @@ def powder_ring_intensities(n_orders: int, decay: float = 0.35) -> np.ndarray:
     return np.exp(-decay * (n - 1.0))
 
 
-def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacing_A: float,
-                 n_frames: int, seed: int = 0, n_orders: int = 12,
-                 ring_photons: float = 400.0, ring_width_invA: float = 2e-4,
-                 frames_per_file: int = 1000, progress: bool = False,
-                 params: SimulationParams | None = None) -> Truth:
-    """Write powder-ring frames of a lamellar calibrant (e.g. silver behenate, d = 58.38 Å).
-
-    The rings sit at ``|q| = n / d`` for the orders ``n = 1 .. n_orders`` (those that fall on
-    the detector), each a Gaussian in ``|q|`` of width ``ring_width_invA`` with peak
-    ``ring_photons · powder_ring_intensities(n)`` photons per µsr, on the simulator's usual
-    background, beam stop, noise, gain, saturation and bad pixels (no crystals, no water
-    ring). The truth metadata lists the rings (``powder_rings``: order, d_A, q_invA,
-    two_theta_deg).
-
-    Examples
-    --------
-    >>> from sxlab.geometry import builtin_geometry
-    >>> truth = write_powder("agbeh_master.h5", builtin_geometry("eiger4m", clen=0.3),
-    ...                      d_spacing_A=58.38, n_frames=2)  # doctest: +SKIP
-    """
+def _powder_simulator(detector: Detector, d_spacing_A: float, seed: int, n_orders: int,
+                      ring_photons: float, ring_width_invA: float,
+                      params: SimulationParams | None):
+    """A Simulator whose frames show the rings of a lamellar powder, and the ring table."""
     p = (params or SimulationParams()).replace(hit_fraction=0.0, solvent_probability=1.0,
                                                water_ring=float(ring_photons))
     sim = Simulator(detector, UnitCell(10, 10, 10, space_group="P 1"), seed=seed, params=p)
@@ -1044,6 +1029,56 @@ def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacin
     # The water-ring slot of the background carries the rings instead.
     base = sim._bg_const
     sim._bg_water = (base * rings.reshape(base.shape)).astype(np.float32)
+    return sim, table
+
+
+def simulate_powder(detector: Detector, *, d_spacing_A: float, frame: int = 0, seed: int = 0,
+                    n_orders: int = 12, ring_photons: float = 400.0,
+                    ring_width_invA: float = 2e-4,
+                    params: SimulationParams | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """One frame of powder rings of a lamellar calibrant, and its rings.
+
+    The frame of :func:`write_powder` (same model, same numbers for the same ``seed`` and
+    ``frame``), in memory: detector data (``params.dtype``, data shape, flagged pixels at
+    the flag value) and a table with one row per ring on the detector (``order``,
+    ``d_A``, ``q_invA``, ``two_theta_deg``).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> data, rings = simulate_powder(builtin_geometry("eiger1m", clen=0.2),
+    ...                               d_spacing_A=58.38, n_orders=3)
+    >>> data.shape, rings.order.tolist()
+    ((1065, 1030), [1, 2, 3])
+    """
+    sim, table = _powder_simulator(detector, d_spacing_A, seed, n_orders, ring_photons,
+                                   ring_width_invA, params)
+    data, _ = sim.frame(frame)
+    return data, pd.DataFrame(table, columns=["order", "d_A", "q_invA", "two_theta_deg"])
+
+
+def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacing_A: float,
+                 n_frames: int, seed: int = 0, n_orders: int = 12,
+                 ring_photons: float = 400.0, ring_width_invA: float = 2e-4,
+                 frames_per_file: int = 1000, progress: bool = False,
+                 params: SimulationParams | None = None) -> Truth:
+    """Write powder-ring frames of a lamellar calibrant (e.g. silver behenate, d = 58.38 Å).
+
+    The rings sit at ``|q| = n / d`` for the orders ``n = 1 .. n_orders`` (those that fall on
+    the detector), each a Gaussian in ``|q|`` of width ``ring_width_invA`` with peak
+    ``ring_photons · powder_ring_intensities(n)`` photons per µsr, on the simulator's usual
+    background, beam stop, noise, gain, saturation and bad pixels (no crystals, no water
+    ring). The truth metadata lists the rings (``powder_rings``: order, d_A, q_invA,
+    two_theta_deg).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> truth = write_powder("agbeh_master.h5", builtin_geometry("eiger4m", clen=0.3),
+    ...                      d_spacing_A=58.38, n_frames=2)  # doctest: +SKIP
+    """
+    sim, table = _powder_simulator(detector, d_spacing_A, seed, n_orders, ring_photons,
+                                   ring_width_invA, params)
     truth = sim.write(master_path, n_frames, frames_per_file=frames_per_file,
                       progress=progress)
     truth.metadata.update({"powder_d_A": float(d_spacing_A), "powder_rings": table})

@@ -15,6 +15,7 @@ True
 from .asdf import AsdfSearch, AsdfStats
 from .indexer import Indexer, Indexing, IndexParams, index
 from .refine import REFINE_MODES, RefineResult, refine_basis
+from .scoring import lattice_rotations, misorientation_deg, score_indexing
 
 __all__ = [
     "REFINE_MODES",
@@ -25,5 +26,8 @@ __all__ = [
     "Indexing",
     "RefineResult",
     "index",
+    "lattice_rotations",
+    "misorientation_deg",
     "refine_basis",
+    "score_indexing",
 ]
