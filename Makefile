@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(PYPROJECT_HASH)
 LINT_PATHS := $(wildcard sxlab tests benchmarks)
 
-.PHONY: venv services demo test bench clean distclean
+.PHONY: venv services demo test bench lab clean distclean
 
 venv: $(STAMP)
 
@@ -42,6 +42,9 @@ $(STAMP):
 demo: venv
 	$(VPY) -m sxlab.demo
 
+lab: venv
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
 services:
 	@bash .ci/services.sh
 
@@ -64,7 +67,7 @@ bench: $(BENCH_STAMP)
 	[ "$$found" = 1 ] || echo "no benchmarks/bench_*.py scripts yet"
 
 clean:
-	rm -rf build dist .pytest_cache .ruff_cache benchmarks/out
+	rm -rf build dist .pytest_cache .ruff_cache benchmarks/out test-artefacts
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name '*.nbconvert.ipynb' -exec rm -f {} +
 

@@ -8,7 +8,9 @@ peakfinder8 (full and fast mode, the compiled ``peakfinder_8`` of ondamonitor):
 * milliseconds per frame, wall clock and CPU: the median over frames of the median of
   several timed runs per frame, after one warm-up run (also for hits and non-hits apart);
 * peaks per frame, recall and precision against the simulator's ground truth;
-* OnDA Monitor's CPU time divided by the row's CPU time.
+* OnDA Monitor's CPU time divided by the row's CPU time;
+* the one-call function ``sxlab.find_peaks`` in a loop over the frames against the
+  prepared ``PeakFinder`` (CPU time ratio, target at most 1.2).
 
 Every method sees the same float32 frames (pixels flagged by value set to 0, as
 :meth:`sxlab.io.Run.read` gives them), the same bad-pixel mask and the same
@@ -81,6 +83,10 @@ SXLAB_METHODS = {
                                "fast_n_pixels": FAST_N_PIXELS},
     "sxlab dispersion": {"method": "dispersion"},
 }
+#: The one-call function timed against the prepared finder of the same configuration.
+ONE_CALL = ("sxlab find_peaks (one call)", "sxlab peakfinder8")
+#: Largest one-call / prepared CPU-time ratio that counts as reusing the set-up.
+ONE_CALL_TARGET = 1.2
 OM_MODES = {
     "OM peakfinder8": {"fast": False},
     "OM peakfinder8 fast": {"fast": True, "n_pixels_per_bin": FAST_N_PIXELS, "seed": 0},
@@ -90,6 +96,7 @@ OM_REFERENCE = {
     "sxlab peakfinder8": "OM peakfinder8",
     "sxlab peakfinder8 fast": "OM peakfinder8 fast",
     "sxlab dispersion": "OM peakfinder8",
+    "sxlab find_peaks (one call)": "OM peakfinder8",
 }
 
 OM_VENV = HERE / ".venv-om"
@@ -402,6 +409,46 @@ class SxlabMethod:
         self.result.add(wall, cpu, table["fs"].to_numpy(), table["ss"].to_numpy())
 
 
+class OneCallMethod(SxlabMethod):
+    """:func:`sxlab.find_peaks` called per frame, as a notebook loop does.
+
+    Same parameters and mask as the prepared ``sxlab peakfinder8`` row; the set-up is
+    done by the first call and reused by the later ones.
+    """
+
+    def __init__(self, frameset: FrameSet, label: str, options: dict):
+        self.frameset = frameset
+        self.result = MethodResult(label)
+        self.options = {**PEAK_PARAMS, **SXLAB_COMMON, **options}
+        try:
+            from sxlab.peaks import find_peaks
+        except ImportError as exc:
+            self.result.error = f"sxlab.peaks not importable ({exc})"
+            return
+        self.find_peaks = find_peaks
+        self.mask = ~frameset.mask
+
+    def run(self, j: int, runs: int) -> None:
+        """Time frame ``j`` of the frame set and record it."""
+        if self.result.error:
+            return
+        image, bad = self.frameset.images[j], self.frameset.bad[j]
+        frame = self.frameset.indices[j]
+        det = self.frameset.detector
+        if j == 0:
+            t0 = time.perf_counter()
+            self.find_peaks(image, det, self.mask, bad=bad, frame=frame, **self.options)
+            self.result.setup_s = time.perf_counter() - t0
+        try:
+            table, wall, cpu = _common.time_runs(
+                lambda: self.find_peaks(image, det, self.mask, bad=bad, frame=frame,
+                                        **self.options), runs)
+        except Exception as exc:  # reported in the table
+            self.result.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.result.add(wall, cpu, table["fs"].to_numpy(), table["ss"].to_numpy())
+
+
 # ======================================================================= OnDA Monitor
 def _output_tail(proc: subprocess.CompletedProcess, lines: int = 6) -> str:
     text = (proc.stderr or "") + (proc.stdout or "")
@@ -579,6 +626,7 @@ def run_methods(frameset: FrameSet, runs: int, python: Path | None,
         Versions reported by the OM worker (empty when it did not start).
     """
     sxlab_methods = [SxlabMethod(frameset, label, opts) for label, opts in SXLAB_METHODS.items()]
+    sxlab_methods.append(OneCallMethod(frameset, ONE_CALL[0], SXLAB_METHODS[ONE_CALL[1]]))
     om = OMWorker(frameset, python, om_error)
     try:
         for j, index in enumerate(frameset.indices):
@@ -724,6 +772,17 @@ def format_report(header: list[str], rows: list[dict], floors: dict, frames: dic
                      f"| {f['copy_wall_ms']:.1f} / {f['copy_cpu_ms']:.1f} "
                      f"| {f['float32_wall_ms']:.1f} / {f['float32_cpu_ms']:.1f} "
                      f"({f['raw_dtype']}) |")
+    lines += ["", f"One call vs prepared: `sxlab.find_peaks(frame, geometry, mask, ...)` in a "
+              f"loop over the frames against the prepared `PeakFinder` of the same "
+              f"parameters (CPU ms per frame; the set-up column of the one-call row is its "
+              f"first call); target ratio ≤ {ONE_CALL_TARGET:g}:", "",
+              "| dataset | one call CPU ms | prepared CPU ms | ratio |", "|---|---:|---:|---:|"]
+    by_key = {(r["dataset"], r["method"]): r for r in rows}
+    for name in frames:
+        one, prep = by_key.get((name, ONE_CALL[0]), {}), by_key.get((name, ONE_CALL[1]), {})
+        if one.get("cpu_ms") and prep.get("cpu_ms"):
+            lines.append(f"| {name} | {one['cpu_ms']:.1f} | {prep['cpu_ms']:.1f} "
+                         f"| {one['cpu_ms'] / prep['cpu_ms']:.2f} |")
     lines += ["", "pyFAI is not benchmarked: it has no CPU peak finder (its peak finder is "
               "OpenCL only)."]
     if notes:

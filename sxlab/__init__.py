@@ -55,6 +55,7 @@ _EXPORTS = {
     "mask_from_panel_masks": "masks",
     "mask_from_values": "masks",
     "mask_lab_region": "masks",
+    "mask_lab_shape": "masks",
     "mask_no_index": "masks",
     "mask_panel_edges": "masks",
     "mask_pixel_ranges": "masks",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .masks import check_shape
+
 __all__ = ["NATIVE_DTYPES", "frame_arrays"]
 
 #: Frame dtypes handled without conversion; others are converted to float32 (or float64).
@@ -44,7 +46,7 @@ def frame_arrays(image, bad, shape: tuple, kernel_shape, no_bad: np.ndarray):
     """
     arr = np.asarray(image)
     if arr.shape != shape:
-        raise ValueError(f"image of shape {arr.shape}; the geometry wants {shape}")
+        check_shape(arr.shape, shape, "image")
     if arr.dtype.name not in NATIVE_DTYPES:
         if arr.dtype.kind not in "uif":
             raise TypeError(f"image of dtype {arr.dtype} is not numeric")
@@ -54,7 +56,7 @@ def frame_arrays(image, bad, shape: tuple, kernel_shape, no_bad: np.ndarray):
         return img, no_bad, False
     b = np.asarray(bad)
     if b.shape != shape:
-        raise ValueError(f"bad of shape {b.shape}; the geometry wants {shape}")
+        check_shape(b.shape, shape, "bad")
     if b.dtype != np.bool_:
         b = b != 0
     return img, np.ascontiguousarray(b).reshape(kernel_shape), True

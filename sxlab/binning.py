@@ -35,7 +35,7 @@ import pandas as pd
 
 from . import _binning_kernels as _k
 from .geometry import BadRegion, Detector
-from .masks import Mask, _as_bad_array, _check_shape
+from .masks import Mask, bad_pixels, check_shape
 
 __all__ = ["Binner", "bin_frame", "bin_geometry", "bin_mask", "unbin_peaks"]
 
@@ -166,8 +166,8 @@ def bin_frame(image, factor: int, *, geometry: Detector | None = None, bad=None,
     f = _check_factor(factor)
     arr = np.asarray(image)
     layout = _Layout(geometry if geometry is not None else arr.shape, f)
-    _check_shape(arr.shape, layout.shape, "image")
-    b = _as_bad_array(mask, bad, layout.shape)
+    check_shape(arr.shape, layout.shape, "image")
+    b = bad_pixels(mask, bad, layout.shape)
     out = np.empty(layout.binned_shape3, dtype=np.float32)
     out_bad = np.empty(layout.binned_shape3, dtype=bool)
     _k.bin_sum(layout.as3(arr), _NO_BAD if b is None else layout.as3(b), b is not None,
@@ -208,7 +208,7 @@ def bin_mask(mask: Mask, factor: int, *, geometry: Detector | None = None,
         raise TypeError(f"expected a Mask, got {type(mask).__name__}")
     f = _check_factor(factor)
     layout = _Layout(geometry if geometry is not None else mask.shape, f)
-    _check_shape(mask.shape, layout.shape, "mask")
+    check_shape(mask.shape, layout.shape, "mask")
     counts = np.zeros(layout.binned_shape3, dtype=np.int32)
     _k.count_bad(layout.as3(mask.bad), layout.table, f, counts)
     bad = counts > _max_bad(bad_fraction, f)
@@ -390,7 +390,7 @@ class Binner:
         self.geometry = bin_geometry(geometry, self.factor)
         if mask is None:
             mask = Mask.all_good(geometry)
-        _check_shape(mask.shape, geometry.data_shape, "mask")
+        check_shape(mask.shape, geometry.data_shape, "mask")
         self._static_bad = self._layout.as3(mask.bad)
         self._has_static = mask.n_bad > 0
         self.mask = bin_mask(mask, self.factor, geometry=geometry,
@@ -419,12 +419,12 @@ class Binner:
 
         lay = self._layout
         arr = np.asarray(image)
-        _check_shape(arr.shape, lay.shape, "image")
+        check_shape(arr.shape, lay.shape, "image")
         if bad is not None:
             bad = np.asarray(bad)
             if bad.dtype != bool:
                 raise TypeError(f"bad must be a boolean array, got dtype {bad.dtype}")
-            _check_shape(bad.shape, lay.shape, "bad")
+            check_shape(bad.shape, lay.shape, "bad")
         out = np.empty(lay.binned_shape3, dtype=np.float32)
         out_bad = np.empty(lay.binned_shape3, dtype=bool)
         _k.bin_sum(lay.as3(arr), self._static_bad, self._has_static,

@@ -44,6 +44,7 @@ __all__ = [
     "UnitCell",
     "cells_equivalent",
     "centering_matrix",
+    "find_space_group",
     "g6_from_basis",
     "match_cell",
     "niggli_reduce",
@@ -86,7 +87,16 @@ _UNCENTERING = {
 _MULTIPLICITY = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
 
 
-def _space_group(name):
+def find_space_group(name):
+    """gemmi.SpaceGroup of a symbol (cached; a gemmi.SpaceGroup passes, None gives None).
+
+    Raises ValueError for an unknown symbol.
+
+    Examples
+    --------
+    >>> find_space_group("P 43 21 2").number
+    96
+    """
     import gemmi
 
     if name is None:
@@ -524,7 +534,7 @@ class UnitCell:
         if not (self.alpha + self.beta + self.gamma < 360.0):
             raise ValueError("cell angles must sum to less than 360°")
         if self.space_group is not None:
-            sg = _space_group(self.space_group)
+            sg = find_space_group(self.space_group)
             rhombohedral_axes = sg.ext == "R"
             object.__setattr__(self, "space_group", sg.xhm() if rhombohedral_axes else sg.hm)
             if self.centering is None:
@@ -684,7 +694,7 @@ class UnitCell:
 
     def gemmi_space_group(self):
         """``gemmi.SpaceGroup`` or None."""
-        return _space_group(self.space_group)
+        return find_space_group(self.space_group)
 
     @classmethod
     def from_gemmi(cls, cell, space_group=None) -> UnitCell:

@@ -115,12 +115,9 @@ class DatasetInfo:
 
 
 def _simulator_code_digest() -> str:
-    from . import _simulate_kernels, simulate
+    from . import simulate
 
-    h = hashlib.sha256()
-    for mod in (simulate, _simulate_kernels):
-        h.update(Path(mod.__file__).read_bytes())
-    return h.hexdigest()
+    return simulate.code_digest()
 
 
 def _load_registry(registry: Path | None = None) -> dict[str, DatasetInfo]:

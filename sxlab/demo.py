@@ -131,7 +131,8 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
 
     t_merge = time.perf_counter()
     result = merge(res.reflections, UnitCell(**true_cell,
-                                              space_group=truth.metadata["space_group"]))
+                                              space_group=truth.metadata["space_group"]),
+                   params=res.params.merge)
     t_merge = time.perf_counter() - t_merge
     overall = result.stats[result.stats.shell == -1]
     o = overall.iloc[0] if len(overall) else None

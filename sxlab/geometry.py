@@ -34,6 +34,7 @@ __all__ = [
     "PanelMask",
     "builtin_geometry",
     "builtin_names",
+    "mark_lab_region",
 ]
 
 #: h·c in eV·Å, for photon energy <-> wavelength.
@@ -550,39 +551,66 @@ class Detector:
         arr = np.asarray(panel)
         if arr.dtype.kind in "US" or arr.dtype == object:
             lut = {p.name: i for i, p in enumerate(self.panels)}
-            return np.array([lut[str(x)] for x in np.ravel(arr)], dtype=np.int64)
+            try:
+                ids = [lut[str(x)] for x in np.ravel(arr)]
+            except KeyError as err:
+                raise KeyError(f"no panel {err.args[0]!r} in the geometry; panels: "
+                               f"{self.panel_names}") from None
+            return np.broadcast_to(np.array(ids, dtype=np.int64).reshape(arr.shape),
+                                   (n,) if arr.ndim == 0 else arr.shape).ravel().copy()
         return np.broadcast_to(arr.astype(np.int64), (n,)).copy()
+
+    def _points(self, fs, ss, panel):
+        """Flat fs, ss and panel ids of broadcast inputs, and the shape to give results."""
+        fs = np.asarray(fs, dtype=float)
+        ss = np.asarray(ss, dtype=float)
+        pshape = () if panel is None or isinstance(panel, str) else np.shape(panel)
+        shape = np.broadcast_shapes(fs.shape, ss.shape, pshape)
+        fs = np.broadcast_to(fs, shape).ravel()
+        ss = np.broadcast_to(ss, shape).ravel()
+        if panel is None:
+            if self.is_stacked:
+                raise ValueError("panel is required for a stacked detector")
+            pid = self.panel_of_pixel(fs, ss)
+        elif isinstance(panel, str) or not pshape:
+            pid = self._panel_ids(panel, fs.size)
+        else:
+            pid = self._panel_ids(np.broadcast_to(np.asarray(panel), shape).ravel(), fs.size)
+        return fs, ss, pid, shape
 
     def pixel_to_lab(self, fs, ss, panel=None) -> np.ndarray:
         """Lab positions (m) of data-array pixel coordinates.
 
         Parameters
         ----------
-        fs, ss : array_like
+        fs, ss : float or array_like
             Data-array coordinates (pixel corner convention: centres at +0.5).
-        panel : array_like of int or str, optional
+        panel : int, str or array_like of int or str, optional
             Panel index or name for each point. Required for stacked detectors; otherwise
             looked up from the pixel the point falls in.
 
         Returns
         -------
-        ndarray, shape (n, 3)
-            Lab x, y, z in metres (NaN where a point lies on no panel).
+        ndarray, shape (..., 3)
+            Lab x, y, z in metres (NaN where a point lies on no panel): one vector for
+            scalar input, else one per point (the broadcast shape of the inputs).
+
+        Examples
+        --------
+        >>> det = builtin_geometry("eiger1m", clen=0.1)
+        >>> np.abs(det.pixel_to_lab(*det.beam_center_px(), 0)).round(12).tolist()
+        [0.0, 0.0, 0.1]
+        >>> det.pixel_to_lab([0.5, 1.5], 0.5, 0).shape
+        (2, 3)
         """
-        fs = np.atleast_1d(np.asarray(fs, dtype=float)).ravel()
-        ss = np.atleast_1d(np.asarray(ss, dtype=float)).ravel()
-        if panel is None:
-            if self.is_stacked:
-                raise ValueError("panel is required for a stacked detector")
-            panel = self.panel_of_pixel(fs, ss)
-        pid = self._panel_ids(panel, fs.size)
+        fs, ss, pid, shape = self._points(fs, ss, panel)
         corner, fs_m, ss_m, min_fs, min_ss = self._panel_vectors
         on = (pid >= 0) & (pid < len(self.panels))
         out = np.full((fs.size, 3), np.nan)
         p = pid[on]
         out[on] = (corner[p] + (fs[on] - min_fs[p])[:, None] * fs_m[p]
                    + (ss[on] - min_ss[p])[:, None] * ss_m[p])
-        return out
+        return out.reshape(shape + (3,))
 
     @cached_property
     def _panel_vectors(self) -> tuple:
@@ -593,30 +621,52 @@ class Detector:
                 np.array([p.min_fs for p in self.panels], dtype=float),
                 np.array([p.min_ss for p in self.panels], dtype=float))
 
-    def panel_of_pixel(self, fs, ss, module=None) -> np.ndarray:
-        """Index of the panel containing each data-array coordinate (-1: none)."""
-        fs = np.floor(np.asarray(fs, dtype=float)).astype(np.int64)
-        ss = np.floor(np.asarray(ss, dtype=float)).astype(np.int64)
-        out = np.full(fs.shape, -1, dtype=np.int64)
+    def panel_of_pixel(self, fs, ss, module=None):
+        """Index of the panel containing each data-array coordinate (-1: none).
+
+        An int for scalar input, else an int64 array of the broadcast shape.
+
+        Examples
+        --------
+        >>> builtin_geometry("eiger1m").panel_of_pixel(10.5, 20.5)
+        0
+        """
+        fs_f = np.floor(np.asarray(fs, dtype=float)).astype(np.int64)
+        ss_f = np.floor(np.asarray(ss, dtype=float)).astype(np.int64)
+        fs_f, ss_f = np.broadcast_arrays(fs_f, ss_f)
+        out = np.full(fs_f.shape, -1, dtype=np.int64)
         for i, p in enumerate(self.panels):
-            sel = (fs >= p.min_fs) & (fs <= p.max_fs) & (ss >= p.min_ss) & (ss <= p.max_ss)
+            sel = ((fs_f >= p.min_fs) & (fs_f <= p.max_fs) & (ss_f >= p.min_ss)
+                   & (ss_f <= p.max_ss))
             if module is not None:
                 sel &= np.asarray(module) == p.slab
             out[sel & (out < 0)] = i
-        return out
+        return int(out) if out.ndim == 0 else out
 
-    def lab_to_pixel(self, xyz) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lab_to_pixel(self, xyz):
         """Project lab points (m) along the ray from the origin onto the detector.
+
+        Parameters
+        ----------
+        xyz : array_like, shape (3,) or (..., 3)
 
         Returns
         -------
-        panel : int ndarray
+        panel : int or int ndarray
             Panel index (-1 where the ray hits no panel).
-        fs, ss : float ndarrays
+        fs, ss : float or float ndarrays
             Data-array coordinates of the intersection (NaN where no panel is hit).
+            Scalars for one point, else arrays of shape ``xyz.shape[:-1]``.
+
+        Examples
+        --------
+        >>> det = builtin_geometry("eiger1m", clen=0.1)
+        >>> panel, fs, ss = det.lab_to_pixel([0.0, 0.0, 0.2])
+        >>> panel, bool(np.allclose((fs, ss), det.beam_center_px(), atol=1e-9))
+        (0, True)
         """
-        xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
-        return self._ray_to_pixel(xyz)
+        xyz = np.asarray(xyz, dtype=float)
+        return self._ray_to_pixel(xyz.reshape(-1, 3), xyz.shape[:-1])
 
     @cached_property
     def _ray_tables(self) -> tuple:
@@ -634,7 +684,7 @@ class Detector:
             min_fs, min_ss,
         )
 
-    def _ray_to_pixel(self, d: np.ndarray):
+    def _ray_to_pixel(self, d: np.ndarray, shape: tuple):
         from ._geometry_kernels import ray_to_pixel
 
         d = np.ascontiguousarray(d, dtype=np.float64)
@@ -643,48 +693,63 @@ class Detector:
         fs = np.empty(n)
         ss = np.empty(n)
         ray_to_pixel(d, *self._ray_tables, panel, fs, ss)
-        return panel, fs, ss
+        if shape == ():
+            return int(panel[0]), float(fs[0]), float(ss[0])
+        return panel.reshape(shape), fs.reshape(shape), ss.reshape(shape)
 
     def lab_to_q(self, xyz, wavelength_A: float | None = None) -> np.ndarray:
-        """Scattering vectors (1/Å) of lab positions, shape (n, 3).
+        """Scattering vectors (1/Å) of lab positions (m), shape of ``xyz`` (..., 3).
 
         ``wavelength_A`` defaults to the beam's.
         """
         lam = self.beam.wavelength_A if wavelength_A is None else wavelength_A
         if not (np.isfinite(lam) and lam > 0):
             raise ValueError(f"a finite, positive wavelength is needed, got {lam}")
-        return _lab_to_q(np.atleast_2d(xyz), lam)
+        return _lab_to_q(xyz, lam)
 
     def pixel_to_q(self, fs, ss, panel=None, *, wavelength_A: float | None = None
                    ) -> np.ndarray:
-        """Scattering vectors (1/Å) of data-array coordinates, shape (n, 3).
+        """Scattering vectors (1/Å) of data-array coordinates, shape (..., 3).
 
-        ``wavelength_A`` defaults to the beam's; NaN rows for points on no panel.
+        One vector for scalar input (see :meth:`pixel_to_lab`); ``wavelength_A``
+        defaults to the beam's; NaN for points on no panel.
         """
         return self.lab_to_q(self.pixel_to_lab(fs, ss, panel), wavelength_A)
 
-    def q_to_pixel(self, q, wavelength_A: float | None = None):
+    def q_to_pixel(self, q, wavelength_A=None):
         """Where a diffracted beam of scattering vector ``q`` (1/Å) hits the detector.
 
         The outgoing direction is ``q + k_in``; ``q`` need not lie exactly on the Ewald
-        sphere (only its direction after adding ``k_in`` matters).
+        sphere (only its direction after adding ``k_in`` matters). ``wavelength_A`` (a
+        number, or one per vector) defaults to the beam's.
 
-        Returns ``(panel, fs, ss)`` as :meth:`lab_to_pixel`.
+        Returns ``(panel, fs, ss)`` as :meth:`lab_to_pixel`: scalars for one vector.
         """
         lam = self.beam.wavelength_A if wavelength_A is None else wavelength_A
-        k_out = np.atleast_2d(np.asarray(q, dtype=float)).copy()
-        k_out[:, 2] += 1.0 / lam
-        return self._ray_to_pixel(k_out)
+        q = np.asarray(q, dtype=float)
+        k_out = q.reshape(-1, 3).copy()
+        k_out[:, 2] += 1.0 / np.ravel(lam) if np.ndim(lam) else 1.0 / lam
+        return self._ray_to_pixel(k_out, q.shape[:-1])
 
-    def resolution_A(self, fs, ss, panel=None) -> np.ndarray:
-        """Resolution d (Å) at data-array coordinates."""
+    def resolution_A(self, fs, ss, panel=None):
+        """Resolution d (Å) at data-array coordinates: a float for scalar input.
+
+        Examples
+        --------
+        >>> det = builtin_geometry("eiger1m", clen=0.1, wavelength_A=1.0)
+        >>> round(det.resolution_A(1000.5, 1000.5), 3)
+        2.145
+        """
         q = self.pixel_to_q(fs, ss, panel)
         with np.errstate(divide="ignore"):
-            return 1.0 / np.linalg.norm(q, axis=-1)
+            d = 1.0 / np.linalg.norm(q, axis=-1)
+        return float(d) if d.ndim == 0 else d
 
-    def two_theta_rad(self, fs, ss, panel=None) -> np.ndarray:
+    def two_theta_rad(self, fs, ss, panel=None):
+        """Scattering angle 2θ (rad) at data-array coordinates: a float for scalar input."""
         xyz = self.pixel_to_lab(fs, ss, panel)
-        return np.arctan2(np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2])
+        tth = np.arctan2(np.hypot(xyz[..., 0], xyz[..., 1]), xyz[..., 2])
+        return float(tth) if tth.ndim == 0 else tth
 
     # ------------------------------------------------------------ convenience
     def beam_center_px(self, panel: int | str = 0) -> tuple[float, float]:
@@ -732,7 +797,7 @@ class Detector:
                     continue
                 view = bad[self.panel_slice(i)]
                 if b.is_lab:
-                    _mark_lab_region(p, b, view)
+                    mark_lab_region(p, b, view)
                 else:
                     f0 = max(b.min_fs, p.min_fs) - p.min_fs
                     f1 = min(b.max_fs, p.max_fs) - p.min_fs
@@ -772,8 +837,12 @@ class Detector:
         )
 
 
-def _mark_lab_region(p: Panel, b: BadRegion, view: np.ndarray) -> None:
+def mark_lab_region(p: Panel, b: BadRegion, view: np.ndarray) -> None:
     """Mark pixels of panel ``p`` whose corner lies strictly inside lab region ``b``.
+
+    ``view`` is the panel's part of a boolean data-shape array (``True`` is set where
+    marked); :meth:`Detector.bad_pixel_mask` and :func:`sxlab.masks.mask_lab_region`
+    share this rule.
 
     Works on the bounding box of the region in panel pixel coordinates, so the cost scales
     with the region's size, not the panel's.

@@ -1,14 +1,17 @@
 """Hit finding, radial profiles, the solvent-ring ratio and run-wide image statistics.
 
-* :func:`is_hit`, :func:`hit_table` — a frame is a hit when its number of peaks is within
-  ``[min_peaks, max_peaks]``.
+* :func:`hit_rule`, :func:`is_hit`, :func:`hit_table` — a frame is a hit when its number
+  of peaks is within ``[min_peaks, max_peaks]`` (:class:`HitParams`, the pipeline's
+  ``[hits]`` section).
 * :func:`radial_profile` / :class:`RadialProfiler` — mean intensity of the good pixels in
   bins of ``|q|``, 2θ or d; the prepared object assigns every pixel to its bin once and
   then costs one pass over the frame.
 * :func:`solvent_ratio`, :func:`has_solvent` / :class:`SolventRatio` — ratio of the mean
-  intensity at the water ring (2θ = 22.8°) to that at 2θ = 12.5° (cctbx.xfel's rule).
+  intensity at the water ring (d = 3.2 Å) to that at d = 6 Å (cctbx.xfel's rule, whose
+  2θ = 22.8° and 12.5° are these spacings at λ ≈ 1.3 Å; angles are accepted too).
 * :func:`run_statistics` / :class:`RunStatistics` — per-pixel mean, maximum and standard
-  deviation over a run, in constant memory, in parallel over chunks of frames.
+  deviation over a run, in constant memory, in parallel over blocks of frames on the
+  executors of :mod:`sxlab.executors`.
 * :func:`virtual_powder` — peaks summed into a detector image and a resolution histogram.
 
 Conventions: ``q`` is ``|q| = 2 sin θ / λ = 1/d`` in 1/Å, without a factor 2π; 2θ is in
@@ -17,12 +20,12 @@ degrees; d in Å. Intensities are in ADU as read.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import functools
 import math
-import multiprocessing
+import os
 import pickle
-import queue as queue_mod
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,15 +33,21 @@ import xarray as xr
 
 from . import _hits_kernels as _k
 from . import tables
+from ._frozen import FrozenParams
+from .executors import map_unordered
 from .geometry import Detector
-from .masks import Mask, _as_bad_array, _check_shape
+from .masks import Mask, bad_pixels, check_shape
 
 __all__ = [
     "DEFAULT_MIN_PEAKS",
+    "SOLVENT_BACKGROUND_D_A",
+    "WATER_RING_D_A",
+    "HitParams",
     "RadialProfiler",
     "RunStatistics",
     "SolventRatio",
     "has_solvent",
+    "hit_rule",
     "hit_table",
     "is_hit",
     "radial_profile",
@@ -50,22 +59,89 @@ __all__ = [
 #: Default ``min_peaks``: the cctbx.xfel strong-spot cutoff and DIALS' stills default
 #: (CrystFEL's ``--min-peaks`` defaults to 0, xia2.ssx uses 10).
 DEFAULT_MIN_PEAKS = 16
+#: d-spacing (Å) of the water-ring band of the solvent ratio.
+WATER_RING_D_A = 3.2
+#: d-spacing (Å) of its low-angle background band.
+SOLVENT_BACKGROUND_D_A = 6.0
 
 
 # ============================================================================ hits
-def _hit_rule(n, min_peaks: int, max_peaks: int | None):
-    n = np.asarray(n)
+def _check_limits(min_peaks, max_peaks) -> None:
+    if isinstance(min_peaks, bool) or int(min_peaks) != min_peaks or min_peaks < 0:
+        raise ValueError(f"min_peaks must be an integer >= 0, got {min_peaks!r}")
+    if max_peaks is not None:
+        if isinstance(max_peaks, bool) or int(max_peaks) != max_peaks:
+            raise ValueError(f"max_peaks must be an integer or None, got {max_peaks!r}")
+        if max_peaks < min_peaks:
+            raise ValueError(f"max_peaks {max_peaks} is smaller than min_peaks {min_peaks} "
+                             "(leave max_peaks out, or None, for no maximum)")
+
+
+def hit_rule(n_peaks, min_peaks: int = DEFAULT_MIN_PEAKS, max_peaks: int | None = None):
+    """The hit decision for peak counts: ``min_peaks <= n_peaks <= max_peaks``.
+
+    The one rule behind :func:`is_hit`, :func:`hit_table` and the pipeline.
+
+    Parameters
+    ----------
+    n_peaks : int or array_like of int
+    min_peaks : int
+        Fewest peaks of a hit. Default 16.
+    max_peaks : int or None
+        Most peaks of a hit; None: no maximum.
+
+    Returns
+    -------
+    bool or ndarray of bool
+
+    Examples
+    --------
+    >>> hit_rule(16), hit_rule([3, 20, 90], 10, 50).tolist()
+    (True, [False, True, False])
+    """
+    _check_limits(min_peaks, max_peaks)
+    n = np.asarray(n_peaks)
     ok = n >= min_peaks
     if max_peaks is not None:
         ok &= n <= max_peaks
-    return ok
+    return bool(ok) if ok.ndim == 0 else ok
 
 
-def _check_limits(min_peaks, max_peaks) -> None:
-    if min_peaks < 0:
-        raise ValueError(f"min_peaks must be >= 0, got {min_peaks}")
-    if max_peaks is not None and max_peaks < min_peaks:
-        raise ValueError(f"max_peaks {max_peaks} is smaller than min_peaks {min_peaks}")
+@dataclass(frozen=True)
+class HitParams(FrozenParams):
+    """Hit decision and solvent ratio of the pipeline (the ``[hits]`` section of a trial).
+
+    Parameters
+    ----------
+    min_peaks : int
+        Fewest peaks of a hit (:func:`hit_rule`). Default 16.
+    max_peaks : int or None
+        Most peaks of a hit; None (the key left out of the TOML file): no maximum.
+    solvent_d_high_A, solvent_d_low_A : float
+        d-spacings (Å) of the water-ring and background bands of the solvent ratio
+        (:class:`SolventRatio`). Defaults 3.2 and 6.
+
+    Examples
+    --------
+    >>> HitParams(min_peaks=20).replace(max_peaks=400).max_peaks
+    400
+    """
+
+    min_peaks: int = DEFAULT_MIN_PEAKS
+    max_peaks: int | None = None
+    solvent_d_high_A: float = WATER_RING_D_A
+    solvent_d_low_A: float = SOLVENT_BACKGROUND_D_A
+
+    def __post_init__(self):
+        _check_limits(self.min_peaks, self.max_peaks)
+        object.__setattr__(self, "min_peaks", int(self.min_peaks))
+        if self.max_peaks is not None:
+            object.__setattr__(self, "max_peaks", int(self.max_peaks))
+        for name in ("solvent_d_high_A", "solvent_d_low_A"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of Å, got {value}")
+            object.__setattr__(self, name, value)
 
 
 def is_hit(peaks, min_peaks: int = DEFAULT_MIN_PEAKS, max_peaks: int | None = None, *,
@@ -106,17 +182,17 @@ def is_hit(peaks, min_peaks: int = DEFAULT_MIN_PEAKS, max_peaks: int | None = No
         if by_frame is None:
             by_frame = "frame" in peaks.columns and peaks["frame"].nunique() > 1
         if not by_frame:
-            return bool(_hit_rule(len(peaks), min_peaks, max_peaks))
+            return hit_rule(len(peaks), min_peaks, max_peaks)
         if "frame" not in peaks.columns:
             raise ValueError("by_frame=True needs a 'frame' column")
         counts = peaks.groupby("frame").size()
-        return pd.Series(_hit_rule(counts.to_numpy(), min_peaks, max_peaks),
+        return pd.Series(hit_rule(counts.to_numpy(), min_peaks, max_peaks),
                          index=counts.index, name="hit")
     if isinstance(peaks, pd.Series):
-        return pd.Series(_hit_rule(peaks.to_numpy(), min_peaks, max_peaks),
+        return pd.Series(hit_rule(peaks.to_numpy(), min_peaks, max_peaks),
                          index=peaks.index, name="hit")
     if isinstance(peaks, (int, np.integer)) and not isinstance(peaks, bool):
-        return bool(_hit_rule(int(peaks), min_peaks, max_peaks))
+        return hit_rule(int(peaks), min_peaks, max_peaks)
     raise TypeError(f"expected a peak table, a Series of counts or an int, got "
                     f"{type(peaks).__name__}")
 
@@ -172,7 +248,7 @@ def hit_table(peaks: pd.DataFrame, frames, *, min_peaks: int = DEFAULT_MIN_PEAKS
                          f"{' ...' if len(unknown) > 5 else ''}")
     n = counts.reindex(frame_ids, fill_value=0).to_numpy(dtype=np.int64)
     return tables.HITS.make({"frame": frame_ids, "n_peaks": n,
-                             "hit": _hit_rule(n, min_peaks, max_peaks)})
+                             "hit": hit_rule(n, min_peaks, max_peaks)})
 
 
 # ================================================================== radial binning
@@ -298,7 +374,7 @@ class RadialProfiler:
         self.geometry = geometry
         self.axis = _Axis(axis)
         shape = tuple(geometry.data_shape)
-        static_bad = _as_bad_array(mask, None, shape)
+        static_bad = bad_pixels(mask, None, shape)
         v = self.axis.pixel_values(geometry).reshape(-1)
         usable = np.isfinite(v) & (geometry.maps.panel.reshape(-1) >= 0)
         if static_bad is not None:
@@ -334,13 +410,13 @@ class RadialProfiler:
     def sums(self, image, bad=None) -> tuple[np.ndarray, np.ndarray]:
         """Sum and number of good pixels per bin (float64, int64)."""
         arr = np.asarray(image)
-        _check_shape(arr.shape, self._shape, "image")
+        check_shape(arr.shape, self._shape, "image")
         b = None
         if bad is not None:
             b = np.asarray(bad)
             if b.dtype != bool:
                 raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-            _check_shape(b.shape, self._shape, "bad")
+            check_shape(b.shape, self._shape, "bad")
         sums = np.empty(self.n_bins, dtype=np.float64)
         counts = np.empty(self.n_bins, dtype=np.int64)
         flat = np.ascontiguousarray(arr).reshape(-1)
@@ -426,23 +502,30 @@ def radial_profile(image, geometry: Detector, mask: Mask | None = None, *, axis:
 class SolventRatio:
     """Prepared solvent-ring test: mean intensity at the water ring over that at low angle.
 
-    The ratio is ``I(2θ_high) / I(2θ_low)``, each the mean of the usable pixels with 2θ
-    within ``width_deg / 2`` of the angle (cctbx.xfel: 22.8° and 12.5°, solvent when the
-    ratio is at least 1). **Both angles depend on the wavelength**: the water ring sits
-    near d = 3.2-3.7 Å, so 22.8° fits λ ≈ 1.25-1.45 Å; for another wavelength use e.g.
-    ``2θ = 2 asin(λ / (2 · 3.2 Å))``.
+    The ratio is ``I_high / I_low``, each the mean of the usable pixels whose scattering
+    angle is within ``width_deg / 2`` of the band's: the water ring at ``d_high_A`` (3.2 Å)
+    and a background band at ``d_low_A`` (6 Å); a frame has solvent when the ratio is at
+    least 1 (cctbx.xfel's rule). The bands are stated as d-spacings, so the same
+    parameters fit every wavelength; cctbx.xfel's 2θ = 22.8° and 12.5° are these
+    spacings at λ ≈ 1.3 Å. Angles may be given instead (``two_theta_high_deg``,
+    ``two_theta_low_deg``): they are taken as such, at the geometry's wavelength.
 
     Parameters
     ----------
     geometry : Detector
     mask : Mask, optional
-    two_theta_high_deg, two_theta_low_deg : float
-        Centre of the water-ring band and of the background band, degrees.
+    d_high_A, d_low_A : float
+        d-spacings (Å) of the water-ring band and of the background band. Defaults 3.2
+        and 6.
+    two_theta_high_deg, two_theta_low_deg : float, optional
+        The same bands as scattering angles (degrees); each replaces its d-spacing.
     width_deg : float
-        Full width of each band, degrees.
+        Full width of each band in 2θ, degrees. Default 0.5.
 
     Attributes
     ----------
+    two_theta_high_deg, two_theta_low_deg : float
+        Centres of the bands for the geometry's wavelength.
     n_high, n_low : int
         Usable pixels in each band.
 
@@ -454,18 +537,24 @@ class SolventRatio:
     >>> ratio = SolventRatio(det)
     >>> ratio(np.ones(det.data_shape, np.float32))
     1.0
+    >>> round(ratio.two_theta_high_deg, 2), round(ratio.two_theta_low_deg, 2)
+    (23.44, 12.45)
     """
 
     def __init__(self, geometry: Detector, mask: Mask | None = None, *,
-                 two_theta_high_deg: float = 22.8, two_theta_low_deg: float = 12.5,
-                 width_deg: float = 0.5):
+                 d_high_A: float = WATER_RING_D_A, d_low_A: float = SOLVENT_BACKGROUND_D_A,
+                 two_theta_high_deg: float | None = None,
+                 two_theta_low_deg: float | None = None, width_deg: float = 0.5):
         if not width_deg > 0:
             raise ValueError(f"width_deg must be positive, got {width_deg}")
-        self.two_theta_high_deg = float(two_theta_high_deg)
-        self.two_theta_low_deg = float(two_theta_low_deg)
+        lam = geometry.beam.wavelength_A
+        self.two_theta_high_deg = (_band_angle(d_high_A, lam, "d_high_A")
+                                   if two_theta_high_deg is None else float(two_theta_high_deg))
+        self.two_theta_low_deg = (_band_angle(d_low_A, lam, "d_low_A")
+                                  if two_theta_low_deg is None else float(two_theta_low_deg))
         self.width_deg = float(width_deg)
         shape = tuple(geometry.data_shape)
-        static_bad = _as_bad_array(mask, None, shape)
+        static_bad = bad_pixels(mask, None, shape)
         tt = np.rad2deg(geometry.maps.two_theta_rad.reshape(-1))
         ok = np.isfinite(tt)
         if static_bad is not None:
@@ -483,14 +572,14 @@ class SolventRatio:
     def means(self, image, bad=None) -> tuple[float, float]:
         """Mean intensity of the good pixels in the high and the low band (NaN if none)."""
         arr = np.asarray(image)
-        _check_shape(arr.shape, self._shape, "image")
+        check_shape(arr.shape, self._shape, "image")
         flat = arr.reshape(-1)
         bflat = None
         if bad is not None:
             b = np.asarray(bad)
             if b.dtype != bool:
                 raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-            _check_shape(b.shape, self._shape, "bad")
+            check_shape(b.shape, self._shape, "bad")
             bflat = b.reshape(-1)
         out = []
         for idx in (self._high, self._low):
@@ -502,7 +591,7 @@ class SolventRatio:
         return out[0], out[1]
 
     def __call__(self, image, bad=None) -> float:
-        """``I(2θ_high) / I(2θ_low)``; NaN when a band has no good pixel or I_low is 0."""
+        """``I_high / I_low``; NaN when a band has no good pixel or I_low is 0."""
         high, low = self.means(image, bad)
         if not (math.isfinite(high) and math.isfinite(low)) or low == 0:
             return math.nan
@@ -517,19 +606,28 @@ class SolventRatio:
                 f" ± {self.width_deg / 2:g}°: {self.n_high} / {self.n_low} pixels>")
 
 
+def _band_angle(d_A: float, wavelength_A: float, name: str) -> float:
+    """Scattering angle (degrees) of spacing ``d_A`` at ``wavelength_A`` (180° beyond reach)."""
+    d_A = float(d_A)
+    if not (math.isfinite(d_A) and d_A > 0):
+        raise ValueError(f"{name} must be a positive number of Å, got {d_A}")
+    return float(np.degrees(2 * np.arcsin(min(wavelength_A / (2 * d_A), 1.0))))
+
+
 def solvent_ratio(image, geometry: Detector, mask: Mask | None = None, *,
-                  two_theta_high_deg: float = 22.8, two_theta_low_deg: float = 12.5,
-                  width_deg: float = 0.5, bad=None) -> float:
+                  d_high_A: float = WATER_RING_D_A, d_low_A: float = SOLVENT_BACKGROUND_D_A,
+                  two_theta_high_deg: float | None = None,
+                  two_theta_low_deg: float | None = None, width_deg: float = 0.5,
+                  bad=None) -> float:
     """Ratio of the mean intensity at the water ring to that at a lower angle.
 
-    See :class:`SolventRatio` (prepare it once for many frames). Both angles are
-    wavelength-dependent parameters: the defaults (22.8°, 12.5°, from cctbx.xfel) suit
-    λ ≈ 1.3 Å.
+    See :class:`SolventRatio` (prepare it once for many frames): bands at d = 3.2 Å and
+    6 Å by default, or at the angles given.
 
     Returns
     -------
     float
-        ``I(2θ_high) / I(2θ_low)``; NaN when a band has no good pixel.
+        ``I_high / I_low``; NaN when a band has no good pixel.
 
     Examples
     --------
@@ -538,19 +636,21 @@ def solvent_ratio(image, geometry: Detector, mask: Mask | None = None, *,
     >>> det = builtin_geometry("eiger1m", clen=0.08, wavelength_A=1.3)
     >>> tt = np.rad2deg(det.maps.two_theta_rad)
     >>> img = 1 + np.exp(-0.5 * ((tt - 22.8) / 1.5) ** 2)   # a water ring
-    >>> round(solvent_ratio(img, det), 2)
+    >>> round(solvent_ratio(img, det, two_theta_high_deg=22.8, two_theta_low_deg=12.5), 2)
     2.0
     """
-    return SolventRatio(geometry, mask, two_theta_high_deg=two_theta_high_deg,
+    return SolventRatio(geometry, mask, d_high_A=d_high_A, d_low_A=d_low_A,
+                        two_theta_high_deg=two_theta_high_deg,
                         two_theta_low_deg=two_theta_low_deg, width_deg=width_deg)(image, bad)
 
 
 def has_solvent(image, geometry: Detector, mask: Mask | None = None, *,
-                cutoff: float = 1.0, two_theta_high_deg: float = 22.8,
-                two_theta_low_deg: float = 12.5, width_deg: float = 0.5, bad=None) -> bool:
+                cutoff: float = 1.0, d_high_A: float = WATER_RING_D_A,
+                d_low_A: float = SOLVENT_BACKGROUND_D_A,
+                two_theta_high_deg: float | None = None,
+                two_theta_low_deg: float | None = None, width_deg: float = 0.5,
+                bad=None) -> bool:
     """Whether :func:`solvent_ratio` is at least ``cutoff`` (default 1.0, cctbx.xfel).
-
-    Both angles are wavelength-dependent parameters (see :class:`SolventRatio`).
 
     Returns
     -------
@@ -566,7 +666,8 @@ def has_solvent(image, geometry: Detector, mask: Mask | None = None, *,
     ...                                                         cutoff=1.1)
     (True, False)
     """
-    return SolventRatio(geometry, mask, two_theta_high_deg=two_theta_high_deg,
+    return SolventRatio(geometry, mask, d_high_A=d_high_A, d_low_A=d_low_A,
+                        two_theta_high_deg=two_theta_high_deg,
                         two_theta_low_deg=two_theta_low_deg,
                         width_deg=width_deg).has_solvent(image, bad, cutoff)
 
@@ -610,7 +711,7 @@ class RunStatistics:
     def __init__(self, frame_shape: Sequence[int], mask: Mask | None = None):
         self.frame_shape = tuple(int(n) for n in frame_shape)
         n = int(np.prod(self.frame_shape))
-        static = _as_bad_array(mask, None, self.frame_shape)
+        static = bad_pixels(mask, None, self.frame_shape)
         self._static_bad = (np.zeros(n, dtype=bool) if static is None
                             else np.ascontiguousarray(static).reshape(-1))
         self.count = np.zeros(n, dtype=np.int32)
@@ -723,41 +824,27 @@ def _statistics_block(run, indices, chunk_size: int, mask, progress) -> RunStati
     return acc
 
 
-_PROGRESS_QUEUE = None
+def _statistics_setup(run_bytes: bytes, worker: int):
+    """A worker's own copy of the run (its own file handles: h5py serialises per handle)."""
+    return pickle.loads(run_bytes)
 
 
-def _init_process(q) -> None:
-    global _PROGRESS_QUEUE
-    _PROGRESS_QUEUE = q
-
-
-def _process_worker(run_bytes: bytes, indices, chunk_size: int, mask) -> RunStatistics:
-    run = pickle.loads(run_bytes)
-    try:
-        return _statistics_block(run, indices, chunk_size, mask, _PROGRESS_QUEUE.put)
-    finally:
-        run.close()
-
-
-def _thread_worker(run_bytes: bytes, indices, chunk_size: int, mask, q) -> RunStatistics:
-    run = pickle.loads(run_bytes)  # own file handles: h5py serialises access per handle
-    try:
-        return _statistics_block(run, indices, chunk_size, mask, q.put)
-    finally:
-        run.close()
+def _statistics_task(run, task, report) -> RunStatistics:
+    indices, chunk_size, mask = task
+    return _statistics_block(run, indices, chunk_size, mask, report)
 
 
 def run_statistics(run, *, mask: Mask | None = None, chunk_size: int = 16,
-                   n_workers: int = 2, executor: str = "processes",
+                   n_workers: int | None = None, executor="local",
                    progress: bool = True) -> xr.Dataset:
     """Per-pixel mean, maximum and standard deviation over the frames of a run.
 
     Frames are read in chunks of ``chunk_size`` with their bad-pixel masks; the frames are
     split into ``n_workers`` contiguous blocks, each accumulated by one worker chunk by
     chunk (float64, Chan et al.'s parallel form of Welford's algorithm, see
-    :class:`RunStatistics`), and the workers' partial results are merged the same way.
-    Memory does not grow with the number of frames (per worker: one chunk of frames
-    plus ~32 bytes per pixel).
+    :class:`RunStatistics`), and the workers' partial results are merged the same way, in
+    block order. Memory does not grow with the number of frames (per worker: one chunk
+    of frames plus ~32 bytes per pixel).
 
     Parameters
     ----------
@@ -767,15 +854,14 @@ def run_statistics(run, *, mask: Mask | None = None, chunk_size: int = 16,
         Statically bad pixels are left out (NaN statistics).
     chunk_size : int
         Frames read at a time.
-    n_workers : int
-        Parallel workers; 1 works in the calling thread.
-    executor : {"processes", "threads"}
-        h5py serialises all HDF5 calls of a process (reading and decompressing included),
-        so only processes read in parallel; they are started with the ``spawn`` method
-        (a script calling this must guard its main code with
-        ``if __name__ == "__main__":``) and each costs 1-2 s to start, so for a few dozen
-        frames ``n_workers=1`` is faster. Threads still overlap the accumulation (which
-        releases the GIL) with reading.
+    n_workers : int, optional
+        Blocks of frames, one per worker (default: every CPU; at most one per chunk).
+    executor : {"local", "serial", "threads"} or dask.distributed.Client
+        Where the blocks are accumulated, as for :func:`sxlab.process_run` (see
+        :mod:`sxlab.executors`). h5py serialises all HDF5 calls of a process (reading
+        and decompressing included), so only processes (``local``, or Dask workers)
+        read in parallel; threads still overlap the accumulation (which releases the
+        GIL) with reading. Each worker reopens the run's files.
     progress : bool
         Show a tqdm progress bar.
 
@@ -799,29 +885,29 @@ def run_statistics(run, *, mask: Mask | None = None, chunk_size: int = 16,
     """
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if int(n_workers) < 1:
+    if n_workers is not None and int(n_workers) < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-    if executor not in ("processes", "threads"):
-        raise ValueError(f"executor must be 'processes' or 'threads', got {executor!r}")
     if mask is not None:
-        _check_shape(mask.shape, run.frame_shape, "mask")
+        check_shape(mask.shape, run.frame_shape, "mask")
     n = len(run)
-    n_workers = max(1, min(int(n_workers), -(-n // int(chunk_size)) if n else 1))
+    n_workers = int(n_workers or os.cpu_count() or 1)
+    n_workers = max(1, min(n_workers, -(-n // int(chunk_size)) if n else 1))
     blocks = [b for b in np.array_split(np.arange(n, dtype=np.int64), n_workers)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=f"statistics {run.name}", unit="frame")
+    tasks = [(b, int(chunk_size), mask) for b in blocks]
+    setup = functools.partial(_statistics_setup, pickle.dumps(run))
     try:
-        if n_workers == 1:
-            parts = [_statistics_block(run, blocks[0], int(chunk_size), mask,
-                                       bar.update if bar is not None else None)]
-        else:
-            parts = _run_parallel(run, blocks, int(chunk_size), mask, executor, bar)
+        found = dict(map_unordered(_statistics_task, tasks, setup=setup, executor=executor,
+                                   n_workers=n_workers,
+                                   progress=bar.update if bar is not None else None))
     finally:
         if bar is not None:
             bar.close()
+    parts = [found[i] for i in range(len(tasks))]
     total = parts[0]
     for p in parts[1:]:
         total.merge(p)
@@ -829,43 +915,6 @@ def run_statistics(run, *, mask: Mask | None = None, chunk_size: int = 16,
         dims=run.dims,
         attrs={"run": run.name, "chunk_size": int(chunk_size), "n_workers": n_workers},
     )
-
-
-def _run_parallel(run, blocks, chunk_size, mask, executor, bar) -> list[RunStatistics]:
-    run_bytes = pickle.dumps(run)
-    if executor == "processes":
-        ctx = multiprocessing.get_context("spawn")
-        q = ctx.Queue()
-        pool = cf.ProcessPoolExecutor(len(blocks), mp_context=ctx, initializer=_init_process,
-                                      initargs=(q,))
-        submit = [(_process_worker, (run_bytes, b, chunk_size, mask)) for b in blocks]
-    else:
-        q = queue_mod.Queue()
-        pool = cf.ThreadPoolExecutor(len(blocks))
-        submit = [(_thread_worker, (run_bytes, b, chunk_size, mask, q)) for b in blocks]
-    with pool:
-        futures = [pool.submit(fn, *args) for fn, args in submit]
-        pending = set(futures)
-        while pending:
-            _drain(q, bar, timeout=0.1)
-            pending = {f for f in pending if not f.done()}
-        _drain(q, bar, timeout=0.0)
-        parts = [f.result() for f in futures]
-    if executor == "processes":
-        q.close()
-        q.join_thread()
-    return parts
-
-
-def _drain(q, bar, timeout: float) -> None:
-    while True:
-        try:
-            k = q.get(timeout=timeout) if timeout else q.get_nowait()
-        except queue_mod.Empty:
-            return
-        if bar is not None:
-            bar.update(k)
-        timeout = 0.0
 
 
 # ================================================================== virtual powder

@@ -33,7 +33,9 @@ from . import _integration_kernels as _k
 from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
+from ._prepared import PreparedCache
 from .geometry import Detector
+from .masks import good_pixels
 from .reciprocal import (
     ewald_slope,
     excitation_error,
@@ -404,19 +406,6 @@ def predict(crystals: pd.DataFrame, geometry: Detector, *, d_min_A: float | None
 
 
 # ======================================================================== integration
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", mask)
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(f"mask must be a Mask or a boolean array (True = good pixel), got "
-                        f"dtype {good.dtype}")
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good
-
-
 def _ring_classes(radii) -> np.ndarray:
     """Role of each integer offset in the square of half side ceil(r3): 1 peak, 2 background."""
     r1, r2, r3 = radii
@@ -526,7 +515,7 @@ class Integrator:
         rows = int(np.prod(shape[:-1]))
         cols = int(shape[-1])
         self._shape2d = (rows, cols)
-        good = _mask_good(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
+        good = good_pixels(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
         self.good = good
         self._good = np.ascontiguousarray(good.reshape(self._shape2d), dtype=np.uint8)
         self._no_bad = np.zeros((1, 1), dtype=np.bool_)
@@ -648,9 +637,12 @@ class Integrator:
 def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *, mask=None,
               bad=None, predictions: pd.DataFrame | None = None,
               params: IntegrationParams | None = None, **overrides) -> pd.DataFrame:
-    """Predict and integrate one frame's reflections (builds an :class:`Integrator`).
+    """Predict and integrate one frame's reflections with an :class:`Integrator`.
 
-    Build an :class:`Integrator` once and call it for every frame when there are many.
+    The integrator is prepared (ring offsets, usable pixels, buffers) on the first call
+    and reused by later calls with the same geometry, mask and parameters (the last two
+    prepared per thread are kept), so a loop over frames costs what a prepared
+    :class:`Integrator` does.
 
     Parameters
     ----------
@@ -690,8 +682,14 @@ def integrate(image, geometry: Detector, crystals: pd.DataFrame | None = None, *
     >>> bool((refl.I / refl.sigma).max() > 10)
     True
     """
-    integrator = Integrator(geometry, mask, params, **overrides)
-    return integrator(image, crystals, bad, predictions=predictions)
+    if params is not None and not isinstance(params, IntegrationParams):
+        raise TypeError("params must be an IntegrationParams; give radii as radii=...")
+    p = (params or IntegrationParams()).replace(**overrides)
+    return _INTEGRATORS.get(geometry, mask, p)(image, crystals, bad, predictions=predictions)
+
+
+#: The prepared integrators of :func:`integrate`.
+_INTEGRATORS = PreparedCache(lambda geometry, mask, params: Integrator(geometry, mask, params))
 
 
 # ========================================================================= resolution

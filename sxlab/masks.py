@@ -22,6 +22,8 @@ only; pixels it does not judge stay good (pixels that belong to no panel are mar
 * :func:`mask_pixel_ranges` — inclusive rectangles in data-array pixel coordinates;
 * :func:`mask_lab_region` — rectangles in lab coordinates (CrystFEL's ``min_x`` ... rule);
 * :func:`mask_beamstop` — a disc around the beam plus an optional holding rod;
+* :func:`mask_lab_shape` — a painted rectangle, circle, polygon or brush stroke in the
+  lab plane (what :class:`sxlab.widgets.MaskPainter` records);
 * :func:`mask_resolution` — resolution limits in Å;
 * :func:`mask_panel_edges`, :func:`mask_no_index`, :func:`mask_from_geometry`;
 * :func:`mask_from_hdf5`, :func:`mask_from_panel_masks` — bit masks stored in HDF5 files
@@ -41,20 +43,28 @@ import html
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
 
-from .geometry import BadRegion, Detector, Panel, _mark_lab_region
+from ._frozen import FrozenParams
+from .geometry import BadRegion, Detector, Panel, mark_lab_region
 
 __all__ = [
     "Mask",
+    "MaskParams",
+    "build_mask",
+    "bad_pixels",
+    "check_shape",
+    "good_pixels",
     "mask_beamstop",
     "mask_from_geometry",
     "mask_from_hdf5",
     "mask_from_panel_masks",
     "mask_from_values",
     "mask_lab_region",
+    "mask_lab_shape",
     "mask_no_index",
     "mask_panel_edges",
     "mask_pixel_ranges",
@@ -256,7 +266,7 @@ class Mask:
 
         dims = ("module", "ss", "fs") if self._good.ndim == 3 else ("ss", "fs")
         if geometry is not None:
-            _check_shape(self.shape, geometry.data_shape, "mask")
+            check_shape(self.shape, geometry.data_shape, "mask")
             dims = geometry.dims
         attrs = {"long_name": "usable pixel", "provenance": list(self.provenance)}
         return xr.DataArray(self._good, dims=dims, name="good", attrs=attrs)
@@ -368,7 +378,7 @@ class Mask:
         >>> [(r.min_fs, r.max_fs, r.min_ss, r.max_ss, r.panel) for r in regions]
         [(10, 19, 5, 6, 'p0')]
         """
-        _check_shape(self.shape, geometry.data_shape, "mask")
+        check_shape(self.shape, geometry.data_shape, "mask")
         bad = self.bad
         if exclude_geometry:
             bad = bad & ~geometry.bad_pixel_mask()
@@ -412,7 +422,16 @@ def _shape_of(geometry_or_shape) -> tuple[int, ...]:
     return shape
 
 
-def _check_shape(shape, expected, what: str) -> None:
+def check_shape(shape, expected, what: str) -> None:
+    """Raise ValueError naming ``what`` unless ``shape`` is the geometry's data shape.
+
+    Examples
+    --------
+    >>> check_shape((4, 5), (4, 6), "image")
+    Traceback (most recent call last):
+    ...
+    ValueError: image has shape (4, 5), the geometry's data shape is (4, 6)
+    """
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{what} has shape {tuple(shape)}, the geometry's data shape is "
                          f"{tuple(expected)}")
@@ -500,7 +519,7 @@ def mask_from_values(image_or_raw, geometry: Detector | None = None, *,
     """
     arr = np.asarray(image_or_raw)
     if geometry is not None:
-        _check_shape(arr.shape, _detector(geometry).data_shape, "image")
+        check_shape(arr.shape, _detector(geometry).data_shape, "image")
     elif arr.ndim not in (2, 3):
         raise ValueError(f"expected one frame (2-D or 3-D), got shape {arr.shape}")
     if isinstance(flag_values, str):
@@ -669,7 +688,7 @@ def mask_lab_region(geometry: Detector, min_x: float, max_x: float, min_y: float
         lim[:2] = np.clip(lim[:2], x0 - 1.0, x1 + 1.0)
         lim[2:] = np.clip(lim[2:], y0 - 1.0, y1 + 1.0)
         region = BadRegion("lab", min_x=lim[0], max_x=lim[1], min_y=lim[2], max_y=lim[3])
-        _mark_lab_region(p, region, bad[geometry.panel_slice(i)])
+        mark_lab_region(p, region, bad[geometry.panel_slice(i)])
     text = (f"mask_lab_region: x {_fmt(float(min_x))}..{_fmt(float(max_x))}, y "
             f"{_fmt(float(min_y))}..{_fmt(float(max_y))} {units}{_label(geometry)}")
     return Mask._wrap(np.logical_not(bad, out=bad), (text,))
@@ -825,6 +844,135 @@ def mask_beamstop(geometry: Detector, radius_px: float, *, rod_width_px: float |
     rod = (f", rod {rod_width_px:g} wide at {rod_angle_deg:g}°" if rod_width_px else "")
     text = (f"mask_beamstop: radius {radius_px:g}{rod}, centre ({center[0]:g}, "
             f"{center[1]:g}) {units}{_label(geometry)}")
+    return Mask._wrap(np.logical_not(bad, out=bad), (text,))
+
+
+SHAPES = ("rectangle", "circle", "polygon", "brush")
+
+
+def _inside_polygon(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
+    """Even-odd rule: True where (x, y) is inside the closed polygon (vx, vy)."""
+    inside = np.zeros(x.shape, dtype=bool)
+    n = vx.size
+    for i in range(n):
+        x0, y0, x1, y1 = vx[i], vy[i], vx[(i + 1) % n], vy[(i + 1) % n]
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        xc = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < xc)
+    return inside
+
+
+def _shape_parts(kind: str, pts: np.ndarray, radius: float):
+    """(bounding box, predicate(x, y)) pieces whose union is the shape (lab pixels)."""
+    if kind == "rectangle":
+        (xa, ya), (xb, yb) = pts.min(axis=0), pts.max(axis=0)
+        return [((xa, xb, ya, yb), lambda x, y: (x >= xa) & (x <= xb) & (y >= ya) & (y <= yb))]
+    if kind == "circle":
+        cx, cy = pts[0]
+        return [((cx - radius, cx + radius, cy - radius, cy + radius),
+                 lambda x, y: np.hypot(x - cx, y - cy) <= radius)]
+    if kind == "polygon":
+        vx, vy = pts[:, 0].copy(), pts[:, 1].copy()
+        box = (vx.min(), vx.max(), vy.min(), vy.max())
+        return [(box, lambda x, y: _inside_polygon(x, y, vx, vy))]
+    parts = []  # brush: capsules around each segment (a dot for a single point)
+    segs = np.stack([pts[:-1], pts[1:]], axis=1) if len(pts) > 1 else pts[None, [0, 0]]
+    for (ax, ay), (bx, by) in segs:
+        def inside(x, y, ax=ax, ay=ay, bx=bx, by=by):
+            dx, dy = bx - ax, by - ay
+            ll = dx * dx + dy * dy
+            t = np.zeros_like(x) if ll == 0 else np.clip(((x - ax) * dx + (y - ay) * dy) / ll,
+                                                         0.0, 1.0)
+            return np.hypot(x - ax - t * dx, y - ay - t * dy) <= radius
+        box = (min(ax, bx) - radius, max(ax, bx) + radius, min(ay, by) - radius,
+               max(ay, by) + radius)
+        parts.append((box, inside))
+    return parts
+
+
+def mask_lab_shape(geometry: Detector, kind: str, points, *, radius: float = 0.0,
+                   units: str = "px") -> Mask:
+    """Mask the pixels under a shape drawn in the lab plane (a painted mask stroke).
+
+    A pixel is bad when the lab (x, y) of its **centre** lies inside the shape (edges
+    included), the rule by which :class:`sxlab.widgets.MaskPainter` turns what is drawn
+    on the assembled detector into data-array pixels of every panel the shape covers.
+    Each panel is tested over the shape's bounding box in its own pixel grid only, so the
+    cost grows with the shape, not with the detector.
+
+    Parameters
+    ----------
+    geometry : Detector
+    kind : {"rectangle", "circle", "polygon", "brush"}
+        ``rectangle``: two opposite corners; ``circle``: the centre, with ``radius``;
+        ``polygon``: three or more vertices (even-odd rule); ``brush``: a stroke through
+        one or more points, ``radius`` wide on each side (round ends).
+    points : array_like, shape (n, 2)
+        Lab (x, y): x horizontal, y up, origin on the beam axis.
+    radius : float
+        Circle or brush radius.
+    units : {"px", "m"}
+        Unit of ``points`` and ``radius``: pixels of each panel, or metres.
+
+    Returns
+    -------
+    Mask
+
+    Notes
+    -----
+    Like :func:`mask_beamstop`, the test uses the lab x and y of the pixel centre (the
+    projection along z).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger1m")
+    >>> mask_lab_shape(det, "rectangle", [(10, 20), (19.9, 24.9)]).n_bad   # 10 x 5 centres
+    50
+    >>> mask_lab_shape(det, "circle", [(100, 100)], radius=10).n_bad      # about pi * 100
+    316
+    """
+    geometry = _detector(geometry)
+    if kind not in SHAPES:
+        raise ValueError(f"unknown shape {kind!r}; shapes are {SHAPES}")
+    pts = np.atleast_2d(np.asarray(points, dtype=float))
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
+        raise ValueError(f"{kind}: points must be finite (x, y) pairs, got {points!r}")
+    need = {"rectangle": 2, "circle": 1, "polygon": 3, "brush": 1}[kind]
+    if len(pts) < need or (kind == "rectangle" and len(pts) != 2):
+        raise ValueError(f"a {kind} needs {'exactly' if kind == 'rectangle' else 'at least'} "
+                         f"{need} point(s), got {len(pts)}")
+    if kind in ("circle", "brush") and not radius > 0:
+        raise ValueError(f"a {kind} needs a positive radius, got {radius}")
+    bad = np.zeros(geometry.data_shape, dtype=bool)
+    for i, p in enumerate(geometry.panels):
+        k = _units_scale(units, p)
+        view = bad[geometry.panel_slice(i)]
+        a = np.array([[p.fs[0], p.ss[0]], [p.fs[1], p.ss[1]]])
+        if abs(np.linalg.det(a)) < 1e-12:
+            continue  # edge-on in the lab x-y plane: no pixel centre is inside any shape
+        inv = np.linalg.inv(a)
+        for (x0, x1, y0, y1), inside in _shape_parts(kind, pts * k, radius * k):
+            corners = np.array([[x0, x1, x0, x1], [y0, y0, y1, y1]])
+            rel = inv @ (corners - np.array([[p.corner_x], [p.corner_y]]))
+            f0, f1 = (np.clip([np.floor(rel[0].min()) - 1, np.ceil(rel[0].max()) + 1],
+                              0, p.width).astype(int))
+            s0, s1 = (np.clip([np.floor(rel[1].min()) - 1, np.ceil(rel[1].max()) + 1],
+                              0, p.height).astype(int))
+            if f0 >= f1 or s0 >= s1:
+                continue
+            fc = np.arange(f0, f1, dtype=float)[None, :] + 0.5
+            sc = np.arange(s0, s1, dtype=float)[:, None] + 0.5
+            x = p.corner_x + fc * p.fs[0] + sc * p.ss[0]
+            y = p.corner_y + fc * p.fs[1] + sc * p.ss[1]
+            view[s0:s1, f0:f1] |= inside(x, y)
+    where = ", ".join(f"({_fmt(float(x))}, {_fmt(float(y))})" for x, y in pts[:8])
+    if len(pts) > 8:
+        where += f", ... ({len(pts)} points)"
+    extra = f", radius {radius:g}" if kind in ("circle", "brush") else ""
+    text = f"mask_lab_shape: {kind} {where}{extra} {units}{_label(geometry)}"
     return Mask._wrap(np.logical_not(bad, out=bad), (text,))
 
 
@@ -1130,17 +1278,105 @@ def mask_to_geom_lines(mask: Mask, geometry: Detector, *, prefix: str = "sxmask"
     return "".join(line + "\n" for line in lines)
 
 
-def _as_bad_array(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
+# ================================================================ trial masks
+@dataclass(frozen=True)
+class MaskParams(FrozenParams):
+    """The static mask of a processing trial (the ``[mask]`` section; :func:`build_mask`).
+
+    Attributes
+    ----------
+    beamstop_radius_px, beamstop_rod_width_px, beamstop_rod_angle_deg : float
+        Beam-stop shadow (disc around the beam plus a rod); radius 0 disables it.
+    d_min_A, d_max_A : float or None
+        Resolution limits in Å.
+    edge_pixels : int
+        Pixels masked at every panel edge.
+    mask_file, mask_dataset : str or None
+        An HDF5 mask dataset (bad where ``value & badbits``) to add.
+    mask_badbits : int
+    """
+
+    beamstop_radius_px: float = 0.0
+    beamstop_rod_width_px: float = 0.0
+    beamstop_rod_angle_deg: float = 0.0
+    d_min_A: float | None = None
+    d_max_A: float | None = None
+    edge_pixels: int = 0
+    mask_file: str | None = None
+    mask_dataset: str | None = None
+    mask_badbits: int = 1
+
+
+def build_mask(geometry: Detector, params: MaskParams | None = None) -> Mask:
+    """The static mask of a trial: the geometry's bad pixels and those of ``params``.
+
+    Beam-stop shadow (disc and rod), resolution limits, panel edges and an HDF5 mask
+    file, combined with :func:`mask_from_geometry`. Built once per worker by the pipeline.
+
+    Parameters
+    ----------
+    geometry : Detector
+    params : MaskParams, optional
+        Default: nothing beyond the geometry's bad pixels.
+
+    Returns
+    -------
+    Mask
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> det = builtin_geometry("eiger1m")
+    >>> m = build_mask(det, MaskParams(beamstop_radius_px=30, d_min_A=2.0))
+    >>> m.n_bad > mask_from_geometry(det).n_bad
+    True
+    """
+    mp = params or MaskParams()
+    mask = mask_from_geometry(geometry)
+    if mp.beamstop_radius_px > 0:
+        mask &= mask_beamstop(geometry, mp.beamstop_radius_px,
+                              rod_width_px=mp.beamstop_rod_width_px or None,
+                              rod_angle_deg=mp.beamstop_rod_angle_deg)
+    if mp.d_min_A is not None or mp.d_max_A is not None:
+        mask &= mask_resolution(geometry, d_min=mp.d_min_A, d_max=mp.d_max_A)
+    if mp.edge_pixels > 0:
+        mask &= mask_panel_edges(geometry, mp.edge_pixels)
+    if mp.mask_file is not None:
+        mask &= mask_from_hdf5(geometry, mp.mask_file, mp.mask_dataset or "/data/data",
+                               badbits=mp.mask_badbits)
+    return mask
+
+
+# ==================================================================== helpers
+def bad_pixels(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
     """Combine a static ``mask`` and a per-frame ``bad`` array into one bad array or None.
 
-    Shared by the binning and statistics modules.
+    Parameters
+    ----------
+    mask : Mask or None
+        Static mask (True = good). Boolean arrays are refused here, so that their sense
+        cannot be mistaken: pass them as ``bad`` (True = bad).
+    bad : array_like of bool or None
+        Per-frame bad pixels (True = bad).
+    shape : tuple of int
+        The data shape both must have.
+
+    Returns
+    -------
+    ndarray of bool or None
+        True = bad; None when neither was given.
+
+    Examples
+    --------
+    >>> bad_pixels(Mask(np.array([[True, False]])), np.array([[True, False]]), (1, 2)).tolist()
+    [[True, True]]
     """
     out = None
     if mask is not None:
         if not isinstance(mask, Mask):
             raise TypeError(f"mask must be a Mask (True = good), got {type(mask).__name__}; "
                             "pass boolean arrays with True = bad as bad=")
-        _check_shape(mask.shape, shape, "mask")
+        check_shape(mask.shape, shape, "mask")
         out = mask.bad
     if bad is not None:
         if isinstance(bad, Mask):
@@ -1148,7 +1384,42 @@ def _as_bad_array(mask: Mask | None, bad, shape: tuple) -> np.ndarray | None:
         b = np.asarray(bad)
         if b.dtype != bool:
             raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
-        _check_shape(b.shape, shape, "bad")
+        check_shape(b.shape, shape, "bad")
         out = b if out is None else (out | b)
     return out
 
+
+def good_pixels(mask, shape: tuple) -> np.ndarray:
+    """A fresh boolean array of good pixels from a Mask, a boolean array or None.
+
+    Parameters
+    ----------
+    mask : Mask, ndarray of bool or None
+        Anything with a ``.good`` attribute (a :class:`Mask`) or a boolean array in which
+        **True marks a good pixel**; None: every pixel is good.
+    shape : tuple of int
+        The geometry's data shape.
+
+    Examples
+    --------
+    >>> good_pixels(None, (1, 2)).tolist()
+    [[True, True]]
+    >>> good_pixels(np.zeros((1, 2), np.uint8), (1, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: mask must be a Mask or a boolean array (True = good pixel), got dtype uint8; ...
+    """
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    good = getattr(mask, "good", None)
+    if good is None:
+        good = mask
+    good = np.asarray(good)
+    if good.dtype != np.bool_:
+        raise TypeError(
+            f"mask must be a Mask or a boolean array (True = good pixel), got dtype "
+            f"{good.dtype}; for a bad-pixel array b pass ~b, for an NXmx pixel_mask pass "
+            "pixel_mask == 0"
+        )
+    check_shape(good.shape, shape, "mask")
+    return good.copy()

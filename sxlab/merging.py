@@ -35,9 +35,18 @@ import pandas as pd
 
 from . import _merging_kernels as _k
 from . import tables
-from .cell import UnitCell, _space_group
+from ._frozen import FrozenParams
+from .cell import UnitCell
+from .symmetry import (
+    AsuTable,
+    as_gemmi_cell,
+    cell_d_spacings,
+    point_group_rotations,
+    resolve_symmetry,
+)
 
 __all__ = [
+    "MergeParams",
     "MergeResult",
     "ambiguity_operators",
     "cc_star",
@@ -47,6 +56,103 @@ __all__ = [
     "merge",
     "merging_statistics",
 ]
+
+@dataclass(frozen=True)
+class MergeParams(FrozenParams):
+    """Parameters of :func:`merge` (frozen, serialisable; the ``[merge]`` section of a trial).
+
+    Parameters
+    ----------
+    scale : bool
+        Refine a scale ``G`` and relative B per crystal. Default True.
+    iterations : int
+        Cycles of merging and refining scales. Default 3.
+    min_measurements : int
+        Unique reflections with fewer observations are left out of the output, and
+        (at least 2) of the reference the scales are refined against. Default 2.
+    partiality : bool
+        Divide each observation by its ``partiality`` (observations below
+        ``min_partiality`` are left out). Default False: Monte Carlo averaging of
+        partial intensities.
+    min_partiality : float
+        Default 0.1.
+    anomalous : bool
+        Keep Friedel mates apart (I(+) and I(-) of acentric reflections; the point
+        group's asymmetric unit). Default False: merge them (the Laue group's).
+    resolve_ambiguity : {"auto", True, False}
+        Choose each crystal's indexing among the twin laws of the lattice
+        (:func:`ambiguity_operators`); ``"auto"`` and True do so whenever there are
+        twin laws. Default "auto".
+    n_shells : int
+        Resolution shells of equal reciprocal volume for the statistics. Default 20.
+    d_min, d_max : float or None
+        Resolution limits (Å) of the observations merged and of the shells. Default None.
+    max_adu : float or None
+        Leave out observations whose largest peak pixel (``peak``) exceeds this.
+    reject_flags : bool
+        Leave out observations with any ``flag_*`` column set. Default True.
+    outlier_sigma : float or None
+        Leave out, once before the final merge, observations more than this many
+        standard deviations from the mean of the reflection's other observations (their
+        standard deviation; reflections with at least 4 observations). Default None:
+        keep all.
+    max_b_A2 : float
+        Crystals whose relative B exceeds this in magnitude (Å²) are rejected.
+        Default 100.
+    min_crystal_reflections : int
+        Crystals with fewer observations of reference reflections are rejected.
+        Default 10.
+
+    Examples
+    --------
+    >>> p = MergeParams(d_min=2.0)
+    >>> p.replace(scale=False).scale, MergeParams.from_dict(p.to_dict()) == p
+    (False, True)
+    """
+
+    scale: bool = True
+    iterations: int = 3
+    min_measurements: int = 2
+    partiality: bool = False
+    min_partiality: float = 0.1
+    anomalous: bool = False
+    resolve_ambiguity: bool | str = "auto"
+    n_shells: int = 20
+    d_min: float | None = None
+    d_max: float | None = None
+    max_adu: float | None = None
+    reject_flags: bool = True
+    outlier_sigma: float | None = None
+    max_b_A2: float = 100.0
+    min_crystal_reflections: int = 10
+
+    def __post_init__(self):
+        if self.resolve_ambiguity not in ("auto", True, False):
+            raise ValueError("resolve_ambiguity must be 'auto', True or False, got "
+                             f"{self.resolve_ambiguity!r}")
+        for name in ("scale", "partiality", "anomalous", "reject_flags"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        for name, low in (("iterations", 0), ("min_measurements", 1), ("n_shells", 1),
+                          ("min_crystal_reflections", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not 0 <= float(self.min_partiality) <= 1:
+            raise ValueError(f"min_partiality must be within [0, 1], got {self.min_partiality}")
+        object.__setattr__(self, "min_partiality", float(self.min_partiality))
+        if not float(self.max_b_A2) > 0:
+            raise ValueError(f"max_b_A2 must be positive, got {self.max_b_A2}")
+        object.__setattr__(self, "max_b_A2", float(self.max_b_A2))
+        for name in ("d_min", "d_max", "max_adu", "outlier_sigma"):
+            value = getattr(self, name)
+            if value is not None:
+                if not (math.isfinite(float(value)) and float(value) > 0):
+                    raise ValueError(f"{name} must be positive or None, got {value}")
+                object.__setattr__(self, name, float(value))
+        if self.d_min is not None and self.d_max is not None and self.d_min >= self.d_max:
+            raise ValueError(f"d_min ({self.d_min}) must be below d_max ({self.d_max})")
+
 
 # Indexing-ambiguity resolver: passes after the first, and the overlap (reflections in
 # common with the reference) below which a crystal keeps its setting.
@@ -61,41 +167,6 @@ _REQUIRED = ("frame", "crystal", "h", "k", "l", "I", "sigma")
 
 
 # =========================================================================== symmetry
-def _as_gemmi_cell(cell):
-    import gemmi
-
-    if cell is None:
-        return None
-    if isinstance(cell, gemmi.UnitCell):
-        return cell
-    if isinstance(cell, UnitCell):
-        return cell.to_gemmi()
-    values = [float(v) for v in cell]
-    if len(values) != 6:
-        raise ValueError(f"cell must have six parameters (a, b, c, α, β, γ), got {cell!r}")
-    return gemmi.UnitCell(*values)
-
-
-def _resolve_symmetry(symmetry):
-    """gemmi.SpaceGroup of ``symmetry`` and the UnitCell it may carry."""
-    if isinstance(symmetry, UnitCell):
-        if symmetry.space_group is None:
-            raise ValueError("the UnitCell given as symmetry has no space group")
-        return symmetry.gemmi_space_group(), symmetry
-    sg = _space_group(symmetry)
-    if sg is None:
-        raise ValueError("symmetry must name a space group, e.g. 'P 43 21 2'")
-    return sg, None
-
-
-def _rotations(sg) -> np.ndarray:
-    """Distinct rotation parts of the point group, as matrices acting on row vectors hkl."""
-    import gemmi
-
-    rots = np.array([op.rot for op in sg.operations().sym_ops], dtype=np.int64)
-    return np.unique(rots // gemmi.Op.DEN, axis=0)
-
-
 def _symmetrize_metric(gstar: np.ndarray, rots: np.ndarray) -> np.ndarray:
     """Average of ``R G* Rᵀ`` over the point group (the metric it leaves invariant)."""
     r = rots.astype(np.float64)
@@ -117,7 +188,7 @@ def _fit_cell(hkl: np.ndarray, d_A: np.ndarray, sg):
         raise ValueError("too few distinct reflections to fit a cell from d_A; pass cell=")
     c = np.linalg.lstsq(a, y, rcond=None)[0]
     gstar = np.array([[c[0], c[5], c[4]], [c[5], c[1], c[3]], [c[4], c[3], c[2]]])
-    gstar = _symmetrize_metric(gstar, _rotations(sg))
+    gstar = _symmetrize_metric(gstar, point_group_rotations(sg))
     if np.any(np.linalg.eigvalsh(gstar) <= 0):
         raise ValueError("the d_A column does not fit a unit cell; pass cell=")
     g = np.linalg.inv(gstar)
@@ -126,17 +197,6 @@ def _fit_cell(hkl: np.ndarray, d_A: np.ndarray, sg):
     beta = math.degrees(math.acos(g[0, 2] / (a_ * c_)))
     gamma = math.degrees(math.acos(g[0, 1] / (a_ * b_)))
     return gemmi.UnitCell(a_, b_, c_, alpha, beta, gamma)
-
-
-def _d_spacing(gcell, hkl: np.ndarray) -> np.ndarray:
-    """d (Å) of rows ``hkl`` (inf for 0 0 0) from the cell's reciprocal metric."""
-    from .cell import UnitCell as _UC
-
-    bmat = _UC(*gcell.parameters).reciprocal_basis
-    q = hkl.astype(np.float64) @ bmat
-    q2 = np.einsum("ij,ij->i", q, q)
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(q2)
 
 
 def _twin_laws(sg, gcell, max_obliquity: float) -> list:
@@ -175,81 +235,11 @@ def ambiguity_operators(symmetry, cell=None, *, max_obliquity: float = MAX_OBLIQ
     >>> ambiguity_operators("P 43 21 2", (79.1, 79.1, 37.9, 90, 90, 90))
     []
     """
-    sg, sym_cell = _resolve_symmetry(symmetry)
-    gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+    sg, sym_cell = resolve_symmetry(symmetry)
+    gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     if gcell is None:
         raise ValueError("pass the cell")
     return [op.as_hkl().triplet() for op in _twin_laws(sg, gcell, max_obliquity)]
-
-
-class _AsuTable:
-    """Every symmetry equivalent (and Friedel mate) of gemmi's reciprocal ASU to ``d_min``.
-
-    ``lookup(hkl)`` gives, for many rows at once, the index of the unique reflection
-    each row is equivalent to (-1: systematically absent, 0 0 0 or beyond ``d_min``)
-    and whether it is equivalent to its Friedel mate instead (reached only through the
-    inversion). Indices of the Laue-group ASU are those of :attr:`hkl`.
-    """
-
-    def __init__(self, gcell, sg, d_min: float):
-        import gemmi
-
-        asu = np.asarray(gemmi.make_miller_array(gcell, sg, float(d_min), 0.0, True),
-                         dtype=np.int32).reshape(-1, 3)
-        self.hkl = asu
-        self.d = gcell.calculate_d_array(asu) if len(asu) else np.zeros(0)
-        ops = sg.operations()
-        self.centric = (np.asarray(ops.centric_flag_array(asu), dtype=bool) if len(asu)
-                        else np.zeros(0, dtype=bool))
-        rots = _rotations(sg)
-        base = asu.astype(np.int64)
-        eq = np.concatenate([base @ r for r in rots] + [-(base @ r) for r in rots])
-        if not len(eq):
-            eq = np.zeros((0, 3), np.int64)
-        n_rot = len(rots)
-        src = np.tile(np.arange(len(asu), dtype=np.int64), 2 * n_rot)
-        friedel = np.repeat(np.array([False, True]), n_rot * len(asu))
-        self._half = np.max(np.abs(eq), axis=0) if len(eq) else np.zeros(3, np.int64)
-        key = self._key(eq)
-        key, first = np.unique(key, return_index=True)
-        self._keys = key
-        self._src = src[first]
-        self._friedel = friedel[first]
-
-    def _key(self, hkl: np.ndarray) -> np.ndarray:
-        m = self._half
-        return (((hkl[:, 0] + m[0]) * (2 * m[1] + 1) + (hkl[:, 1] + m[1])) * (2 * m[2] + 1)
-                + (hkl[:, 2] + m[2]))
-
-    def lookup(self, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-        u = np.full(len(hkl), -1, dtype=np.int64)
-        friedel = np.zeros(len(hkl), dtype=bool)
-        if not len(self._keys) or not len(hkl):
-            return u, friedel
-        inside = np.all(np.abs(hkl) <= self._half, axis=1)
-        key = self._key(hkl[inside])
-        pos = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
-        found = self._keys[pos] == key
-        idx = np.flatnonzero(inside)[found]
-        u[idx] = self._src[pos[found]]
-        friedel[idx] = self._friedel[pos[found]]
-        return u, friedel
-
-    def group(self, u: np.ndarray, friedel: np.ndarray, anomalous: bool) -> np.ndarray:
-        """Merging group of each row: ``u``, or ``2u`` / ``2u + 1`` (I(+) / I(-))."""
-        if not anomalous:
-            return u.copy()
-        minus = friedel & ~self.centric[np.maximum(u, 0)]
-        return np.where(u >= 0, 2 * u + minus, -1)
-
-    def group_hkl(self, anomalous: bool) -> np.ndarray:
-        if not anomalous:
-            return self.hkl
-        out = np.empty((2 * len(self.hkl), 3), dtype=np.int32)
-        out[0::2] = self.hkl
-        out[1::2] = -self.hkl
-        return out
 
 
 def map_to_asu(hkl, symmetry, *, anomalous: bool = False, cell=None):
@@ -278,17 +268,17 @@ def map_to_asu(hkl, symmetry, *, anomalous: bool = False, cell=None):
     """
     import gemmi
 
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    sg, sym_cell = resolve_symmetry(symmetry)
     hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
-    gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+    gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     if gcell is None:
         gcell = gemmi.UnitCell(10, 10, 10, 90, 90, 90) if sg.crystal_system_str() not in (
             "trigonal", "hexagonal") else gemmi.UnitCell(10, 10, 10, 90, 90, 120)
         if sg.ext == "R":
             gcell = gemmi.UnitCell(10, 10, 10, 80, 80, 80)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     d_min = float(np.min(d[np.isfinite(d)])) * (1 - 1e-6) if np.isfinite(d).any() else 1.0
-    table = _AsuTable(gcell, sg, d_min)
+    table = AsuTable(gcell, sg, d_min)
     u, friedel = table.lookup(hkl)
     g = table.group(u, friedel, anomalous)
     out = np.zeros((len(hkl), 3), dtype=np.int32)
@@ -450,7 +440,7 @@ def cc_star_resolution(stats: pd.DataFrame, threshold: float = 0.5) -> float:
     return float(1.0 / math.sqrt(xc))
 
 
-def _possible(table: _AsuTable, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+def _possible(table: AsuTable, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
     w = np.ones(len(table.hkl), dtype=np.int64)
     if anomalous:
         w = np.where(table.centric, 1, 2)
@@ -502,21 +492,21 @@ def merging_statistics(merged: pd.DataFrame, half1: pd.DataFrame, half2: pd.Data
     >>> merging_statistics(result.merged, result.half1, result.half2, "P 43 21 2",
     ...                    cell=result.cell)  # doctest: +SKIP
     """
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    sg, sym_cell = resolve_symmetry(symmetry)
     if cell is None:
         cell = sym_cell if sym_cell is not None else merged.attrs.get("cell")
-    gcell = _as_gemmi_cell(cell)
+    gcell = as_gemmi_cell(cell)
     if gcell is None:
         raise ValueError("pass the cell")
     if anomalous is None:
         anomalous = bool(merged.attrs.get("anomalous", False))
     hkl = merged[["h", "k", "l"]].to_numpy(np.int64)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     finite = d[np.isfinite(d)]
     lim = min(finite.min() if len(finite) else np.inf, d_min or np.inf)
     if not np.isfinite(lim):
         return tables.STATISTICS.empty()
-    table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
+    table = AsuTable(gcell, sg, lim * (1 - 1e-6))
 
     def groups(t):
         u, fr = table.lookup(t[["h", "k", "l"]].to_numpy(np.int64))
@@ -778,7 +768,7 @@ def _observations(reflections, keep, gcell, d_min, d_max, partiality, counts
                   ) -> _Observations:
     """Rows of ``keep`` within the resolution limits, sorted by crystal."""
     hkl = reflections[["h", "k", "l"]].to_numpy(np.int64)
-    d = _d_spacing(gcell, hkl)
+    d = cell_d_spacings(gcell, hkl)
     in_range = np.isfinite(d)
     if d_min is not None:
         in_range &= d >= d_min
@@ -893,13 +883,8 @@ def _crystal_cc(cidx, n_cryst, use, x, y) -> np.ndarray:
 
 
 @tables.documented
-def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
-          iterations: int = 3, min_measurements: int = 2, partiality: bool = False,
-          min_partiality: float = 0.1, anomalous: bool = False, resolve_ambiguity="auto",
-          n_shells: int = 20, d_min: float | None = None, d_max: float | None = None,
-          max_adu: float | None = None, reject_flags: bool = True,
-          outlier_sigma: float | None = None, max_b_A2: float = 100.0,
-          min_crystal_reflections: int = 10) -> MergeResult:
+def merge(reflections: pd.DataFrame, symmetry, *, cell=None,
+          params: MergeParams | None = None, **overrides) -> MergeResult:
     """Scale and merge a reflection table into unique intensities with statistics.
 
     Parameters
@@ -916,45 +901,15 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         Cell for resolutions and completeness. Default: the UnitCell given as
         ``symmetry``, else the cell whose metric fits ``hkl`` and ``d_A`` of the
         observations best, made to obey the point group.
-    scale : bool
-        Refine a scale ``G`` and relative B per crystal. Default True.
-    iterations : int
-        Cycles of merging and refining scales. Default 3.
-    min_measurements : int
-        Unique reflections with fewer observations are left out of the output, and
-        (at least 2) of the reference the scales are refined against. Default 2.
-    partiality : bool
-        Divide each observation by its ``partiality`` (observations below
-        ``min_partiality`` are left out). Default False: Monte Carlo averaging of
-        partial intensities.
-    min_partiality : float
-        Default 0.1.
-    anomalous : bool
-        Keep Friedel mates apart (I(+) and I(-) of acentric reflections; the point
-        group's asymmetric unit). Default False: merge them (the Laue group's).
-    resolve_ambiguity : {"auto", True, False}
-        Choose each crystal's indexing among the twin laws of the lattice
-        (:func:`ambiguity_operators`); ``"auto"`` and True do so whenever there are
-        twin laws. Default "auto".
-    n_shells : int
-        Resolution shells of equal reciprocal volume for the statistics. Default 20.
-    d_min, d_max : float, optional
-        Resolution limits (Å) of the observations merged and of the shells.
-    max_adu : float, optional
-        Leave out observations whose largest peak pixel (``peak``) exceeds this.
-    reject_flags : bool
-        Leave out observations with any ``flag_*`` column set. Default True.
-    outlier_sigma : float, optional
-        Leave out, once before the final merge, observations more than this many
-        standard deviations from the mean of the reflection's other observations (their
-        standard deviation; reflections with at least 4 observations). Default None:
-        keep all.
-    max_b_A2 : float
-        Crystals whose relative B exceeds this in magnitude (Å²) are rejected.
-        Default 100.
-    min_crystal_reflections : int
-        Crystals with fewer observations of reference reflections are rejected.
-        Default 10.
+    params : MergeParams, optional
+        The merging parameters (default :class:`MergeParams` (), the ``[merge]`` section
+        of a trial).
+    **overrides
+        Single fields of :class:`MergeParams`: ``scale``, ``iterations``,
+        ``min_measurements``, ``partiality``, ``min_partiality``, ``anomalous``,
+        ``resolve_ambiguity``, ``n_shells``, ``d_min``, ``d_max``, ``max_adu``,
+        ``reject_flags``, ``outlier_sigma``, ``max_b_A2``, ``min_crystal_reflections``
+        (``sx.merge(refl, "P43212", d_min=2.0, scale=False)``).
 
     Returns
     -------
@@ -1025,14 +980,11 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     0  2  0  1  11.0  1.000      2
     1  2  1  3   5.5  0.707      2
     """
-    if resolve_ambiguity not in ("auto", True, False):
-        raise ValueError("resolve_ambiguity must be 'auto', True or False")
-    if int(iterations) < 0 or int(min_measurements) < 1 or int(n_shells) < 1:
-        raise ValueError("iterations >= 0, min_measurements >= 1 and n_shells >= 1 needed")
-    sg, sym_cell = _resolve_symmetry(symmetry)
+    p = (params or MergeParams()).replace(**overrides)
+    sg, sym_cell = resolve_symmetry(symmetry)
     counts: dict = {}
-    keep = _select(reflections, reject_flags=reject_flags, max_adu=max_adu,
-                   partiality=partiality, min_partiality=min_partiality, counts=counts)
+    keep = _select(reflections, reject_flags=p.reject_flags, max_adu=p.max_adu,
+                   partiality=p.partiality, min_partiality=p.min_partiality, counts=counts)
     if cell is None and sym_cell is None:
         if "d_A" not in reflections.columns:
             raise KeyError("pass cell= or give the reflections a 'd_A' column")
@@ -1041,14 +993,14 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
         gcell = _fit_cell(reflections[["h", "k", "l"]].to_numpy(np.int64)[keep],
                           reflections["d_A"].to_numpy(np.float64)[keep], sg)
     else:
-        gcell = _as_gemmi_cell(cell if cell is not None else sym_cell)
+        gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
     ucell = UnitCell(*gcell.parameters, space_group=sg.xhm() if sg.ext == "R" else sg.hm)
 
-    obs = _observations(reflections, keep, gcell, d_min, d_max, partiality, counts)
-    lim = float(obs.d.min()) if len(obs.d) else (d_min or 10.0)
-    table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
+    obs = _observations(reflections, keep, gcell, p.d_min, p.d_max, p.partiality, counts)
+    lim = float(obs.d.min()) if len(obs.d) else (p.d_min or 10.0)
+    table = AsuTable(gcell, sg, lim * (1 - 1e-6))
     ops, op_names = [np.eye(3, dtype=np.int64)], ["h,k,l"]
-    if resolve_ambiguity and obs.n_crystals > 1:
+    if p.resolve_ambiguity and obs.n_crystals > 1:
         import gemmi
 
         for op in _twin_laws(sg, gcell, MAX_OBLIQUITY_DEG):
@@ -1059,32 +1011,32 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     if len(ops) > 1:
         assign, u_alt, friedel_alt, changes = _resolve(
             obs.start, obs.stop, obs.hkl, obs.intensity / obs.part, 0.25 / obs.d ** 2,
-            table, ops, _rotations(sg))
+            table, ops, point_group_rotations(sg))
         pick = assign[obs.cidx], np.arange(len(obs.cidx))
         u, friedel = u_alt[pick], friedel_alt[pick]
     else:
         u, friedel = table.lookup(obs.hkl)
-    g = table.group(u, friedel, anomalous)
+    g = table.group(u, friedel, p.anomalous)
     counts["absent_or_000"] = int(np.count_nonzero(g < 0))
-    n_groups = 2 * len(table.hkl) if anomalous else len(table.hkl)
+    n_groups = 2 * len(table.hkl) if p.anomalous else len(table.hkl)
     s2 = 0.25 / table.d[np.maximum(u, 0)] ** 2
 
     n_obs_c = np.bincount(obs.cidx[g >= 0], minlength=obs.n_crystals)
     active = n_obs_c > 0
     reason = np.where(active, "", "no reflection in the asymmetric unit").astype(object)
     gscale, bscale, n_scaled = _scale(
-        obs, g, s2, n_groups, active, reason, iterations=int(iterations) if scale else 0,
-        ref_min=max(int(min_measurements), 2), min_reflections=int(min_crystal_reflections),
-        max_b=max_b_A2)
+        obs, g, s2, n_groups, active, reason, iterations=int(p.iterations) if p.scale else 0,
+        ref_min=max(int(p.min_measurements), 2), min_reflections=int(p.min_crystal_reflections),
+        max_b=p.max_b_A2)
 
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         factor = gscale[obs.cidx] * np.exp(-2.0 * bscale[obs.cidx] * s2) * obs.part
         i_corr = obs.intensity / factor
         s_corr = obs.sigma / factor
     use = active[obs.cidx] & (g >= 0)
-    if outlier_sigma is not None:
+    if p.outlier_sigma is not None:
         outlier = use & _outliers(np.where(use, g, n_groups), i_corr, n_groups + 1,
-                                  outlier_sigma)
+                                  p.outlier_sigma)
         counts["outliers"] = int(np.count_nonzero(outlier))
         use &= ~outlier
     counts["used"] = int(np.count_nonzero(use))
@@ -1093,13 +1045,13 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     halves = [_group_means(np.where(use & (half == h), g, n_groups), i_corr, s_corr,
                            n_groups + 1) for h in (0, 1)]
 
-    group_hkl = table.group_hkl(anomalous)
-    group_d = np.repeat(table.d, 2) if anomalous else table.d
-    out = np.flatnonzero(n[:-1] >= int(min_measurements))
+    group_hkl = table.group_hkl(p.anomalous)
+    group_d = np.repeat(table.d, 2) if p.anomalous else table.d
+    out = np.flatnonzero(n[:-1] >= int(p.min_measurements))
     # Low resolution first; ties (to 1e-9 Å) by the ASU order, whatever the cell's last bits.
     out = out[np.argsort(-np.round(group_d[out], 9), kind="stable")]
     attrs = {"symmetry": ucell.space_group, "cell": list(ucell.parameters),
-             "anomalous": bool(anomalous)}
+             "anomalous": bool(p.anomalous)}
 
     def merged_table(nn, mm, ss):
         idx = out[nn[out] > 0]
@@ -1112,11 +1064,11 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     merged = merged_table(n, mean, sig)
     half1, half2 = (merged_table(*h) for h in halves)
     pair = (halves[0][0][out] > 0) & (halves[1][0][out] > 0)
-    possible_d, possible_w = _possible(table, anomalous)
+    possible_d, possible_w = _possible(table, p.anomalous)
     stats = _shell_table(group_d[out], mean[out], sig[out], n[out],
                          np.where(pair, halves[0][1][out], 0.0),
                          np.where(pair, halves[1][1][out], 0.0), pair,
-                         possible_d, possible_w, int(n_shells), d_min, d_max)
+                         possible_d, possible_w, int(p.n_shells), p.d_min, p.d_max)
 
     ref = mean[np.where(g >= 0, g, n_groups)]
     scales = tables.SCALES.make({
@@ -1130,7 +1082,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, scale: bool = True,
     counts["crystals_rejected"] = int(np.count_nonzero(~active))
     return MergeResult(
         merged, stats, scales=scales, half1=half1, half2=half2, cell=ucell,
-        anomalous=bool(anomalous),
+        anomalous=bool(p.anomalous),
         cc_star_resolution_A=float(stats.attrs.get("d_cc_star_A", np.nan)),
         n_reindexed=int(np.count_nonzero(assign != 0)), ambiguity_operators=op_names[1:],
         ambiguity_changes=[int(c) for c in changes if c >= 0], counts=counts,

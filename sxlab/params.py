@@ -1,21 +1,25 @@
 """Processing parameters ("trial" parameters): frozen, typed, TOML in and out, hashed.
 
 A :class:`Params` groups one frozen section per stage. Each stage's own parameter class
-is the one home of its defaults (:class:`~sxlab.peaks.PeakFinderParams`,
-:class:`~sxlab.indexing.IndexParams`, :class:`~sxlab.integration.IntegrationParams`); this
-module adds the sections that belong to the pipeline (masking, hit decision, which
-stages run, the reference cell) and the file format.
+is the one home of its defaults: :class:`~sxlab.masks.MaskParams`,
+:class:`~sxlab.peaks.PeakFinderParams`, :class:`~sxlab.hits.HitParams`,
+:class:`~sxlab.indexing.IndexParams`, :class:`~sxlab.integration.IntegrationParams`,
+:class:`~sxlab.merging.MergeParams`; this module adds which stages run, the reference
+cell and the file format.
 
 TOML layout (every key optional; unknown sections or keys are errors naming them)::
 
     [stages]    peaks = true, index = true, integrate = true, profile = true
     [mask]      beamstop_radius_px = 0, beamstop_rod_width_px = 0, ..., d_min_A, d_max_A
+                                                                   (MaskParams)
     [peaks]     adc_threshold = 3.0, min_snr = 6.0, ...        (PeakFinderParams)
-    [hits]      min_peaks = 16, max_peaks = 0 (0: no maximum)
+    [hits]      min_peaks = 16, max_peaks (left out: no maximum), solvent_d_high_A = 3.2,
+                solvent_d_low_A = 6.0                              (HitParams)
     [cell]      a = 79.1, b = 79.1, c = 37.9, alpha = 90, beta = 90, gamma = 90,
                 space_group = "P 43 21 2"   (or file = "lyso.cell")
     [index]     fast = false, retry = false, multi = false, ...  (IndexParams)
     [integrate] radii = [4.0, 5.0, 7.0], ...                     (IntegrationParams)
+    [merge]     scale = true, iterations = 3, n_shells = 20, ...  (MergeParams)
 
 ``None`` values (TOML has no null) are simply left out and mean "default".
 """
@@ -35,11 +39,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .cell import UnitCell
+from .hits import HitParams
 from .indexing import IndexParams
 from .integration import IntegrationParams
+from .masks import MaskParams
+from .merging import MergeParams
 from .peaks import PeakFinderParams
 
-__all__ = ["HitParams", "MaskParams", "Params", "ParamsError", "StageParams"]
+__all__ = ["Params", "ParamsError", "StageParams"]
 
 
 class ParamsError(ValueError):
@@ -66,42 +73,6 @@ class StageParams:
             raise ParamsError("stages.integrate needs stages.index")
 
 
-@dataclass(frozen=True)
-class MaskParams:
-    """Static mask built once per worker (besides the geometry's bad regions).
-
-    Attributes
-    ----------
-    beamstop_radius_px, beamstop_rod_width_px, beamstop_rod_angle_deg : float
-        Beam-stop shadow (disc around the beam plus a rod); radius 0 disables it.
-    d_min_A, d_max_A : float or None
-        Resolution limits in Å.
-    edge_pixels : int
-        Pixels masked at every panel edge.
-    mask_file, mask_dataset : str or None
-        An HDF5 mask dataset (bad where ``value & badbits``) to add.
-    mask_badbits : int
-    """
-
-    beamstop_radius_px: float = 0.0
-    beamstop_rod_width_px: float = 0.0
-    beamstop_rod_angle_deg: float = 0.0
-    d_min_A: float | None = None
-    d_max_A: float | None = None
-    edge_pixels: int = 0
-    mask_file: str | None = None
-    mask_dataset: str | None = None
-    mask_badbits: int = 1
-
-
-@dataclass(frozen=True)
-class HitParams:
-    """Hit decision: ``min_peaks <= n_peaks`` (and ``<= max_peaks`` when > 0)."""
-
-    min_peaks: int = 16
-    max_peaks: int = 0
-
-
 _SECTIONS = {
     "stages": StageParams,
     "mask": MaskParams,
@@ -109,6 +80,7 @@ _SECTIONS = {
     "hits": HitParams,
     "index": IndexParams,
     "integrate": IntegrationParams,
+    "merge": MergeParams,
 }
 _CELL_KEYS = ("a", "b", "c", "alpha", "beta", "gamma", "space_group", "lattice_type",
               "centering", "unique_axis")
@@ -143,7 +115,7 @@ class Params:
 
     Attributes
     ----------
-    stages, mask, peaks, hits, index, integrate
+    stages, mask, peaks, hits, index, integrate, merge
         One frozen section per stage (see the module docstring for the TOML layout).
     cell : UnitCell or None
         Reference cell for indexing (None: index without one).
@@ -165,6 +137,7 @@ class Params:
     hits: HitParams = field(default_factory=HitParams)
     index: IndexParams = field(default_factory=IndexParams)
     integrate: IntegrationParams = field(default_factory=IntegrationParams)
+    merge: MergeParams = field(default_factory=MergeParams)
     cell: UnitCell | None = None
 
     # ------------------------------------------------------------ construction

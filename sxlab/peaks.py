@@ -12,6 +12,7 @@ Coordinates are data-array coordinates as in :mod:`sxlab.geometry` and CrystFEL 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -22,7 +23,9 @@ from . import _peaks_kernels as _k
 from . import tables
 from ._frames import frame_arrays
 from ._frozen import FrozenParams
+from ._prepared import PreparedCache
 from .geometry import Detector
+from .masks import good_pixels
 
 __all__ = [
     "PeakFinder",
@@ -37,6 +40,9 @@ _BOUND_FRACTION = 0.75
 # Whole-number values counted per annulus in the full statistics pass (see _exact_stats).
 _N_BINS = 8
 _INT_ACC_DTYPES = ("uint16",)
+# Parameters the preparation depends on; the others are read per frame.
+_PREPARED_FIELDS = ("method", "min_res", "max_res", "d_min_A", "d_max_A", "fast",
+                    "fast_n_pixels", "seed")
 
 
 # ========================================================================= parameters
@@ -261,6 +267,7 @@ class PeakFinder:
         if not isinstance(geometry, Detector):
             raise TypeError(f"geometry must be a Detector, got {type(geometry).__name__}")
         self.geometry = geometry
+        self._mask = mask
         self.params = (params or PeakFinderParams()).replace(**overrides)
         p = self.params
         shape = tuple(geometry.data_shape)
@@ -270,7 +277,7 @@ class PeakFinder:
         self._n = int(np.prod(shape))
         maps = geometry.maps
 
-        good = _mask_good(mask, shape)
+        good = good_pixels(mask, shape)
         good &= ~geometry.bad_pixel_mask()
         good &= maps.panel >= 0
         r = maps.r_px
@@ -363,6 +370,29 @@ class PeakFinder:
             row0 = (pn.slab or 0) * self._rows_per_module if det.is_stacked else 0
             rects[i] = (row0 + pn.min_ss, row0 + pn.max_ss, pn.min_fs, pn.max_fs)
         return rects
+
+    def with_params(self, params: PeakFinderParams | None = None, **overrides) -> PeakFinder:
+        """A finder with other parameters, reusing this one's preparation when possible.
+
+        When only per-frame parameters change (thresholds, pixel counts, background
+        radius, clipping iterations, dispersion settings, ``max_peaks_per_panel``), the
+        new finder shares this one's annuli, sample and work buffers and costs nothing to
+        make: call one of the two at a time. Changing ``method``, the resolution limits
+        or the fast-mode sample prepares a new finder for the same geometry and mask.
+
+        Examples
+        --------
+        >>> from sxlab.geometry import builtin_geometry
+        >>> finder = PeakFinder(builtin_geometry("eiger1m"), min_snr=6)
+        >>> finder.with_params(min_snr=4).params.min_snr
+        4.0
+        """
+        new = (params or self.params).replace(**overrides)
+        if any(getattr(new, f) != getattr(self.params, f) for f in _PREPARED_FIELDS):
+            return PeakFinder(self.geometry, self._mask, new)
+        out = copy.copy(self)
+        out.params = new
+        return out
 
     # -------------------------------------------------------------- per frame
     def _frame_arrays(self, image, bad):
@@ -560,32 +590,16 @@ class PeakFinder:
                 f"params {p.digest()}>")
 
 
-def _mask_good(mask, shape: tuple) -> np.ndarray:
-    """A fresh boolean array of good pixels from a Mask, a boolean array or None."""
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    good = getattr(mask, "good", None)
-    if good is None:
-        good = mask
-    good = np.asarray(good)
-    if good.dtype != np.bool_:
-        raise TypeError(
-            f"mask must be a Mask or a boolean array (True = good pixel), got dtype "
-            f"{good.dtype}; for a bad-pixel array b pass ~b, for an NXmx pixel_mask pass "
-            "pixel_mask == 0"
-        )
-    if good.shape != shape:
-        raise ValueError(f"mask of shape {good.shape}; the geometry wants {shape}")
-    return good.copy()
-
-
 @tables.documented
 def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | None = None,
                params: PeakFinderParams | None = None, **overrides) -> pd.DataFrame:
-    """Find the peaks of one frame (builds a :class:`PeakFinder` and calls it).
+    """Find the peaks of one frame with a :class:`PeakFinder`.
 
-    Build a :class:`PeakFinder` once and call it for every frame when there are many:
-    the preparation (annuli, sample, buffers) is done by the constructor.
+    The finder is prepared (annuli, sample, buffers) on the first call and reused by
+    later calls with the same geometry, mask and parameters (the last two prepared per
+    thread are kept), so a loop over frames costs what a prepared :class:`PeakFinder`
+    does; a mask is recognised by content unless it is the same read-only array (a
+    :class:`~sxlab.masks.Mask`).
 
     Parameters
     ----------
@@ -620,5 +634,9 @@ def find_peaks(image, geometry: Detector, mask=None, *, bad=None, frame: int | N
           fs     ss  npix  intensity
     0  201.0  101.5     6      120.0
     """
-    finder = PeakFinder(geometry, mask=mask, params=params, **overrides)
-    return finder(image, bad, frame=frame)
+    p = (params or PeakFinderParams()).replace(**overrides)
+    return _FINDERS.get(geometry, mask, p)(image, bad, frame=frame)
+
+
+#: The prepared finders of :func:`find_peaks`.
+_FINDERS = PreparedCache(lambda geometry, mask, params: PeakFinder(geometry, mask, params))

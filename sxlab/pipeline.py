@@ -15,11 +15,8 @@ The tables are those of :mod:`sxlab.tables`: :data:`~sxlab.tables.FRAMES`,
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
+import functools
 import os
-import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -27,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from . import tables
+from .executors import map_unordered
+from .hits import SolventRatio, hit_rule
+from .indexing import Indexer
+from .integration import Integrator, resolution_estimate
+from .masks import build_mask
 from .params import Params
+from .peaks import PeakFinder
+from .profiling import Profiler
 from .results import Results, ResultsWriter
 
 __all__ = [
@@ -83,33 +87,6 @@ class Context:
     worker: int = 0
 
 
-def build_mask(geometry, params: Params):
-    """The static mask described by ``params.mask`` (plus the geometry's bad pixels)."""
-    from . import masks
-
-    mp = params.mask
-    mask = masks.mask_from_geometry(geometry)
-    if mp.beamstop_radius_px > 0:
-        mask &= masks.mask_beamstop(geometry, mp.beamstop_radius_px,
-                                    rod_width_px=mp.beamstop_rod_width_px or None,
-                                    rod_angle_deg=mp.beamstop_rod_angle_deg)
-    if mp.d_min_A is not None or mp.d_max_A is not None:
-        mask &= masks.mask_resolution(geometry, d_min=mp.d_min_A, d_max=mp.d_max_A)
-    if mp.edge_pixels > 0:
-        mask &= masks.mask_panel_edges(geometry, mp.edge_pixels)
-    if mp.mask_file is not None:
-        mask &= masks.mask_from_hdf5(geometry, mp.mask_file, mp.mask_dataset or "/data/data",
-                                     badbits=mp.mask_badbits)
-    return mask
-
-
-def _solvent_angles(geometry) -> tuple[float, float]:
-    """Water-ring (d = 3.2 Å) and background (d = 6 Å) scattering angles for the beam."""
-    lam = geometry.beam.wavelength_A
-    return (float(np.degrees(2 * np.arcsin(min(lam / 6.4, 1.0)))),
-            float(np.degrees(2 * np.arcsin(min(lam / 12.0, 1.0)))))
-
-
 def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Context:
     """Build a worker's :class:`Context` once (masks, peak finder, indexer, integrator).
 
@@ -120,27 +97,19 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
     >>> ctx = prepare(run.geometry, Params())
     >>> result = process_frame(*run.read(0), ctx)  # doctest: +SKIP
     """
-    from .hits import SolventRatio
-    from .profiling import Profiler
-
     params = params or Params()
-    mask = build_mask(geometry, params)
+    mask = build_mask(geometry, params.mask)
     st = params.stages
     finder = indexer = integrator = None
     if st.peaks:
-        from .peaks import PeakFinder
-
         finder = PeakFinder(geometry, mask, params.peaks)
     if st.index:
-        from .indexing import Indexer
-
         indexer = Indexer(geometry, params.cell, params.index)
     if st.integrate:
-        from .integration import Integrator
-
         integrator = Integrator(geometry, mask, params.integrate)
-    high, low = _solvent_angles(geometry)
-    solvent = SolventRatio(geometry, mask, two_theta_high_deg=high, two_theta_low_deg=low)
+    hp = params.hits
+    solvent = SolventRatio(geometry, mask, d_high_A=hp.solvent_d_high_A,
+                           d_low_A=hp.solvent_d_low_A)
     return Context(geometry, params, mask, finder, indexer, integrator, solvent,
                    Profiler(worker=worker, enabled=st.profile), worker)
 
@@ -218,8 +187,7 @@ def process_frame(image, bad=None, context: Context | None = None, *,
             row["peaks_s"] = time.perf_counter() - t0
             row["n_peaks"] = len(peaks)
             hp = ctx.params.hits
-            row["hit"] = bool(len(peaks) >= hp.min_peaks
-                              and (hp.max_peaks <= 0 or len(peaks) <= hp.max_peaks))
+            row["hit"] = hit_rule(len(peaks), hp.min_peaks, hp.max_peaks)
         row["solvent_ratio"] = float(ctx.solvent(image, bad=bad))
         if ctx.indexer is not None and row["hit"]:
             t0 = time.perf_counter()
@@ -229,8 +197,6 @@ def process_frame(image, bad=None, context: Context | None = None, *,
             row["n_crystals"] = len(crystals)
             row["indexed"] = len(crystals) > 0
         if ctx.integrator is not None and crystals is not None and len(crystals):
-            from .integration import resolution_estimate
-
             t0 = time.perf_counter()
             with prof.section("integration"):
                 reflections = ctx.integrator(image, crystals, bad)
@@ -266,84 +232,24 @@ def _process_index(run, i: int, ctx: Context) -> FrameResult:
 
 
 # --------------------------------------------------------------------- executors
-_WORKER: dict = {}
+def _prepare_worker(run, params: Params, worker: int):
+    """A worker's state: the run and its prepared :class:`Context`."""
+    return run, prepare(run.geometry, params, worker=worker)
 
 
-def _worker_init(run, params: Params, worker_ids) -> None:
-    worker = worker_ids.get() if worker_ids is not None else os.getpid()
-    _WORKER["run"] = run
-    _WORKER["ctx"] = prepare(run.geometry, params, worker=worker)
-
-
-def _worker_chunk(indices: list[int]) -> list[FrameResult]:
-    run, ctx = _WORKER["run"], _WORKER["ctx"]
+def _process_chunk(state, indices: list[int], report) -> list[FrameResult]:
+    run, ctx = state
     return [_process_index(run, i, ctx) for i in indices]
-
-
-def _dask_chunk(run, params: Params, indices: list[int]) -> list[FrameResult]:
-    # One context per (run, parameters, thread): prepared objects are not thread-safe.
-    key = (id(run), params.digest(), threading.get_ident())
-    ctx = _WORKER.get(key)
-    if ctx is None:
-        try:
-            from distributed import get_worker
-
-            worker = abs(hash(get_worker().address)) % 10**6
-        except (ImportError, ValueError):
-            worker = os.getpid()
-        ctx = _WORKER[key] = prepare(run.geometry, params, worker=worker)
-    return [_process_index(run, i, ctx) for i in indices]
-
-
-def mp_start_method() -> str:
-    """Start method of the local process pool: ``SXLAB_MP_START`` or ``fork`` on Linux.
-
-    Forked workers start in a fraction of a second; ``spawn`` (the default elsewhere)
-    starts a fresh interpreter per worker and pays every import and kernel load again.
-    Frame files are reopened in each worker either way.
-    """
-    env = os.environ.get("SXLAB_MP_START")
-    if env:
-        return env
-    return "fork" if sys.platform.startswith("linux") else "spawn"
-
-
-def _chunks(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[k:k + size] for k in range(0, len(indices), size)]
 
 
 def _iter_results(run, params: Params, todo: list[int], executor, n_workers: int,
                   chunk_size: int):
     """Yield lists of FrameResult as chunks finish (completion order)."""
-    chunks = _chunks(todo, chunk_size)
-    if executor == "serial" or (executor == "local" and n_workers == 1):
-        ctx = prepare(run.geometry, params, worker=0)
-        for chunk in chunks:
-            yield [_process_index(run, i, ctx) for i in chunk]
-        return
-    if executor == "local":
-        mp = multiprocessing.get_context(mp_start_method())
-        ids = mp.Queue()
-        for k in range(n_workers):
-            ids.put(k)
-        with cf.ProcessPoolExecutor(n_workers, mp_context=mp, initializer=_worker_init,
-                                    initargs=(run, params, ids)) as pool:
-            futures = [pool.submit(_worker_chunk, c) for c in chunks]
-            for fut in cf.as_completed(futures):
-                yield fut.result()
-        return
-    # A dask.distributed Client (duck-typed so dask stays optional).
-    if hasattr(executor, "submit") and hasattr(executor, "scatter"):
-        from distributed import as_completed
-
-        run_f = executor.scatter(run, broadcast=True)
-        futures = [executor.submit(_dask_chunk, run_f, params, c, pure=False)
-                   for c in chunks]
-        for fut in as_completed(futures):
-            yield fut.result()
-        return
-    raise ValueError(f"unknown executor {executor!r}: use 'local', 'serial' or a "
-                     "dask.distributed.Client")
+    chunks = [todo[k:k + chunk_size] for k in range(0, len(todo), chunk_size)]
+    setup = functools.partial(_prepare_worker, run, params)
+    for _, results in map_unordered(_process_chunk, chunks, setup=setup, executor=executor,
+                                    n_workers=n_workers):
+        yield results
 
 
 def process_run(run, params: Params | None = None, *, executor="local",
@@ -357,9 +263,10 @@ def process_run(run, params: Params | None = None, *, executor="local",
         From :func:`sxlab.open_run` (it must carry a geometry). Frames are read inside
         the workers, never shipped through pickles.
     params : Params, optional
-    executor : {"local", "serial"} or dask.distributed.Client
+    executor : {"local", "serial", "threads"} or dask.distributed.Client
         ``local``: a process pool over ``n_workers`` processes (default: all cores);
-        ``serial``: this process; a Dask client: its cluster.
+        ``serial``: this process; ``threads``: a thread pool; a Dask client: its cluster
+        (see :mod:`sxlab.executors`).
     out : path, optional
         Output directory: committed parts as frames finish, then ``frames.parquet``,
         ``peaks.parquet``, ``crystals.parquet``, ``reflections.parquet``,

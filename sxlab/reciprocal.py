@@ -235,8 +235,9 @@ def peak_vectors(peaks, geometry, wavelength_A: float | None = None) -> np.ndarr
     >>> from sxlab.geometry import builtin_geometry
     >>> det = builtin_geometry("eiger1m")
     >>> fs, ss = det.beam_center_px()
-    >>> peak_vectors(pd.DataFrame({"fs": [fs], "ss": [ss], "panel": [0]}), det).round(9)
-    array([[0., 0., 0.]])
+    >>> q = peak_vectors(pd.DataFrame({"fs": [fs, fs + 100], "ss": [ss, ss], "panel": 0}), det)
+    >>> bool(np.abs(q[0]).max() < 1e-12), round(float(np.linalg.norm(q[1])), 6)
+    (True, 0.074842)
     """
     fs = np.asarray(peaks["fs"], dtype=float)
     ss = np.asarray(peaks["ss"], dtype=float)

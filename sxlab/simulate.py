@@ -61,6 +61,7 @@ import datetime
 import json
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ from .reciprocal import (
     partiality_gaussian,
     spot_wavenumber,
 )
+from .symmetry import point_group_rotations
 
 __all__ = [
     "powder_ring_intensities",
@@ -86,6 +88,7 @@ __all__ = [
     "simulate_powder",
     "FrameTruth",
     "SimulationParams",
+    "code_digest",
     "Simulator",
     "Truth",
     "simulate_frame",
@@ -252,6 +255,25 @@ class SimulationParams(FrozenParams):
             raise ValueError(f"d_min_A must be positive, got {self.d_min_A}")
         if self.polarization_fraction is not None and not 0 <= self.polarization_fraction <= 1:
             raise ValueError("polarization_fraction must be within [0, 1] or None")
+
+
+def code_digest() -> str:
+    """SHA-256 (hex) of the simulator's code: this module and its kernels.
+
+    Generated data sets depend on it (:mod:`sxlab.datasets` regenerates cached files when
+    it changes).
+
+    Examples
+    --------
+    >>> len(code_digest())
+    64
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for mod in (sys.modules[__name__], _k):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def _random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -574,8 +596,7 @@ class Simulator:
         })
 
         # Every symmetry equivalent and Friedel mate of the unique reflections.
-        rots = np.unique(np.array([op.rot for op in ops.sym_ops], dtype=np.int64), axis=0)
-        rots = rots // gemmi.Op.DEN
+        rots = point_group_rotations(sg)
         eq = np.concatenate([asu.astype(np.int64) @ r for r in rots])
         eq = np.concatenate([eq, -eq])
         src = np.tile(np.arange(len(asu)), 2 * len(rots))

@@ -262,3 +262,34 @@ def test_panel_replace_keeps_direction_vectors_bit_for_bit(rng):
         q = p.replace(clen=0.3)
         assert (q.fs, q.ss) == (p.fs, p.ss)
         assert q.replace(clen=p.clen) == p
+
+
+def test_scalars_in_scalars_out_arrays_keep_their_shape(rng):
+    det = builtin_geometry("eiger1m", clen=0.1, wavelength_A=1.0)
+    d = det.resolution_A(600.5, 400.5)
+    assert isinstance(d, float) and math.isfinite(d)
+    assert isinstance(det.two_theta_rad(600.5, 400.5, 0), float)
+    assert isinstance(det.panel_of_pixel(600.5, 400.5), int)
+    assert det.pixel_to_lab(600.5, 400.5).shape == (3,)
+    assert det.pixel_to_q(600.5, 400.5, "p0").shape == (3,)
+    panel, fs, ss = det.lab_to_pixel(det.pixel_to_lab(600.5, 400.5))
+    assert (panel, round(fs, 9), round(ss, 9)) == (0, 600.5, 400.5)
+    panel, fs, ss = det.q_to_pixel(det.pixel_to_q(600.5, 400.5))
+    assert isinstance(panel, int) and (round(fs, 9), round(ss, 9)) == (600.5, 400.5)
+    # Arrays: results have the broadcast shape of the inputs, values those of the scalars.
+    fs = rng.uniform(0, 1030, (4, 5))
+    ss = rng.uniform(0, 1065, (4, 5))
+    grid = det.resolution_A(fs, ss)
+    assert grid.shape == (4, 5)
+    assert grid[2, 3] == det.resolution_A(fs[2, 3], ss[2, 3])
+    assert det.resolution_A(fs[0], 100.5).shape == (5,)
+    assert det.pixel_to_lab(fs, ss, 0).shape == (4, 5, 3)
+    assert det.panel_of_pixel(fs, ss).shape == (4, 5)
+    q = det.pixel_to_q(fs, ss)
+    panel, f2, s2 = det.q_to_pixel(q)
+    assert panel.shape == (4, 5)
+    np.testing.assert_allclose(f2, fs, atol=1e-6)
+    np.testing.assert_allclose(s2, ss, atol=1e-6)
+    assert det.two_theta_rad([10.5], [10.5]).shape == (1,)
+    with pytest.raises(KeyError, match="no panel named 'q9'"):
+        det.pixel_to_lab(1.0, 1.0, "q9")

@@ -9,10 +9,12 @@ from sxlab import _hits_kernels as kern
 from sxlab import tables
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
 from sxlab.hits import (
+    HitParams,
     RadialProfiler,
     RunStatistics,
     SolventRatio,
     has_solvent,
+    hit_rule,
     hit_table,
     is_hit,
     radial_profile,
@@ -61,6 +63,21 @@ def test_is_hit_one_frame_and_many():
         is_hit("many")
     with pytest.raises(ValueError, match="frame"):
         is_hit(pd.DataFrame({"fs": [1.0]}), by_frame=True)
+
+
+def test_one_hit_rule():
+    n = np.arange(0, 60)
+    np.testing.assert_array_equal(hit_rule(n, 16, 40), (n >= 16) & (n <= 40))
+    np.testing.assert_array_equal(hit_rule(n, 16), n >= 16)
+    assert hit_rule(16) is True and hit_rule(15) is False
+    peaks = peaks_table({0: 20, 1: 45})
+    assert is_hit(peaks, 16, 40).tolist() == hit_rule(np.array([20, 45]), 16, 40).tolist()
+    p = HitParams(min_peaks=10, max_peaks=30)
+    assert HitParams.from_dict(p.to_dict()) == p and HitParams().max_peaks is None
+    for bad in (dict(max_peaks=0), dict(min_peaks=-1), dict(min_peaks=2.5),
+                dict(solvent_d_low_A=-6.0)):
+        with pytest.raises(ValueError):
+            HitParams(**bad)
 
 
 def test_hit_table():
@@ -182,23 +199,37 @@ def ring_image(det, centre_deg, amplitude=2.0, sigma_deg=1.2, base=1.0):
 def test_solvent_ratio_on_synthetic_rings(rng):
     det = builtin_geometry("eiger4m", clen=0.1, wavelength_A=1.3)
     tt = np.rad2deg(det.maps.two_theta_rad)
-    assert tt.max() > 23.5
-    water = ring_image(det, 22.8)
+    assert tt.max() > 24.0
+    # The bands are d-spacings: 3.2 Å and 6 Å, at this wavelength these angles.
+    high = np.degrees(2 * np.arcsin(1.3 / (2 * 3.2)))
+    low_angle = np.degrees(2 * np.arcsin(1.3 / (2 * 6.0)))
+    sr = SolventRatio(det)
+    assert (sr.two_theta_high_deg, sr.two_theta_low_deg) == pytest.approx((high, low_angle))
+    water = ring_image(det, high)
     ratio = solvent_ratio(water, det)
-    band_hi = np.abs(tt - 22.8) <= 0.25
-    band_lo = np.abs(tt - 12.5) <= 0.25
+    band_hi = np.abs(tt - high) <= 0.25
+    band_lo = np.abs(tt - low_angle) <= 0.25
     expected = water[band_hi].astype(np.float64).mean() / water[band_lo].astype(
         np.float64).mean()
     assert ratio == pytest.approx(expected, rel=1e-9)
     assert ratio > 2.5 and has_solvent(water, det)
-    low = ring_image(det, 12.5)
+    low = ring_image(det, low_angle)
     assert solvent_ratio(low, det) < 0.5 and not has_solvent(low, det)
+    # The same bands as angles, or at another wavelength as d-spacings.
+    assert solvent_ratio(water, det, two_theta_high_deg=high,
+                         two_theta_low_deg=low_angle) == pytest.approx(ratio, rel=1e-12)
+    det_1a = det.with_beam(wavelength_A=1.0)
+    high_1a = np.degrees(2 * np.arcsin(1.0 / 6.4))
+    assert solvent_ratio(ring_image(det_1a, high_1a), det_1a) > 2.5
+    with pytest.raises(ValueError, match="d_high_A"):
+        SolventRatio(det, d_high_A=0.0)
     flat = np.ones(det.data_shape, np.float32)
     assert solvent_ratio(flat, det) == pytest.approx(1.0)
     assert has_solvent(flat, det, cutoff=1.0) and not has_solvent(flat, det, cutoff=1.01)
     # a prepared test with a mask and per-frame bad pixels
     mask = mask_from_geometry(det)
-    sr = SolventRatio(det, mask, width_deg=1.0)
+    sr = SolventRatio(det, mask, two_theta_high_deg=22.8, two_theta_low_deg=12.5,
+                      width_deg=1.0)
     bad = rng.random(det.data_shape) < 0.1
     good = mask.good & ~bad
     hi = water[good & (np.abs(tt - 22.8) <= 0.5)].astype(np.float64).mean()
@@ -283,8 +314,15 @@ def test_run_statistics_in_parallel(small_run):
     run, _ = small_run
     serial = run_statistics(run, chunk_size=5, n_workers=1, progress=False)
     threads = run_statistics(run, chunk_size=5, n_workers=3, executor="threads", progress=False)
-    procs = run_statistics(run, chunk_size=5, n_workers=2, executor="processes", progress=True)
-    for ds in (threads, procs):
+    procs = run_statistics(run, chunk_size=5, n_workers=2, executor="local", progress=True)
+    import distributed
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        viadask = run_statistics(run, chunk_size=5, n_workers=2, executor=client,
+                                 progress=False)
+    for ds in (threads, procs, viadask):
         check_stats(ds, run)
         for var in ("count", "n_bad", "max"):
             np.testing.assert_array_equal(ds[var].values, serial[var].values)
@@ -292,6 +330,7 @@ def test_run_statistics_in_parallel(small_run):
     assert procs.attrs["n_workers"] == 2 and threads.attrs["n_workers"] == 3
     sub = run_statistics(run[3:9], n_workers=2, executor="threads", progress=False)
     check_stats(sub, run[3:9])
+    np.testing.assert_array_equal(viadask["mean"].values, procs["mean"].values)
     with pytest.raises(ValueError, match="executor"):
         run_statistics(run, executor="dask", progress=False)
 

@@ -21,7 +21,7 @@ import sxlab as sx
 from sxlab import _merging_kernels as kern
 from sxlab.geometry import builtin_geometry
 from sxlab.merging import (
-    _AsuTable,
+    MergeParams,
     ambiguity_operators,
     cc_star,
     cc_star_resolution,
@@ -29,6 +29,7 @@ from sxlab.merging import (
     map_to_asu,
     merging_statistics,
 )
+from sxlab.symmetry import AsuTable
 from sxlab.tables import MERGED, SCALES, STATISTICS
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -306,7 +307,7 @@ def test_no_ambiguity_without_twin_laws(p43):
 def test_anomalous_merging_keeps_friedel_mates_apart(lysozyme):
     obs = observations(lysozyme, 11)
     hkl = obs[["h", "k", "l"]].to_numpy()
-    table = _AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"), 1.99)
+    table = AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"), 1.99)
     u, friedel = table.lookup(hkl)
     minus = friedel & ~table.centric[u]
     obs.loc[minus, "I"] *= 1.5
@@ -322,7 +323,7 @@ def test_anomalous_merging_keeps_friedel_mates_apart(lysozyme):
     assert ratio == pytest.approx(1.5, rel=0.03)
     stats = sx.merge(obs, "P43212", anomalous=True, scale=False).stats
     overall = stats.iloc[-1]
-    inside = _AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"),
+    inside = AsuTable(gemmi.UnitCell(*LYSOZYME), gemmi.SpaceGroup("P 43 21 2"),
                        overall.d_min_A * (1 - 1e-9))
     acentric = ~inside.centric[inside.d <= overall.d_max_A * (1 + 1e-9)]
     assert overall.n_possible == 2 * acentric.sum() + (~acentric).sum()
@@ -662,10 +663,31 @@ def test_merging_stats_plot(lysozyme):
     plt.close(ax.figure)
 
 
+def test_merge_parameters_are_one_frozen_set(lysozyme):
+    obs = observations(lysozyme, 17).head(3000)
+    by_keywords = sx.merge(obs, "P43212", d_min=2.5, scale=False, n_shells=5)
+    params = MergeParams(d_min=2.5, scale=False, n_shells=5)
+    by_params = sx.merge(obs, "P43212", params=params)
+    pd.testing.assert_frame_equal(by_keywords.merged, by_params.merged)
+    pd.testing.assert_frame_equal(by_keywords.stats, by_params.stats)
+    trial = sx.Params().replace(merge={"d_min": 2.5, "scale": False, "n_shells": 5})
+    assert trial.merge == params
+    assert sx.Params.from_toml(trial.to_toml()).merge == params
+    # keywords override single fields of the parameter set
+    assert len(sx.merge(obs, "P43212", params=params, n_shells=3).stats) == 4
+    for bad in (dict(resolve_ambiguity="yes"), dict(iterations=-1), dict(n_shells=0),
+                dict(d_min=3.0, d_max=2.0), dict(min_partiality=2.0)):
+        with pytest.raises(ValueError):
+            MergeParams(**bad)
+    with pytest.raises(TypeError):
+        sx.merge(obs, "P43212", no_such_option=1)
+
+
 def test_merge_function_and_input_is_checked(lysozyme):
     import sxlab.merging as merging
 
     assert sx.merge is merging.merge and sx.MergeResult is merging.MergeResult
+    assert sx.merge.__doc__.startswith("Scale and merge")
     obs = observations(lysozyme, 17).head(2000)
     with pytest.raises(KeyError, match="sigma"):
         sx.merge(obs.drop(columns="sigma"), "P43212")

@@ -9,14 +9,18 @@ LYSO = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 
 
 def test_defaults_come_from_the_stage_modules():
+    from sxlab.hits import HitParams
     from sxlab.indexing import IndexParams
     from sxlab.integration import IntegrationParams
+    from sxlab.masks import MaskParams
+    from sxlab.merging import MergeParams
     from sxlab.peaks import PeakFinderParams
 
     p = Params()
     assert p.peaks == PeakFinderParams()
     assert p.index == IndexParams()
     assert p.integrate == IntegrationParams()
+    assert p.mask == MaskParams() and p.hits == HitParams() and p.merge == MergeParams()
     assert p.peaks.min_snr == 5 and p.peaks.local_bg_radius == 3  # CrystFEL defaults
     assert p.integrate.radii == (4.0, 5.0, 7.0)
     assert p.hits.min_peaks == 16
@@ -28,6 +32,8 @@ def test_toml_round_trip_and_stable_hash(tmp_path):
         index={"fast": True, "retry": True},
         integrate={"radii": (3.0, 4.0, 7.0)},
         mask={"beamstop_radius_px": 30.0, "d_min_A": 1.8},
+        hits={"min_peaks": 20, "max_peaks": 500, "solvent_d_high_A": 3.4},
+        merge={"d_min": 2.0, "resolve_ambiguity": False, "outlier_sigma": 4.0},
     )
     path = p.save(tmp_path / "trial.toml")
     q = Params.load(path)
@@ -54,6 +60,12 @@ def test_unknown_keys_and_sections_are_named(tmp_path):
         Params.from_toml("[peaks\n")
     with pytest.raises(ParamsError, match="stages.index needs stages.peaks"):
         Params.from_toml("[stages]\npeaks = false\n")
+    # One meaning of "no maximum": the key left out. 0 would reject every frame with peaks.
+    assert Params.from_toml("[hits]\nmin_peaks = 10\n").hits.max_peaks is None
+    with pytest.raises(ParamsError, match=r"\[hits\].*max_peaks 0 is smaller than min_peaks 16"):
+        Params.from_toml("[hits]\nmax_peaks = 0\n")
+    with pytest.raises(ParamsError, match=r"\[merge\].*resolve_ambiguity"):
+        Params.from_toml("[merge]\nresolve_ambiguity = 'maybe'\n")
 
 
 def test_cell_from_a_crystfel_cell_file(tmp_path):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import tables
 from .._frozen import FrozenParams
+from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
 from ..reciprocal import (
@@ -540,6 +541,11 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
           **options) -> pd.DataFrame:
     """Index the peaks of one or more frames.
 
+    The :class:`Indexer` is prepared on the first call and reused by later calls with the
+    same geometry, cell and parameters (the last two per thread), so a loop over frames
+    costs what a prepared Indexer does. Its assignment of peaks to lattices is
+    :meth:`Indexer.index`'s.
+
     Parameters
     ----------
     peaks : DataFrame
@@ -603,8 +609,12 @@ def index(peaks: pd.DataFrame, geometry: Detector, cell: UnitCell | None = None,
                     max_lattices=max_lattices, length_tolerance=length_tol,
                     angle_tolerance_deg=angle_tol, refine=refine, min_peaks=min_peaks,
                     **options)
-    indexer = Indexer(geometry, cell, p)
+    indexer = _INDEXERS.get(geometry, None, cell, p)
     if "frame" not in peaks or len(peaks) == 0:
         return indexer(peaks, wavelength_A=wavelength_A)
     return tables.CRYSTALS.concat(indexer(group, frame=int(fr), wavelength_A=wavelength_A)
                                   for fr, group in peaks.groupby("frame", sort=True))
+
+
+#: The prepared indexers of :func:`index`.
+_INDEXERS = PreparedCache(lambda geometry, mask, cell, params: Indexer(geometry, cell, params))

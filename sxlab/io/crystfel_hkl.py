@@ -61,9 +61,9 @@ def crystfel_symmetry(space_group, *, anomalous: bool = False) -> str:
     >>> crystfel_symmetry("P 31 1 2"), crystfel_symmetry("P 1 1 21")
     ('-31m', '2/m_uac')
     """
-    from ..cell import _space_group
+    from ..cell import find_space_group
 
-    sg = _space_group(space_group)
+    sg = find_space_group(space_group)
     name = sg.point_group_hm() if anomalous else sg.laue_str()
     system = sg.crystal_system_str()
     if system == "trigonal":
@@ -182,7 +182,7 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     --------
     >>> merged = read_hkl("partialator.hkl")  # doctest: +SKIP
     """
-    from ..merging import _as_gemmi_cell, _d_spacing
+    from ..symmetry import cell_d_spacings
 
     path = Path(path)
     lines = path.read_text().splitlines()
@@ -219,7 +219,7 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
             raise HklFileError("expected 'h k l I phase sigma(I) nmeas'", source=str(path),
                                lineno=body_start + bad + 1, line=body[bad])
         hkl = hkl_f.astype(np.int64)
-        d = (_d_spacing(_as_gemmi_cell(cell), hkl) if cell is not None
+        d = (cell_d_spacings(cell, hkl) if cell is not None
              else np.full(len(hkl), np.nan))
         out = tables.MERGED.make({
             "h": hkl[:, 0], "k": hkl[:, 1], "l": hkl[:, 2], "I": values["I"].to_numpy(),

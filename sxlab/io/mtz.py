@@ -23,7 +23,7 @@ __all__ = ["read_mtz", "write_mtz"]
 def _symmetry(merged: pd.DataFrame, cell, space_group):
     import gemmi
 
-    from ..cell import UnitCell, _space_group
+    from ..cell import UnitCell, find_space_group
 
     if isinstance(cell, UnitCell) and space_group is None:
         space_group = cell.space_group
@@ -39,7 +39,7 @@ def _symmetry(merged: pd.DataFrame, cell, space_group):
         gcell = cell
     else:
         gcell = gemmi.UnitCell(*[float(v) for v in cell])
-    return gcell, _space_group(space_group)
+    return gcell, find_space_group(space_group)
 
 
 def write_mtz(merged: pd.DataFrame, path: str | os.PathLike, cell=None, space_group=None, *,
@@ -99,11 +99,11 @@ def write_mtz(merged: pd.DataFrame, path: str | os.PathLike, cell=None, space_gr
     ds.crystal_name = dataset
     ds.wavelength = float(wavelength_A)
     if anomalous:
-        from ..merging import _AsuTable, _d_spacing
+        from ..symmetry import AsuTable, cell_d_spacings
 
-        d = _d_spacing(gcell, hkl)
+        d = cell_d_spacings(gcell, hkl)
         lim = float(d[np.isfinite(d)].min()) if np.isfinite(d).any() else 1.0
-        table = _AsuTable(gcell, sg, lim * (1 - 1e-6))
+        table = AsuTable(gcell, sg, lim * (1 - 1e-6))
         u, friedel = table.lookup(hkl)
         if np.any(u < 0):
             raise ValueError("a reflection is systematically absent or 0 0 0")
