@@ -266,7 +266,7 @@ def test_ring_calibration_recovers_beam_distance_and_tilt(agbeh, tilt):
     new, report = calibrate_rings(image, wrong, rings.d_A, bad=bad, mask=mask, refine=refine)
     true_beam = np.array(det.beam_center_px())
     assert np.abs(np.array(new.beam_center_px()) - true_beam).max() < 0.2
-    true_d = det.pixel_to_lab(*true_beam, 0)[0, 2] * 1e3
+    true_d = float(det.pixel_to_lab(*true_beam, 0)[2]) * 1e3
     assert abs(report.summary["distance_mm"] - true_d) < 1e-3 * true_d
     if tilt:
         assert abs(report.summary["tilt_x_deg"] + 0.4) < 0.05

@@ -189,7 +189,7 @@ class DetectorModel:
         self.group_centres = np.array([centre[list(m)].mean(axis=0)
                                        for m in self.groups.values()])
         try:
-            self._pivot = detector.pixel_to_lab(*detector.beam_center_px(0), 0)[0]
+            self._pivot = np.reshape(detector.pixel_to_lab(*detector.beam_center_px(0), 0), 3)
         except (np.linalg.LinAlgError, ValueError):
             self._pivot = np.array([0.0, 0.0, float(np.mean(z))])
         if not np.all(np.isfinite(self._pivot)):

@@ -427,7 +427,7 @@ def calibrate_rings(image, geometry: Detector, d_spacings, *, mask=None, bad=Non
         "n_rings": int(len(np.unique(points["ring"]))), "n_points": int(used.sum()),
         "beam_fs_px": float(b1[0]), "beam_ss_px": float(b1[1]),
         "beam_shift_fs_px": float(b1[0] - b0[0]), "beam_shift_ss_px": float(b1[1] - b0[1]),
-        "distance_mm": float(current.pixel_to_lab(*b1, 0)[0, 2] * 1e3),
+        "distance_mm": float(np.reshape(current.pixel_to_lab(*b1, 0), 3)[2] * 1e3),
         "distance_shift_mm": float(theta[model.index("distance")] * 1e3),
         "tilt_x_deg": float(np.degrees(theta[model.index("tilt_x")])),
         "tilt_y_deg": float(np.degrees(theta[model.index("tilt_y")])),
