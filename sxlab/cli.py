@@ -76,7 +76,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     source = args.dir
     if source.is_dir():
-        table = pd.read_parquet(source / "profile.parquet")
+        if (source / "profile.parquet").is_file():
+            table = pd.read_parquet(source / "profile.parquet")
+        else:  # a directory still being written (live run): its committed parts
+            from sxlab.results import Results
+
+            table = Results.load(source).profile
     else:
         table = read_crystfel_profile(source)
     ax = plots.profile(table, block=args.block, top=args.top,
@@ -217,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiment_parser(sub, figure=_run_stats_figure)
     add_report_parser(sub)
     add_calibration_parser(sub)
+
+    from sxlab.live.cli import register as register_live
+
+    register_live(sub)
     return parser
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "Context",
     "FrameResult",
     "Results",
+    "failed_result",
     "prepare",
     "process_frame",
     "process_run",
@@ -146,7 +147,8 @@ def _frame_row(frame: int, attrs: dict, worker: int) -> dict:
 
 
 def process_frame(image, bad=None, context: Context | None = None, *,
-                  frame: int | None = None, read_s: float = 0.0) -> FrameResult:
+                  frame: int | None = None, read_s: float = 0.0,
+                  wait_s: float = 0.0) -> FrameResult:
     """Run every enabled stage on one frame.
 
     Parameters
@@ -159,6 +161,12 @@ def process_frame(image, bad=None, context: Context | None = None, *,
         From :func:`prepare`.
     frame : int, optional
         Frame index (default: ``image.attrs["frame"]``).
+    read_s : float
+        Seconds spent reading (decoding) the frame, recorded as ``load-image-data``
+        and counted in ``total_s``.
+    wait_s : float
+        Seconds spent waiting for the frame to arrive (live processing), recorded as
+        the profile segment ``wait``; not counted in ``total_s``.
 
     Returns
     -------
@@ -178,6 +186,8 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     peaks = crystals = reflections = None
     t_start = time.perf_counter()
     with prof.frame(frame):
+        if wait_s:
+            prof.add("wait", wait_s)
         if read_s:
             prof.add("load-image-data", read_s)
         if ctx.finder is not None:
@@ -209,9 +219,16 @@ def process_frame(image, bad=None, context: Context | None = None, *,
                        _concat("profile", [prof.table(clear=True)]))
 
 
-def _failed(frame: int, exc: BaseException, worker: int, run_name: str = "") -> FrameResult:
-    row = _frame_row(frame, {"run": run_name}, worker)
-    row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+def failed_result(frame: int, error, worker: int = 0, run_name: str = "",
+                  attrs: dict | None = None) -> FrameResult:
+    """The result of a frame that could not be processed: a ``failed`` row saying why.
+
+    ``error`` is an exception (recorded as ``Type: message``) or a text; ``attrs`` may
+    give the frame's ``event`` and ``source`` (as :meth:`Run.read` attrs do).
+    """
+    row = _frame_row(frame, {"run": run_name, **(attrs or {})}, worker)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    row.update(status="failed", error=text)
     return FrameResult(row, _empty("peaks"), _empty("crystals"), _empty("reflections"),
                        _empty("profile"))
 
@@ -222,13 +239,13 @@ def _process_index(run, i: int, ctx: Context) -> FrameResult:
     try:
         image, bad = run.read(i)
     except Exception as exc:  # noqa: BLE001 - recorded per frame, processing goes on
-        return _failed(i, exc, ctx.worker, getattr(run, "name", ""))
+        return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
     read_s = time.perf_counter() - t0
     try:
         return process_frame(image, bad, ctx, frame=i, read_s=read_s)
     except Exception as exc:  # noqa: BLE001
         ctx.profiler.clear()
-        return _failed(i, exc, ctx.worker, getattr(run, "name", ""))
+        return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
 
 
 # --------------------------------------------------------------------- executors

@@ -676,12 +676,28 @@ DEMO_SUMMARY = Schema("demo_summary", "one row per reported quantity", [
     _c("value", "str", "", "the value as printed"),
 ])
 
+BROKER_STATUS = Schema("broker_status", "one row per run and consumer group of the broker", [
+    _c("stream", "str", "", "stream key sx:<beamtime>:<source>:<run>"),
+    _c("run", "str", "", "run name"),
+    _c("state", "str", "", "receiving, ended (series end received) or unknown"),
+    _c("frames_in", "int64", "", "frames the ingest appended"),
+    _c("cached", "int64", "", "entries in the stream now (the cache)"),
+    _c("group", "str", "", "consumer group (empty: no group yet)"),
+    _c("consumers", "int64", "", "consumers in the group"),
+    _c("delivered", "int64", "", "entries handed to the group's consumers"),
+    _c("acked", "int64", "", "entries acknowledged by the group"),
+    _c("pending", "int64", "", "entries delivered and not yet acknowledged"),
+    _c("lag", "int64", "", "frames appended but not yet delivered to the group"),
+    _c("trimmed", "int64", "", "frames trimmed from the cache before the group read them"),
+    _c("rate_hz", "float64", "Hz", "frames acknowledged per second (last 10 s)"),
+])
+
 #: Every schema by name.
 SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     PEAKS, ANNULI, HITS, CRYSTALS, PREDICTIONS, REFLECTIONS, FRAMES, RUN_SUMMARY, PROFILE,
     PROFILE_BLOCKS, MERGED, STATISTICS, SCALES, TRUTH_FRAMES, TRUTH_CRYSTALS,
     TRUTH_REFLECTIONS, TRUTH_INTENSITIES, STREAM_FRAMES, STREAM_CRYSTALS, STREAM_HEADERS,
-    DATASETS, DEMO_SUMMARY)}
+    DATASETS, DEMO_SUMMARY, BROKER_STATUS)}
 SCHEMAS.update({s.name: s for s in (GEOMETRY_RESIDUALS, RING_POINTS, INDEXING_SCORES)})
 
 

@@ -27,7 +27,6 @@ import html
 import numbers
 import os
 import re
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,13 +36,12 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 HDF5 filters)
 import numpy as np
 import xarray as xr
 
+from sxlab.io.compression import bslz4_problem
 from sxlab.io.nxmx import as_str, find_detectors, find_entry, read_nxmx_geometry
 
-__all__ = ["FrameReadError", "Run", "open_run"]
+__all__ = ["FrameReadError", "Run", "open_run", "value_flags"]
 
 _BSLZ4_FILTER = 32008
-_BSLZ4_HEADER = struct.Struct(">QI")
-_U32BE = struct.Struct(">I")
 _CXI_PATHS = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
 _DATA_LINK = re.compile(r"^data_\d+$")
 _DATA_FILE = re.compile(r"^(?P<prefix>.*)_data_\d+\.(h5|hdf5|nxs)$")
@@ -186,40 +184,6 @@ def _bslz4_elem_size(dset: h5py.Dataset) -> int:
     return 0
 
 
-def _bslz4_problem(blob: bytes, nbytes: int, elem: int) -> str | None:
-    """Why a bitshuffle-LZ4 chunk is malformed, or None when its framing is consistent.
-
-    The filter trusts the block lengths stored in the chunk; a damaged length can make it
-    read outside the buffer, so the framing is checked before HDF5 decodes the chunk.
-    Damage inside a compressed block is not detectable (the format has no checksum).
-    """
-    n = len(blob)
-    if n < _BSLZ4_HEADER.size:
-        return f"chunk of {n} bytes is shorter than its header"
-    total, block = _BSLZ4_HEADER.unpack_from(blob, 0)
-    if total != nbytes:
-        return f"header announces {total} bytes, the frame has {nbytes}"
-    if block == 0 or block % elem or (block // elem) % 8:
-        return f"invalid block size {block}"
-    n_elem = nbytes // elem
-    n_full, rest = divmod(n_elem, block // elem)
-    n_blocks = n_full + (1 if rest >= 8 else 0)
-    tail = (n_elem % 8) * elem
-    bound = block + block // 255 + 64
-    pos = _BSLZ4_HEADER.size
-    view = memoryview(blob)
-    for k in range(n_blocks):
-        if pos + 4 > n:
-            return f"chunk ends inside block {k} of {n_blocks}"
-        (length,) = _U32BE.unpack_from(view, pos)
-        if length > bound:
-            return f"block {k} claims {length} compressed bytes (block size {block})"
-        pos += 4 + length
-    if pos + tail != n:
-        return f"block lengths add up to {pos + tail} bytes, the chunk has {n}"
-    return None
-
-
 def _check_bslz4_chunk(dset: h5py.Dataset, offset: tuple, nbytes: int, elem: int) -> None:
     try:
         filter_mask, blob = dset.id.read_direct_chunk(offset)
@@ -227,12 +191,26 @@ def _check_bslz4_chunk(dset: h5py.Dataset, offset: tuple, nbytes: int, elem: int
         return  # not allocated or unreadable: the normal read reports it
     if filter_mask & 1:
         return
-    problem = _bslz4_problem(blob, nbytes, elem)
+    problem = bslz4_problem(blob, nbytes, elem)
     if problem:
         raise OSError(f"corrupt bitshuffle-LZ4 chunk at {offset}: {problem}")
 
 
-def _value_flags(raw: np.ndarray, eiger: bool) -> np.ndarray:
+def value_flags(raw: np.ndarray, eiger: bool) -> np.ndarray:
+    """Pixels flagged by their stored value (see the module notes on bad pixels).
+
+    Parameters
+    ----------
+    raw : ndarray
+        A frame as stored.
+    eiger : bool
+        Also flag ``2**bits - 2`` of unsigned frames (EIGER/NXmx convention).
+
+    Examples
+    --------
+    >>> value_flags(np.array([0, 65534, 65535], dtype=np.uint16), eiger=True).tolist()
+    [False, True, True]
+    """
     kind = raw.dtype.kind
     if kind == "u":
         top = np.iinfo(raw.dtype).max
@@ -459,7 +437,7 @@ class Run:
         """Read frame ``g`` into float32 ``out`` (and its bad mask into ``mask_out``)."""
         with self._handles.lock:
             buf, seg, local = self._read_into_buffer(g)
-            flags = _value_flags(buf, self._metas[seg.meta].eiger_flags)
+            flags = value_flags(buf, self._metas[seg.meta].eiger_flags)
             np.copyto(out, buf, casting="unsafe")
             if flags.any():
                 np.putmask(out, flags, 0)
@@ -510,6 +488,60 @@ class Run:
         with self._handles.lock:
             buf, _, _ = self._read_into_buffer(g)
             return buf.copy()
+
+    def read_compressed(self, i) -> bytes | None:
+        """Frame ``i`` as its stored bitshuffle-LZ4 chunk, or None when it is not one.
+
+        A frame stored as one bitshuffle-LZ4 chunk (as EIGER file writers and
+        :class:`~sxlab.io.NXmxWriter` store it) is returned as the compressed bytes,
+        12-byte header included, without decompressing (``read_direct_chunk``); the
+        framing is checked. Other layouts return None: read them with :meth:`read_raw`.
+
+        Raises
+        ------
+        FrameReadError
+            When the chunk cannot be read or its framing is damaged.
+        """
+        g = self._global(i)
+        seg, local = self._locate(g)
+        with self._handles.lock:
+            try:
+                info = self._handles.dataset(seg.path, seg.dataset)
+                shape = info.shape if seg.single else info.shape[1:]
+                if (not info.bslz4_elem or shape != self.frame_shape
+                        or info.dset.chunks != (shape if seg.single else (1, *shape))):
+                    return None
+                offset = (0,) * len(shape) if seg.single else (local,) + (0,) * len(shape)
+                filter_mask, blob = info.dset.id.read_direct_chunk(offset)
+                if filter_mask & 1:
+                    return None
+                nbytes = int(np.prod(shape)) * info.dtype.itemsize
+                problem = bslz4_problem(blob, nbytes, info.bslz4_elem)
+                if problem:
+                    raise OSError(f"corrupt bitshuffle-LZ4 chunk at {offset}: {problem}")
+                return bytes(blob)
+            except _READ_ERRORS as exc:
+                raise FrameReadError(
+                    f"cannot read frame {g} of run {self.name!r} (frame {local} in file "
+                    f"{seg.path}, dataset {seg.dataset}): {exc}",
+                    path=seg.path, frame=g, index_in_file=local, dataset=seg.dataset,
+                ) from exc
+
+    def pixel_mask(self, i=0) -> np.ndarray | None:
+        """The static pixel mask (NXmx ``pixel_mask``, nonzero = bad) of frame ``i``'s file.
+
+        None when the file has none. Pixels flagged by value are not included (see
+        :meth:`read` for the full bad-pixel mask of a frame).
+        """
+        seg, _ = self._locate(self._global(i))
+        with self._handles.lock:
+            mask = self._pixel_mask(seg.meta)
+        return None if mask is None else mask.copy()
+
+    def uses_eiger_flags(self, i=0) -> bool:
+        """Whether ``2**bits - 2`` also flags bad pixels in frame ``i`` (EIGER/NXmx files)."""
+        seg, _ = self._locate(self._global(i))
+        return bool(self._metas[seg.meta].eiger_flags)
 
     def iter_chunks(self, size: int, *, with_mask: bool = False):
         """Yield consecutive frames stacked along a leading ``"frame"`` dim.

@@ -1,0 +1,203 @@
+"""One-machine supervisor of a live run: broker, ingest, workers, output, summary.
+
+:func:`run_live` starts the embedded broker unless given one, the ingest and ``n_workers``
+workers as separate processes (``python -m sxlab live ingest|worker``), restarts any of
+them that dies (a restarted worker keeps its consumer name, so it first finishes what it
+had been handed), appends the CrystFEL stream as parts commit, and returns when the
+series has ended and every frame is acknowledged, after recording frames that never
+reached a worker as failed and writing the consolidated tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .broker import Broker
+
+__all__ = ["LiveRunSummary", "run_live"]
+
+log = logging.getLogger("sxlab.live")
+
+
+@dataclass
+class LiveRunSummary:
+    """Result of :func:`run_live`."""
+
+    key: str
+    results: object
+    status: pd.DataFrame
+    wall_s: float
+    restarts: dict = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """One-row summary: the results' summary plus stream, wall time and restarts."""
+        s = self.results.summary()
+        s.insert(0, "stream", self.key)
+        s["wall_s"] = self.wall_s
+        s["restarts"] = sum(self.restarts.values())
+        return s
+
+
+def _cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "sxlab", "live", *map(str, args)]
+
+
+class _Child:
+    def __init__(self, name: str, argv: list[str], log_path: Path):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.restarts = 0
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        fh = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            fh.close()
+
+    def poll(self):
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2,
+             broker_url: str | None = None, beamtime: str = "local",
+             detector: str = "eiger", run: str | None = None,
+             maxlen_frames: int | None = None, maxlen_minutes: float | None = None,
+             backfill=None, claim_idle_s: float = 30.0, batch: int = 4,
+             publish: str = "results", timeout_s: float | None = None,
+             progress: bool = True) -> LiveRunSummary:
+    """Process one series arriving on ``source`` into ``out``.
+
+    Parameters
+    ----------
+    source : str
+        Detector stream endpoint, e.g. ``tcp://127.0.0.1:9999``.
+    params_path : path or None
+        Parameter file (``Params.save``); None: defaults.
+    out : path
+        Output directory (batch layout).
+    geometry : path, optional
+        CrystFEL geometry file (default: the one in the run header).
+    n_workers : int
+    broker_url : str, optional
+        ``redis://...`` of a running server (default: an embedded one for this run).
+    maxlen_frames, maxlen_minutes : optional
+        Broker cache bound (see :class:`~sxlab.live.ingest.Ingest`).
+    backfill : path, optional
+        The detector's files of the series, to fill frames lost in transit.
+    timeout_s : float, optional
+        Give up (and stop everything) after this long.
+
+    Returns
+    -------
+    LiveRunSummary
+    """
+    from sxlab.params import Params
+
+    from .worker import LiveOutput, geometry_from_header
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    params = Params.load(params_path) if params_path else Params()
+    if params_path is None:
+        params_path = out / "params.toml"
+        if not params_path.exists():
+            params.save(params_path)
+    t_start = time.time()
+    broker = Broker(broker_url, beamtime=beamtime, source=detector)
+    children: list[_Child] = []
+    bar = None
+    try:
+        common = ["--broker", broker.url, "--beamtime", beamtime, "--detector", detector]
+        ingest_args = ["ingest", "--source", source, *common, "--series-count", 1]
+        if run:
+            ingest_args += ["--run", run]
+        if maxlen_frames:
+            ingest_args += ["--maxlen", maxlen_frames]
+        if maxlen_minutes:
+            ingest_args += ["--maxlen-minutes", maxlen_minutes]
+        if backfill:
+            ingest_args += ["--backfill", backfill]
+        children.append(_Child("ingest", _cmd(*ingest_args), logs / "ingest.log"))
+        for k in range(n_workers):
+            wargs = ["worker", *common, "--out", out, "--params", params_path,
+                     "--since", repr(t_start), "--worker", k, "--name", f"w{k}",
+                     "--claim-idle", claim_idle_s, "--batch", batch, "--publish", publish]
+            if geometry:
+                wargs += ["--geometry", geometry]
+            if run:
+                wargs += ["--run", run]
+            children.append(_Child(f"w{k}", _cmd(*wargs), logs / f"worker{k}.log"))
+        key = None
+        output = None
+        while True:
+            if timeout_s is not None and time.time() - t_start > timeout_s:
+                raise TimeoutError(f"live run did not finish within {timeout_s} s")
+            if key is None:
+                key = broker.wait_run(since=t_start, timeout_s=0.2, run=run)
+                if key is not None:
+                    header = broker.wait_header(key, timeout_s=30)
+                    from sxlab.io import read_geom
+
+                    geom = read_geom(geometry) if geometry else geometry_from_header(header)
+                    output = LiveOutput(out, params, geom)
+                    if progress:
+                        from tqdm.auto import tqdm
+
+                        total = header["config"].get("nimages")
+                        bar = tqdm(total=int(total) if total else None, desc="live",
+                                   unit="frame")
+            finished = key is not None and broker.finished(key, "process")
+            ended = key is not None and broker.info(key).get("state") == "ended"
+            for c in children:
+                rc = c.poll()
+                if rc is None:
+                    continue
+                if c.name == "ingest" and (rc == 0 or ended):
+                    continue
+                if c.name != "ingest" and (rc == 0 and finished):
+                    continue
+                c.restarts += 1
+                log.warning("%s exited with status %s; restarting it (see %s)", c.name, rc,
+                            c.log_path)
+                c.start()
+            if output is not None:
+                n = output.follow()
+                if bar is not None and n:
+                    bar.update(n)
+            if finished and all(c.poll() is not None for c in children if c.name != "ingest"):
+                break
+            time.sleep(0.2)
+        output.follow()
+        status = broker.status(key)
+        results = output.finish(broker, key)
+        return LiveRunSummary(key, results, status, time.time() - t_start,
+                              {c.name: c.restarts for c in children})
+    finally:
+        if bar is not None:
+            bar.close()
+        for c in children:
+            c.stop()
+        broker.close()

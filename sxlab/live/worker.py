@@ -1,0 +1,377 @@
+"""Live workers: consume a run's frame stream, process each frame, commit, acknowledge.
+
+A :class:`LiveWorker` is one consumer of the processing group. For each batch of entries
+it decodes the blobs, runs :func:`sxlab.pipeline.process_frame` (the batch pipeline's
+implementation, with a :func:`~sxlab.pipeline.prepare`\\ d context), writes the tables as
+one committed part of the output directory, and only then acknowledges the entries and
+publishes the derived ``results`` (and optionally ``hits``) streams in one transaction.
+A worker killed at any point leaves its entries pending; they are reclaimed by another
+worker after ``claim_idle_s`` and processed again. A frame committed twice that way is
+read once (the output reader keys rows by frame), so nothing is lost or duplicated.
+
+:class:`LiveOutput` is the output directory of a live run: the same layout as a batch
+run (``sxlab stats``, ``profile``, ``merge`` and :meth:`Results.load` work while it
+grows), the CrystFEL stream ``results.stream`` appended chunk by chunk as parts commit,
+and :meth:`LiveOutput.finish`, which records every frame that never reached the workers
+(trimmed from the cache, lost from the detector) as failed and writes the consolidated
+tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .broker import Broker, ConsumerGroup, Entry, derived_key, split_key
+
+__all__ = ["LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
+           "geometry_from_header"]
+
+log = logging.getLogger("sxlab.live")
+
+def geometry_from_header(header: dict):
+    """Detector geometry of a run: the CrystFEL geometry in the header appendix, else
+    a single-panel detector built from the SIMPLON configuration."""
+    from sxlab.geometry import Beam, Detector, Panel
+    from sxlab.io import read_geom
+
+    text = header.get("appendix", {}).get("geometry")
+    if text:
+        return read_geom(text, source_name=f"header of run {header.get('run')}")
+    cfg = header.get("config", {})
+    need = ("beam_center_x", "beam_center_y", "detector_distance", "x_pixel_size",
+            "wavelength", "x_pixels_in_detector", "y_pixels_in_detector")
+    missing = [k for k in need if k not in cfg]
+    if missing:
+        raise ValueError(f"run {header.get('run')!r}: the header has no geometry and its "
+                         f"configuration lacks {missing}; give a geometry file")
+    nx, ny = int(cfg["x_pixels_in_detector"]), int(cfg["y_pixels_in_detector"])
+    cutoff = cfg.get("countrate_correction_count_cutoff")
+    panel = Panel(name="p0", min_fs=0, max_fs=nx - 1, min_ss=0, max_ss=ny - 1,
+                  corner_x=-float(cfg["beam_center_x"]),
+                  corner_y=-float(cfg["beam_center_y"]), res=1.0 / float(cfg["x_pixel_size"]),
+                  clen=float(cfg["detector_distance"]), data="/entry/data/data",
+                  max_adu=float(cutoff) if cutoff else float("inf"))
+    return Detector(panels=(panel,), beam=Beam(float(cfg["wavelength"])),
+                    groups=(("all", ("p0",)),), name=str(cfg.get("description", "")))
+
+
+def decode_frame(entry: Entry, pixel_mask=None, *, attrs: dict | None = None):
+    """Image and bad-pixel mask of a stream entry, exactly as :meth:`Run.read` makes them.
+
+    Pixels flagged by value (EIGER convention: ``2**bits - 1`` and ``2**bits - 2``) are
+    set to 0 and marked bad, as are the header's ``pixel_mask`` pixels.
+
+    Returns
+    -------
+    image : xarray.DataArray of float32, dims ``("ss", "fs")``
+    bad : xarray.DataArray of bool
+    """
+    import xarray as xr
+
+    from sxlab.io.compression import BlobError, decompress
+    from sxlab.io.hdf5 import value_flags
+
+    from .eiger import StreamMessageError
+
+    frame = entry.frame
+    series = int(entry.number("series", -1))
+    try:
+        shape = tuple(json.loads(entry.get("shape")))
+        raw = decompress(entry.get("data"), entry.text("encoding"), shape,
+                         np.dtype(entry.text("dtype")))
+    except (BlobError, ValueError, TypeError) as exc:
+        raise StreamMessageError(str(exc), series=series, frame=frame) from exc
+    flags = value_flags(raw, True)
+    img = raw.astype(np.float32)
+    if flags.any():
+        np.putmask(img, flags, 0)
+    if pixel_mask is not None:
+        if pixel_mask.shape != raw.shape:
+            raise StreamMessageError(f"image of shape {raw.shape}, the header's pixel mask "
+                                     f"has {pixel_mask.shape}", series=series, frame=frame)
+        bad = flags | (pixel_mask != 0)
+    else:
+        bad = flags
+    attrs = {"frame": frame, **(attrs or {})}
+    return (xr.DataArray(img, dims=("ss", "fs"), attrs=attrs),
+            xr.DataArray(bad, dims=("ss", "fs"), attrs=dict(attrs)))
+
+
+# ------------------------------------------------------------------------ output
+class LiveOutput:
+    """The output directory of a live run (batch layout, growing), for one writer.
+
+    Parameters
+    ----------
+    out : path
+    params : Params
+    geometry : Detector
+    tag : str
+        Tag of the parts this writer commits (a worker's consumer name), so that
+        several writers fill one directory (see :class:`sxlab.results.ResultsWriter`).
+    """
+
+    def __init__(self, out, params, geometry, *, tag: str = ""):
+        from sxlab.results import ResultsWriter
+
+        tag = re.sub(r"[^A-Za-z0-9_-]", "_", tag)
+        self.writer = ResultsWriter(out, params, geometry, tag=tag)
+        self.out = self.writer.out
+        self.params = params
+        self.geometry = geometry
+        self._reader = None
+        self._stream = None
+        self._stream_frames: set[int] = set()
+
+    def commit(self, results) -> str:
+        """Write the :class:`~sxlab.pipeline.FrameResult` s of some frames as one part."""
+        from sxlab import tables
+        from sxlab.results import KINDS
+
+        return self.writer.write(**{kind: tables.get(kind).concat(
+            [r.table(kind) for r in results]) for kind in KINDS})
+
+    def follow(self) -> int:
+        """Append chunks of newly committed frames to ``results.stream``; returns how many."""
+        from sxlab.io import StreamWriter
+        from sxlab.results import ResultsReader
+
+        if self._reader is None:
+            self._reader = ResultsReader(self.out)
+        t = self._reader.poll()
+        frames = t["frames"][~t["frames"].frame.isin(self._stream_frames)]
+        if not len(frames):
+            return 0
+        if self._stream is None:
+            self._stream = StreamWriter(self.out / "results.stream", self.geometry,
+                                        cell=self.params.cell,
+                                        command_line="sxlab live run")
+        self._stream.write_frames(frames, t["peaks"], t["crystals"], t["reflections"])
+        self._stream_frames.update(frames.frame.tolist())
+        return len(frames)
+
+    def finish(self, broker: Broker | None = None, key: str | None = None,
+               group: str = "process", n_frames: int | None = None):
+        """Record frames that never reached the workers as failed, then write the
+        consolidated tables and the final stream. Returns :class:`~sxlab.Results`."""
+        from sxlab.pipeline import failed_result
+        from sxlab.results import ResultsReader
+
+        run_name = ""
+        reasons: dict[int, str] = {}
+        if broker is not None and key is not None:
+            info = broker.info(key)
+            run_name = info.get("run", split_key(key)[3])
+            n_frames = int(info.get("n_frames", n_frames or 0))
+            for who in ("", group):
+                for item in broker.client.lrange(f"{key}:trimmed:{who}", 0, -1):
+                    a, b = json.loads(item)
+                    for f in range(a, b + 1):
+                        reasons[f] = ("trimmed from the broker cache before the "
+                                      f"{group!r} group read it (cache of "
+                                      f"{info.get('maxlen', '?')} frames full)")
+        reader = ResultsReader(self.out)
+        reader.poll()
+        done = reader.frames_done()
+        missing = [f for f in range(n_frames or 0) if f not in done]
+        if missing:
+            writer = LiveOutput(self.out, self.params, self.geometry, tag="finish")
+            results = [failed_result(f, reasons.get(f, "never processed: not delivered to "
+                                                        "any worker"), -1, run_name,
+                                     {"event": f"//{f}", "source": key or ""})
+                       for f in missing]
+            for k in range(0, len(results), 1000):
+                writer.commit(results[k:k + 1000])
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        return self.writer.finish()
+
+
+# ------------------------------------------------------------------------ worker
+@dataclass
+class WorkerSummary:
+    """What one worker did."""
+
+    frames: int = 0
+    failed: int = 0
+    reclaimed: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    wait_s: float = 0.0
+
+
+class LiveWorker:
+    """One processing consumer of a run's frame stream.
+
+    Parameters
+    ----------
+    broker : Broker
+    key : str
+        The run's stream key (:meth:`Broker.key`).
+    out : path
+        Output directory (shared by all workers of the run).
+    params : Params, optional
+    geometry : Detector or path, optional
+        Default: from the run header (:func:`geometry_from_header`).
+    group : str
+        Consumer group (``process``).
+    consumer : str, optional
+        Consumer name; a worker restarted with its old name first finishes what it had.
+    worker : int
+        Worker number recorded in the tables.
+    claim_idle_s : float
+        Reclaim entries pending longer than this from dead consumers.
+    batch : int
+        Entries read, processed and committed together.
+    publish : tuple of str
+        Derived streams to publish: ``results`` (per-frame summary with the peaks of
+        hits, for viewers and ``tail``), ``hits`` (hit frames' entries, blob untouched).
+    """
+
+    def __init__(self, broker: Broker, key: str, out, params=None, *, geometry=None,
+                 group: str = "process", consumer: str | None = None, worker: int = 0,
+                 claim_idle_s: float = 30.0, batch: int = 4,
+                 publish: tuple = ("results",), results_maxlen: int = 100_000):
+        from sxlab.io import read_geom
+        from sxlab.params import Params
+        from sxlab.pipeline import prepare
+
+        self.broker = broker
+        self.key = key
+        self.params = params or Params()
+        self.header = broker.wait_header(key, timeout_s=60)
+        if isinstance(geometry, (str, os.PathLike)):
+            geometry = read_geom(geometry)
+        self.geometry = geometry or geometry_from_header(self.header)
+        self.worker = int(worker)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.group = ConsumerGroup(broker.client, key, group, self.consumer,
+                                   claim_idle_s=claim_idle_s)
+        self.output = LiveOutput(out, self.params, self.geometry, tag=self.consumer)
+        self.context = prepare(self.geometry, self.params, worker=self.worker)
+        self.batch = int(batch)
+        self.publish = tuple(publish)
+        self.results_maxlen = results_maxlen
+        self.summary = WorkerSummary()
+        self._attrs = {"run": self.header["run"], "source": key}
+        self._rate_t: list[float] = []
+
+    def _process(self, entry: Entry, wait_s: float):
+        from sxlab.pipeline import failed_result, process_frame
+
+        frame = entry.frame
+        attrs = {**self._attrs, "event": f"//{frame}"}
+        if entry.type == "deleted":
+            return failed_result(frame, "trimmed from the broker cache after delivery to a "
+                                 "worker that died; its data is gone", self.worker,
+                                 self.header["run"], attrs)
+        if entry.type == "failed":
+            return failed_result(frame, entry.text("reason"), self.worker,
+                                 self.header["run"], attrs)
+        t0 = time.perf_counter()
+        try:
+            image, bad = decode_frame(entry, self.header["pixel_mask"], attrs=attrs)
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed frame
+            return failed_result(frame, exc, self.worker, self.header["run"], attrs)
+        decode_s = time.perf_counter() - t0
+        try:
+            return process_frame(image, bad, self.context, frame=frame, read_s=decode_s,
+                                 wait_s=wait_s)
+        except Exception as exc:  # noqa: BLE001
+            self.context.profiler.clear()
+            return failed_result(frame, exc, self.worker, self.header["run"], attrs)
+
+    def _result_fields(self, r, entry: Entry, now: float) -> dict:
+        f = r.frame
+        fields = {"frame": f["frame"], "status": f["status"], "error": f["error"],
+                  "hit": int(bool(f["hit"])), "indexed": int(bool(f["indexed"])),
+                  "n_peaks": f["n_peaks"], "n_crystals": f["n_crystals"],
+                  "n_reflections": f["n_reflections"],
+                  "resolution_A": float(f["resolution_A"]),
+                  "solvent_ratio": float(f["solvent_ratio"]), "worker": self.worker,
+                  "t_received": entry.number("t_received", 0.0), "t_committed": now,
+                  "total_s": float(f["total_s"])}
+        if f["hit"] and len(r.peaks):
+            p = r.peaks
+            fields["peaks"] = json.dumps({"fs": np.round(p.fs.to_numpy(), 2).tolist(),
+                                          "ss": np.round(p.ss.to_numpy(), 2).tolist(),
+                                          "intensity": np.round(p.intensity.to_numpy(),
+                                                                1).tolist()})
+        return fields
+
+    def step(self, block_s: float = 0.5) -> int:
+        """Read, process, commit and acknowledge one batch; returns entries handled."""
+        t0 = time.perf_counter()
+        entries = self.group.read(count=self.batch, block_s=block_s)
+        wait_s = time.perf_counter() - t0
+        if self.group.last_source == "claimed":
+            self.summary.reclaimed += len(entries)
+        if not entries:
+            self.summary.wait_s += wait_s
+            return 0
+        self.summary.wait_s += wait_s
+        results, pairs, ids = [], [], []
+        for e in entries:
+            ids.append(e.id)
+            if e.type in ("header", "end"):
+                continue
+            r = self._process(e, wait_s)
+            wait_s = 0.0
+            results.append(r)
+            pairs.append((r, e))
+        if results:
+            self.output.commit(results)
+        now = time.time()
+        pipe = self.broker.client.pipeline(transaction=True)
+        self.group.ack(ids, pipe)
+        if "results" in self.publish:
+            rkey = derived_key(self.key, "results")
+            for r, e in pairs:
+                pipe.xadd(rkey, self._result_fields(r, e, now), maxlen=self.results_maxlen,
+                          approximate=True)
+        if "hits" in self.publish:
+            hkey = derived_key(self.key, "hits")
+            for r, e in pairs:
+                if r.frame["hit"] and e.fields is not None:
+                    pipe.xadd(hkey, {**e.fields, "n_peaks": r.frame["n_peaks"]}, id=e.id)
+        self._rate_t = [t for t in self._rate_t if now - t < 10.0] + [now] * len(results)
+        span = max(now - self._rate_t[0], 1e-3) if len(self._rate_t) > 1 else 10.0
+        pipe.hset(f"{self.key}:info", mapping={
+            f"rate:{self.group.group}:{self.consumer}": len(self._rate_t) / max(span, 1.0),
+            f"seen:{self.group.group}:{self.consumer}": now})
+        pipe.execute()
+        self.summary.frames += len(results)
+        self.summary.failed += sum(r.frame["status"] != "ok" for r in results)
+        return len(entries)
+
+    def run(self, *, stop: threading.Event | None = None, until_finished: bool = True,
+            idle_timeout_s: float | None = None) -> WorkerSummary:
+        """Process until the run has ended and the group acknowledged every entry (or
+        ``stop`` is set, or nothing came for ``idle_timeout_s``)."""
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        idle_since = time.monotonic()
+        try:
+            while not (stop is not None and stop.is_set()):
+                n = self.step()
+                if n:
+                    idle_since = time.monotonic()
+                    continue
+                if until_finished and self.broker.finished(self.key, self.group.group):
+                    break
+                if idle_timeout_s and time.monotonic() - idle_since > idle_timeout_s:
+                    break
+        finally:
+            self.summary.cpu_s += time.process_time() - cpu0
+            self.summary.wall_s += time.perf_counter() - wall0
+        self.group.leave()
+        return self.summary
