@@ -197,3 +197,30 @@ def test_merge_parameters_and_errors(data):
     pr = PostRefinement(np.zeros(3, int), np.array([[0.1, 0, -0.005]] * 3), np.ones(3),
                         np.ones(3), np.ones(3), np.zeros(3, int), 1, 1.0, 1e-3)
     assert pr.n_crystals == 1 and 0 < pr.partialities()[0] <= 1
+
+
+def test_merge_command_with_post_refinement(tmp_path, capsys):
+    import sxlab as sx
+    from sxlab.cli import main
+
+    refl, crystals, truth, det = observations(40, seed=7)
+    frames = tables.FRAMES.make({"frame": np.arange(40), "status": ["ok"] * 40,
+                                 "hit": np.ones(40, bool), "indexed": np.ones(40, bool)},
+                                fill_missing=True)
+    xt = tables.CRYSTALS.make({c: crystals[c].to_numpy() for c in
+                               ("frame", "crystal", "a", "b", "c", "alpha", "beta", "gamma",
+                                *ASTAR)}, fill_missing=True)
+    writer = sx.ResultsWriter(tmp_path / "out", sx.Params(cell=LYSO), det)
+    writer.write(frames, None, xt, tables.REFLECTIONS.make(refl, fill_missing=True))
+    writer.finish(stream=False)
+    out = {}
+    for model in ("unity", "gaussian"):
+        assert main(["merge", str(tmp_path / "out"), "-y", "P43212", "--model", model,
+                     "--shells", "4", "-o", str(tmp_path / f"{model}.mtz")]) == 0
+        text = capsys.readouterr().out
+        overall = [line for line in text.splitlines() if line.strip().startswith("-1")][0]
+        out[model] = float(overall.split()[10])            # CC1/2 of all shells
+    assert out["gaussian"] > out["unity"]
+    refl.to_parquet(tmp_path / "refl.parquet")
+    assert main(["merge", str(tmp_path / "refl.parquet"), "-y", "P43212", "--model",
+                 "gaussian"]) == 2
