@@ -461,14 +461,16 @@ class Indexer:
 
     def _significant(self, dev: np.ndarray, ok: np.ndarray) -> bool:
         """The ``significance`` acceptance rule (see :class:`IndexParams`)."""
-        from scipy.stats import binom
+        from scipy.special import betainc
 
         p = self.params
         n_tight = int(np.count_nonzero(dev < p.tight_tolerance))
         if n_tight < p.min_indexed or n_tight < p.significance_fraction * ok.sum():
             return False
-        log_tail = binom.logsf(n_tight - 1, len(dev), self._p_chance)
-        return bool(-log_tail / np.log(10.0) >= p.min_significance)
+        # P(X >= n_tight) for X ~ Binomial(n, p0) is the regularised incomplete beta
+        # function I_p0(n_tight, n - n_tight + 1)
+        tail = float(betainc(n_tight, len(dev) - n_tight + 1, self._p_chance))
+        return tail <= 10.0 ** -p.min_significance
 
     def _cell_ok(self, astar) -> bool:
         if self.cell is None:
