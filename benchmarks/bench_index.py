@@ -232,14 +232,6 @@ def refined_geometry(peaks: list, det, cell, multi: bool):
 
 
 # ========================================================================== CrystFEL
-def crystfel_bin() -> Path | None:
-    for candidate in (os.environ.get("CRYSTFEL_BIN"), shutil.which("indexamajig") and
-                      str(Path(shutil.which("indexamajig")).parent), "/opt/crystfel/bin"):
-        if candidate and (Path(candidate) / "indexamajig").exists():
-            return Path(candidate)
-    return None
-
-
 def crystfel_version(bindir: Path) -> str:
     out = subprocess.run([str(bindir / "indexamajig"), "--version"], capture_output=True,
                          text=True, check=False)
@@ -433,7 +425,7 @@ def main(argv=None) -> None:
     load_start = _common.load_average()
     pinned = _common.pin_to_one_core()
     root = cache_dir() / "bench_index"
-    bindir = None if args.no_crystfel else crystfel_bin()
+    bindir = None if args.no_crystfel else _common.crystfel_bindir("indexamajig")
     crystfel = None
     if bindir is not None:
         crystfel = f"{crystfel_version(bindir)} ({bindir}/indexamajig)"

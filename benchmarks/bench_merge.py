@@ -149,14 +149,6 @@ def accuracy_data(n_frames: int):
     return stream, Truth.load(master)
 
 
-def partialator_bin() -> Path | None:
-    for candidate in (os.environ.get("CRYSTFEL_BIN"), shutil.which("indexamajig") and
-                      str(Path(shutil.which("indexamajig")).parent), "/opt/crystfel/bin"):
-        if candidate and (Path(candidate) / "partialator").exists():
-            return Path(candidate)
-    return None
-
-
 def _asu_table(table, cell):
     """A merged table (any hkl) in sxlab's asymmetric unit with d from the cell."""
     from sxlab.merging import map_to_asu
@@ -204,7 +196,7 @@ def run_accuracy(n_frames: int):
         results[f"sxlab {model}"] = (_shell_ccs(res.merged, res.half1, res.half2,
                                                 truth.intensities, edges), cpu)
         log(f"sxlab {model}: {cpu:.1f} s")
-    bindir = partialator_bin()
+    bindir = _common.crystfel_bindir("partialator")
     version = None
     if bindir is not None:
         out = subprocess.run([str(bindir / "partialator"), "--version"],

@@ -15,13 +15,14 @@ Examples
 True
 """
 
-from .model import DetectorModel, panel_groups
+from .model import DetectorModel, GeometryReport, panel_groups, write_geometry
 from .rings import RingCalibration, calibrate_rings, ring_d_spacings
-from .stills import GeometryRefinement, refine_geometry, write_geometry
+from .stills import GeometryRefinement, refine_geometry
 
 __all__ = [
     "DetectorModel",
     "GeometryRefinement",
+    "GeometryReport",
     "RingCalibration",
     "calibrate_rings",
     "panel_groups",

@@ -34,11 +34,14 @@ Examples
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 
 from ..geometry import Detector
 
-__all__ = ["GLOBAL_PARAMETERS", "GROUP_PARAMETERS", "DetectorModel", "intersect", "panel_groups"]
+__all__ = ["GLOBAL_PARAMETERS", "GROUP_PARAMETERS", "DetectorModel", "GeometryReport",
+           "intersect", "panel_groups", "write_geometry"]
 
 #: Whole-detector parameters.
 GLOBAL_PARAMETERS = ("beam_x", "beam_y", "distance", "tilt_x", "tilt_y")
@@ -333,3 +336,47 @@ def intersect(direction: np.ndarray, panel: np.ndarray, corner: np.ndarray,
     pb = np.einsum("ij,ij->i", p, b)
     det = aa * bb - ab * ab
     return (pa * bb - pb * ab) / det, (pb * aa - pa * ab) / det
+
+
+def write_geometry(geometry: Detector, path=None, *, nxmx=None) -> None:
+    """Write ``geometry`` as a CrystFEL ``.geom`` file and/or an NXmx master without frames.
+
+    The NXmx file holds the instrument (beam, detector modules and their transformations,
+    the embedded CrystFEL text) and no frames, for DIALS or any NeXus reader.
+
+    Examples
+    --------
+    >>> write_geometry(refined, "refined.geom", nxmx="refined_master.h5")  # doctest: +SKIP
+    """
+    from ..io import NXmxWriter, write_geom
+
+    if path is not None:
+        write_geom(geometry, path)
+    if nxmx is not None:
+        NXmxWriter(nxmx, geometry, n_frames=0).close()
+
+
+class GeometryReport:
+    """What a geometry fit found: the geometry, the one given and a summary.
+
+    Subclasses (dataclasses) have ``geometry``, ``initial`` and ``summary``; they share
+    :meth:`write` and the summary table of their HTML view.
+    """
+
+    title = "Geometry"
+
+    def write(self, path=None, *, nxmx=None) -> None:
+        """Write the fitted geometry: CrystFEL ``.geom`` to ``path``, NXmx to ``nxmx``
+        (see :func:`write_geometry`)."""
+        write_geometry(self.geometry, path, nxmx=nxmx)
+
+    def _summary_html(self) -> str:
+        def fmt(v):
+            return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{fmt(v)}</td></tr>"
+                       for k, v in self.summary.items())
+        return f"<b>{html.escape(self.title)}</b><table>{rows}</table>"
+
+    def _repr_html_(self) -> str:
+        return f"<div>{self._summary_html()}</div>"

@@ -35,7 +35,6 @@ Examples
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +42,7 @@ import pandas as pd
 
 from .. import tables
 from ..geometry import Detector
-from .model import DetectorModel
+from .model import DetectorModel, GeometryReport
 
 __all__ = ["RingCalibration", "calibrate_rings", "ring_d_spacings"]
 
@@ -250,7 +249,7 @@ def _fit(model: DetectorModel, points: pd.DataFrame, two_theta_rings, free, thet
 
 # ========================================================================== report
 @dataclass
-class RingCalibration:
+class RingCalibration(GeometryReport):
     """What :func:`calibrate_rings` found.
 
     Attributes
@@ -274,11 +273,7 @@ class RingCalibration:
     parameters: pd.DataFrame
     summary: dict = field(default_factory=dict)
 
-    def write(self, path=None, *, nxmx=None) -> None:
-        """Write the calibrated geometry (see :func:`sxlab.calibration.write_geometry`)."""
-        from .stills import write_geometry
-
-        write_geometry(self.geometry, path, nxmx=nxmx)
+    title = "Ring calibration"
 
     def __repr__(self) -> str:
         s = self.summary
@@ -287,12 +282,6 @@ class RingCalibration:
                 f"{s.get('beam_ss_px', np.nan):.2f}) px, distance "
                 f"{s.get('distance_mm', np.nan):.3f} mm; RMS {s.get('rms_before_px', np.nan):.2f}"
                 f" → {s.get('rms_after_px', np.nan):.3f} px>")
-
-    def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>"
-                       f"{(f'{v:.4f}' if isinstance(v, float) else html.escape(str(v)))}"
-                       f"</td></tr>" for k, v in self.summary.items())
-        return f"<div><b>Ring calibration</b><table>{rows}</table></div>"
 
 
 # ========================================================================== public

@@ -36,7 +36,6 @@ right), and the fit repeated.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,9 +50,9 @@ from ..reciprocal import (
     peak_vectors,
     spot_wavenumber,
 )
-from .model import GROUP_PARAMETERS, DetectorModel, intersect
+from .model import GROUP_PARAMETERS, DetectorModel, GeometryReport, intersect
 
-__all__ = ["GeometryRefinement", "REFINABLE", "refine_geometry", "write_geometry"]
+__all__ = ["GeometryRefinement", "REFINABLE", "refine_geometry"]
 
 #: What ``refine=`` may name.
 REFINABLE = ("beam", "distance", "tilt", "panels")
@@ -416,7 +415,7 @@ def _assign(peaks: pd.DataFrame, crystals: pd.DataFrame, astar: np.ndarray,
 
 # ============================================================================ report
 @dataclass
-class GeometryRefinement:
+class GeometryRefinement(GeometryReport):
     """What :func:`refine_geometry` did: parameters, residuals per panel, crystals.
 
     Attributes
@@ -450,14 +449,7 @@ class GeometryRefinement:
     summary: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
-    def write(self, path=None, *, nxmx=None) -> None:
-        """Write the refined geometry: CrystFEL ``.geom`` to ``path``, NXmx to ``nxmx``.
-
-        The NXmx file is a master file with the instrument (beam, detector modules and
-        their transformations, the embedded CrystFEL text) and no frames, for DIALS or
-        any NeXus reader.
-        """
-        write_geometry(self.geometry, path, nxmx=nxmx)
+    title = "Geometry refinement"
 
     def __repr__(self) -> str:
         s = self.summary
@@ -468,13 +460,8 @@ class GeometryRefinement:
                 f" distance Δ {s.get('distance_shift_mm', 0):+.4f} mm>")
 
     def _repr_html_(self) -> str:
-        s = self.summary
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.4g}</td></tr>"
-                       if isinstance(v, float) else
-                       f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in s.items())
         refined = self.parameters[self.parameters.refined]
-        return (f"<div><b>Geometry refinement</b><table>{rows}</table>"
+        return (f"<div>{self._summary_html()}"
                 f"<details><summary>parameters ({len(refined)} refined)</summary>"
                 f"{refined.to_html(index=False, float_format=lambda v: f'{v:.4f}')}"
                 f"</details><details><summary>residuals per panel</summary>"
@@ -504,21 +491,6 @@ def _panel_residuals(panel_names, model, obs, r_before, r_after, w_after) -> pd.
 
 
 # ========================================================================== public
-def write_geometry(geometry: Detector, path=None, *, nxmx=None) -> None:
-    """Write ``geometry`` as a CrystFEL ``.geom`` file and/or an NXmx master without frames.
-
-    Examples
-    --------
-    >>> write_geometry(refined, "refined.geom", nxmx="refined_master.h5")  # doctest: +SKIP
-    """
-    from ..io import NXmxWriter, write_geom
-
-    if path is not None:
-        write_geom(geometry, path)
-    if nxmx is not None:
-        NXmxWriter(nxmx, geometry, n_frames=0).close()
-
-
 @tables.documented
 def refine_geometry(results, geometry: Detector | None = None, cell: UnitCell | None = None,
                     *, refine=("beam", "distance", "panels"), groups=None,
