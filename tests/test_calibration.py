@@ -186,6 +186,30 @@ def test_refinement_of_panels_shifts_and_rotations(rng):
     assert len(refined_xtals) >= len(xtals) and len(refined_xtals) >= 58
 
 
+@pytest.mark.slow
+def test_refinement_of_panel_heights(rng):
+    """Sensors 0.3 mm higher or lower than the geometry says come back within 0.05 mm."""
+    det = builtin_geometry("mpccd", clen=0.065, wavelength_A=1.24, bandwidth=0.001)
+    sim = Simulator(det, C2221, seed=6, hit_fraction=1.0, fluence=3000,
+                    multi_lattice_probability=0.0)
+    peaks = spot_peaks(sim, 50, rng, min_photons=30, jitter=0.25)
+    model = DetectorModel(det)
+    theta = model.zeros()
+    theta[[0, 2]] = 1.0 / det.panels[0].res, -0.5e-3
+    heights = np.tile([0.3e-3, -0.3e-3], model.n_groups // 2)
+    theta[model.group_slice("height")] = heights
+    wrong = model.apply(theta)
+    xtals, assigned = index_all(peaks, wrong, C2221)
+    new, report = refine_geometry((assigned, xtals), wrong, C2221,
+                                  refine=("beam", "distance", "panels"))
+    err = geometry_errors(det, new)
+    assert err[:, 1].max() < 0.05           # mm
+    assert err[:, 2].max() < 0.02           # deg
+    h = report.parameters.set_index(["group", "parameter"]).value
+    np.testing.assert_allclose([h[(g, "height")] for g in model.group_names],
+                               -heights * 1e3, atol=0.05)
+
+
 def test_refinement_inputs_and_errors(rng):
     det = builtin_geometry("eiger1m", clen=0.1)
     sim = Simulator(det, LYSO, seed=2, hit_fraction=1.0, fluence=300,
@@ -205,6 +229,8 @@ def test_refinement_inputs_and_errors(rng):
         refine_geometry((assigned, xtals), det.with_clen(float("nan")), LYSO)
     with pytest.raises(TypeError, match="results must be"):
         refine_geometry(object(), det, LYSO)
+    with pytest.raises(ValueError, match="no indexed crystal"):
+        refine_geometry((assigned, xtals.iloc[:0]), det, LYSO)
 
 
 def test_geometry_files_and_command_line(tmp_path, rng, capsys):

@@ -608,6 +608,8 @@ def refine_geometry(results, geometry: Detector | None = None, cell: UnitCell | 
             raise ValueError("the peaks table needs a panel column for a stacked detector")
         peaks = peaks.assign(panel=geometry.panel_of_pixel(peaks["fs"], peaks["ss"]))
     crystals = crystals.reset_index(drop=True)
+    if not len(crystals):
+        raise ValueError("no indexed crystal to refine the geometry against")
     u0, fits = _orientations(crystals, bmat)
     crystals, u0 = crystals[fits].reset_index(drop=True), u0[fits]
     model = DetectorModel(geometry, groups)
