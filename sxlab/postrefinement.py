@@ -42,8 +42,8 @@ Examples
 --------
 >>> p = partiality(np.array([0.0, 1e-4]), np.array([0.01, 0.01]), 1.0,
 ...                np.array([1.0, 1.0]), a=1e-9, eta=1e-3, sigma_k=0.0)
->>> p.round(3).tolist()
-[1.0, 0.062]
+>>> p.round(3).tolist()  # σ_r = sqrt(1e-9 + (1e-3 · 0.1)²) = 1.05e-4 1/Å
+[1.0, 0.635]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def weighted_merge(group, intensity, sigma, factor, weight, n_groups):
     >>> n, m, s = weighted_merge(np.array([0, 0, 1]), np.array([2.0, 4.0, 3.0]),
     ...                          np.ones(3), np.array([0.5, 1.0, 1.0]), np.ones(3), 2)
     >>> n.tolist(), m.round(3).tolist()
-    [2, 1], [4.0, 3.0]
+    ([2, 1], [4.0, 3.0])
     """
     n = np.bincount(group, minlength=n_groups)
     sw = np.bincount(group, weights=weight * factor * factor, minlength=n_groups)

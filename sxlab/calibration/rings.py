@@ -68,7 +68,7 @@ def ring_d_spacings(calibrant: str, n: int = 12) -> np.ndarray:
     >>> ring_d_spacings("agbeh", 3).round(3).tolist()
     [58.38, 29.19, 19.46]
     >>> ring_d_spacings("lab6", 3).round(4).tolist()
-    [4.1569, 2.9394, 2.4000]
+    [4.1569, 2.9394, 2.4]
     """
     name = calibrant.lower()
     if name in _CALIBRANTS:
