@@ -15,6 +15,15 @@ where the ray of direction ``g + k ẑ`` (from the sphere's centre through the p
 and the refinement minimises the robust sum of squared pixel distances between the
 observed and predicted spots over both at once.
 
+Spot model: with a polychromatic beam the spot of a lattice point off the sphere is not
+on the ray of the nominal wavenumber but on that of the most probable one, between the
+nominal and the Bragg wavenumber (:func:`sxlab.reciprocal.spot_wavenumber`); at high
+angles and 0.1 % of bandwidth the two rays differ by pixels. From the second cycle on
+(``spectrum=True``) the prediction uses it, with one ratio of spectral to mosaic width
+refined with the geometry (``α`` in :class:`_Problem`); this brings the residuals of
+every panel down to the centroid noise and the panel parameters to their statistical
+precision (reported as ``spectral_alpha_A2`` and ``bandwidth_over_mosaicity``).
+
 Why the reference cell is held fixed: at small angles a spot lies ``D |g| / k`` from the
 beam, so the detector distance ``D`` and the scale of the cell are one parameter; the
 known cell (and wavelength) sets the distance. A rotation of the whole detector about the
