@@ -42,6 +42,7 @@ _EXPORTS = {
     "read_cell": "io",
     "read_geom": "io",
     "read_nxmx_geometry": "io",
+    "read_dials_geometry": "io",
     "write_cell": "io",
     "write_geom": "io",
     "read_hkl": "io",

@@ -81,6 +81,7 @@ __all__ = [
     "TRUTH_FRAMES",
     "TRUTH_INTENSITIES",
     "TRUTH_REFLECTIONS",
+    "WRITER_STATUS",
     "Column",
     "Schema",
     "TableError",
@@ -692,13 +693,24 @@ BROKER_STATUS = Schema("broker_status", "one row per run and consumer group of t
     _c("rate_hz", "float64", "Hz", "frames acknowledged per second (last 10 s)"),
 ])
 
+WRITER_STATUS = Schema("writer_status", "one row per NeXus writer (sxlab live write)", [
+    _c("input", "str", "", "stream key the writer stores"),
+    _c("group", "str", "", "its consumer group"),
+    _c("stored", "int64", "", "frames in the run's data files (complete or open)"),
+    _c("failed", "int64", "", "frames that could not be stored (listed in the master)"),
+    _c("files", "int64", "", "data files (the last one may still be open)"),
+    _c("in_open_file", "int64", "", "frames in the data file being written"),
+    _c("lag", "int64", "", "frames published to the input and not yet handled"),
+    _c("rate_hz", "float64", "Hz", "frames stored per second (last 10 s)"),
+    _c("throughput_MBps", "float64", "MB/s", "megabytes stored per second (last 10 s)"),
+])
+
 #: Every schema by name.
 SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     PEAKS, ANNULI, HITS, CRYSTALS, PREDICTIONS, REFLECTIONS, FRAMES, RUN_SUMMARY, PROFILE,
     PROFILE_BLOCKS, MERGED, STATISTICS, SCALES, TRUTH_FRAMES, TRUTH_CRYSTALS,
     TRUTH_REFLECTIONS, TRUTH_INTENSITIES, STREAM_FRAMES, STREAM_CRYSTALS, STREAM_HEADERS,
-    DATASETS, DEMO_SUMMARY, BROKER_STATUS)}
-SCHEMAS.update({s.name: s for s in (GEOMETRY_RESIDUALS, RING_POINTS, INDEXING_SCORES)})
+    DATASETS, DEMO_SUMMARY, BROKER_STATUS, WRITER_STATUS)}
 
 
 def get(name: str) -> Schema:
@@ -746,3 +758,7 @@ def documented(obj):
         if new != doc:
             obj.__doc__ = new
     return obj
+
+
+# The tables of detector calibration and of indexing scores.
+SCHEMAS.update({s.name: s for s in (GEOMETRY_RESIDUALS, RING_POINTS, INDEXING_SCORES)})

@@ -11,8 +11,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +18,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_service
+from conftest import require_service, run_sxlab, wait_until
 
 import sxlab as sx
 from sxlab import datasets
@@ -41,25 +39,6 @@ N_FRAMES = 500
 PROVENANCE = {"worker", "read_s", "peaks_s", "index_s", "integrate_s", "total_s",
               "filename", "event"}
 TABLES = ("frames", "peaks", "crystals", "reflections")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    try:
-        find_redis_server()
-        ok = True
-    except RedisNotFoundError:
-        ok = False
-    require_service("redis", ok)
-    with EmbeddedRedis(directory=tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
-@pytest.fixture
-def broker(redis_url):
-    b = Broker(redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
 
 
 @pytest.fixture(scope="module")
@@ -98,20 +77,6 @@ def _assert_same_tables(batch, live, frames=None):
                                       b[cols].reset_index(drop=True), obj=kind)
 
 
-def _python(*args, log=None):
-    return subprocess.Popen([sys.executable, "-m", "sxlab", *map(str, args)],
-                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-
-
-def _wait(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 # ----------------------------------------------------------------------- integration
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["stream1", "stream2"])
@@ -121,7 +86,7 @@ def test_live_run_equals_batch_every_frame_once(tmp_path, redis_url, run500, bat
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     beamtime = f"t{uuid.uuid4().hex[:8]}"
-    replay = _python("replay", run500, "--endpoint", endpoint, "--rate", 200,
+    replay = run_sxlab("replay", run500, "--endpoint", endpoint, "--rate", 200,
                      "--format", fmt, "--run-name", "run500")
     try:
         summary = run_live(endpoint, params[1], tmp_path / "out", n_workers=2,
@@ -164,34 +129,34 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
                    "--backfill", run500]
 
     def worker(k):
-        return _python("live", "worker", *common, "--out", out, "--params", params[1],
+        return run_sxlab("live", "worker", *common, "--out", out, "--params", params[1],
                        "--since", repr(t0), "--worker", k, "--name", f"w{k}",
                        "--claim-idle", 2, "--batch", 2, log=logs)
 
     procs = []
     broker = Broker(redis_url, beamtime=beamtime)
     try:
-        procs.append(ingest := _python(*ingest_args, log=logs))
+        procs.append(ingest := run_sxlab(*ingest_args, log=logs))
         procs += [w0 := worker(0), w1 := worker(1)]
-        procs.append(replay := _python("replay", run500, "--endpoint", endpoint, "--rate", 20,
+        procs.append(replay := run_sxlab("replay", run500, "--endpoint", endpoint, "--rate", 20,
                                        "--frames", n, "--run-name", "run500", log=logs))
-        _wait(lambda: broker.run_keys(), 60, "the run to be registered")
+        wait_until(lambda: broker.run_keys(), 60, "the run to be registered")
         key = broker.run_keys()[0]
         rkey = derived_key(key, "results")
-        _wait(lambda: broker.client.xlen(rkey) >= 30, 120, "30 processed frames")
-        _wait(lambda: broker.client.xpending_range(key, "process", "-", "+", 4,
+        wait_until(lambda: broker.client.xlen(rkey) >= 30, 120, "30 processed frames")
+        wait_until(lambda: broker.client.xpending_range(key, "process", "-", "+", 4,
                                                    consumername="w0"), 60, "w0 busy")
         w0.send_signal(signal.SIGKILL)                       # worker dies mid-frame
         w0.wait()
-        _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 150, 120, "frame 150")
+        wait_until(lambda: int(broker.info(key).get("frames_in", 0)) >= 150, 120, "frame 150")
         ingest.send_signal(signal.SIGKILL)                   # the ingest dies
         assert broker.info(key)["state"] == "receiving"      # ... in the middle of the run
         ingest.wait()
         time.sleep(0.5)
-        procs.append(ingest2 := _python(*ingest_args, log=logs))   # ... and is restarted
-        _wait(lambda: int(broker.info(key).get("frames_in", 0)) >= 250, 120, "frame 250")
+        procs.append(ingest2 := run_sxlab(*ingest_args, log=logs))   # ... and is restarted
+        wait_until(lambda: int(broker.info(key).get("frames_in", 0)) >= 250, 120, "frame 250")
         procs.append(w2 := worker(2))                        # a worker joins late
-        _wait(lambda: broker.finished(key, "process"), 240, "every frame acknowledged")
+        wait_until(lambda: broker.finished(key, "process"), 240, "every frame acknowledged")
         rcs = {name: p.wait(60) for name, p in (("w1", w1), ("w2", w2),
                                                  ("ingest", ingest2), ("replay", replay))}
         logs.flush()

@@ -10,7 +10,7 @@ import pytest
 
 from sxlab.geometry import Beam, Detector, Panel, builtin_geometry
 from sxlab.io.hdf5 import open_run
-from sxlab.io.nxmx import NXmxWriter, data_file_name, read_nxmx_geometry
+from sxlab.io.nxmx import NXmxWriter, data_file_name, read_nxmx_geometry, virtual_frame_blocks
 
 DET = "/entry/instrument/detector"
 
@@ -36,8 +36,9 @@ def _sample_points(det: Detector, rng):
 def test_geometry_from_nxmx_without_embedded_text(tmp_path, rng, name):
     det = builtin_geometry(name)
     master = tmp_path / f"{name}_master.h5"
-    with NXmxWriter(master, det, embed_geometry=False):
-        pass
+    with NXmxWriter(master, det, embed_geometry=False, compression=None) as w:
+        # Stacking is recognised from the virtual dataset, so write a frame.
+        w.write(np.zeros(det.data_shape, np.uint16))
     with h5py.File(master) as f:
         assert "crystfel_geometry" not in f[DET]
     back = read_nxmx_geometry(master)
@@ -101,7 +102,7 @@ def test_required_nxmx_content(tmp_path, rng):
         assert d["x_pixel_size"][()] == pytest.approx(75e-6)
         assert d["count_time"][()] == 0.01 and d["frame_time"].attrs["units"] == "s"
         assert d["bit_depth_readout"][()] == 32
-        assert d["saturation_value"][()] == 2**32 - 3 and d["underload_value"][()] == -1
+        assert d["saturation_value"][()] == 2**32 - 3 and d["underload_value"][()] == 0
         pm = d["pixel_mask"]
         assert pm.dtype == np.uint32 and pm.shape == det.data_shape
         np.testing.assert_array_equal(pm[()] != 0, det.bad_pixel_mask())
@@ -113,30 +114,59 @@ def test_required_nxmx_content(tmp_path, rng):
         assert m.attrs["NX_class"] == "NXdetector_module"
         np.testing.assert_array_equal(m["data_origin"][()], [0, 0])
         np.testing.assert_array_equal(m["data_size"][()], det.data_shape)
+        # The panel position is a module_offset transformation the pixel directions
+        # depend on (what dxtbx reads), not an offset on the pixel directions.
+        off = m["module_offset"]
+        assert off[()] == 0 and off.attrs["transformation_type"] == "translation"
+        np.testing.assert_allclose(off.attrs["offset"], [-1000.25 * 75e-6, -1100.75 * 75e-6, 0])
+        assert off.attrs["depends_on"] == t.name and off.attrs["offset_units"] == "m"
         fast, slow = m["fast_pixel_direction"], m["slow_pixel_direction"]
         assert fast[()] == pytest.approx(75e-6) and fast.attrs["units"] == "m"
         np.testing.assert_allclose(fast.attrs["vector"], det.panels[0].fs)
         np.testing.assert_allclose(slow.attrs["vector"], det.panels[0].ss)
-        np.testing.assert_allclose(fast.attrs["offset"], [-1000.25 * 75e-6, -1100.75 * 75e-6, 0])
-        assert fast.attrs["depends_on"] == t.name and fast.attrs["offset_units"] == "m"
+        for ds in (fast, slow):
+            np.testing.assert_array_equal(ds.attrs["offset"], [0, 0, 0])
+            assert ds.attrs["depends_on"] == off.name
         assert e["sample"].attrs["NX_class"] == "NXsample"
         assert e["sample/depends_on"].asstr()[()] == "."
         assert e["sample/name"].asstr()[()] == "lysozyme"
         assert e["source"].attrs["NX_class"] == "NXsource"
 
 
-def test_stacked_modules(tmp_path):
+def test_stacked_modules(tmp_path, rng):
+    """Stacked data files, 2-D frames in the master (NXmx), stacked again when read."""
     det = builtin_geometry("agipd")
+    frames = rng.normal(size=(3, *det.data_shape)).astype(np.float32)
     master = tmp_path / "a_master.h5"
-    with NXmxWriter(master, det, dtype="float32", compression="gzip", embed_geometry=False):
-        pass
+    with NXmxWriter(master, det, dtype="float32", compression="gzip", embed_geometry=False,
+                    frames_per_file=2) as w:
+        w.write_many(frames)
     with h5py.File(master) as f:
         m = f[f"{DET}/p3a5"]
-        np.testing.assert_array_equal(m["data_origin"][()], [3, 320, 0])
-        np.testing.assert_array_equal(m["data_size"][()], [1, 64, 128])
-        assert f["/entry/data/data"].shape == (0, 16, 512, 128)
+        np.testing.assert_array_equal(m["data_origin"][()], [3 * 512 + 320, 0])
+        np.testing.assert_array_equal(m["data_size"][()], [64, 128])
+        vds = f["/entry/data/data"]
+        assert vds.shape == (3, 16 * 512, 128)
+        np.testing.assert_array_equal(vds[2], frames[2].reshape(16 * 512, 128))
+        assert f[f"{DET}/pixel_mask"].shape == (16 * 512, 128)
         assert f[f"{DET}/bit_depth_readout"][()] == 32
         assert f[f"{DET}/saturation_value"][()] == 65000.0
+        assert "underload_value" not in f[DET]  # float data: negative values are valid
+    with h5py.File(data_file_name(master, 1)) as f:
+        assert f["/entry/data/data"].shape == (2, *det.data_shape)
+    run = open_run(master)
+    assert run.frame_shape == det.data_shape and run.files == [
+        str(data_file_name(master, 1)), str(data_file_name(master, 2))]
+    np.testing.assert_array_equal(run.read_raw(2), frames[2])
+    back = read_nxmx_geometry(master)
+    assert back.is_stacked and [p.dims for p in back.panels] == [p.dims for p in det.panels]
+    # The same master read with a 2-D geometry: frames through the virtual dataset.
+    flat = read_nxmx_geometry(master).replace(panels=tuple(
+        p.replace(min_ss=p.min_ss + p.slab * 512, max_ss=p.max_ss + p.slab * 512,
+                  dims=("%", "ss", "fs")) for p in det.panels))
+    run2 = open_run(master, geometry=flat)
+    assert run2.frame_shape == (16 * 512, 128)
+    np.testing.assert_array_equal(run2.read_raw(0), frames[0].reshape(16 * 512, 128))
 
 
 def test_master_written_at_open(tmp_path, rng):
@@ -273,3 +303,37 @@ def test_not_nxmx(tmp_path):
         f["data"] = np.zeros((2, 3, 3))
     with pytest.raises(ValueError, match="no NXentry/NXdetector"):
         read_nxmx_geometry(path)
+
+
+def test_virtual_frame_blocks(tmp_path, rng):
+    src = rng.integers(0, 9, size=(4, 3, 5, 6)).astype(np.uint16)
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["d"] = src
+
+    def vds(name, modules, frames=4):
+        layout = h5py.VirtualLayout((frames, 15, 6), np.uint16)
+        vsrc = h5py.VirtualSource("src.h5", "d", shape=src.shape)
+        for m in modules:
+            layout[:, m * 5:(m + 1) * 5, :] = vsrc[:frames, m, :, :]
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f.create_virtual_dataset("v", layout, fillvalue=0)
+        return tmp_path / f"{name}.h5"
+
+    with h5py.File(vds("full", [0, 1, 2])) as f:
+        assert virtual_frame_blocks(f["v"]) == ([(0, 4, "src.h5", "d", 0)], (3, 5, 6))
+    run = open_run(tmp_path / "full.h5", data_path="/v")
+    assert run.frame_shape == (3, 5, 6) and run.files == [str(tmp_path / "src.h5")]
+    np.testing.assert_array_equal(run.read_raw(3), src[3])
+    # A module missing, or rows in another order: not whole frames; read through the VDS.
+    with h5py.File(vds("part", [0, 2])) as f:
+        assert virtual_frame_blocks(f["v"]) is None
+    run = open_run(tmp_path / "part.h5", data_path="/v")
+    assert run.frame_shape == (15, 6)
+    np.testing.assert_array_equal(run.read_raw(1)[5:10], 0)
+    layout = h5py.VirtualLayout((4, 15, 6), np.uint16)
+    vsrc = h5py.VirtualSource("src.h5", "d", shape=src.shape)
+    for m, slot in ((0, 1), (1, 0), (2, 2)):
+        layout[:, slot * 5:(slot + 1) * 5, :] = vsrc[:, m, :, :]
+    with h5py.File(tmp_path / "swap.h5", "w") as f:
+        f.create_virtual_dataset("v", layout, fillvalue=0)
+        assert virtual_frame_blocks(f["v"]) is None

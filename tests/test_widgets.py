@@ -341,7 +341,7 @@ def test_painter_saves_reopens_and_writes_crystfel_lines(run, tmp_path):
 def test_tuner_recomputes_on_every_change(run):
     t = sx.widgets.PeakTuner(run, params=PARAMS, frame=4)
     image, bad = run.read(4)
-    mask = sx.pipeline.build_mask(run.geometry, PARAMS)
+    mask = sx.masks.build_mask(run.geometry, PARAMS.mask)
 
     def direct(**changes):
         return sx.find_peaks(image, run.geometry, mask, bad=bad, frame=4,
@@ -370,7 +370,7 @@ def test_tuner_sample_statistics(run):
     t = sx.widgets.PeakTuner(run, params=PARAMS, sample=4)
     table = t.sample_table()
     assert table["frame"].tolist() == [0, 2, 5, 7]
-    finder = sx.PeakFinder(run.geometry, sx.pipeline.build_mask(run.geometry, PARAMS),
+    finder = sx.PeakFinder(run.geometry, sx.masks.build_mask(run.geometry, PARAMS.mask),
                            PARAMS.peaks)
     assert table["n_peaks"].tolist() == [len(finder(*run.read(i))) for i in (0, 2, 5, 7)]
     s = t.tuner_state["sample"]

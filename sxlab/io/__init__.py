@@ -17,6 +17,8 @@ _EXPORTS = {
     "open_run": "hdf5",
     "NXmxWriter": "nxmx",
     "read_nxmx_geometry": "nxmx",
+    "read_dials_expt": "dials",
+    "read_dials_geometry": "dials",
     "read_geom": "crystfel_geom",
     "write_geom": "crystfel_geom",
     "StreamData": "stream",

@@ -37,7 +37,13 @@ import numpy as np
 import xarray as xr
 
 from sxlab.io.compression import bslz4_problem
-from sxlab.io.nxmx import as_str, find_detectors, find_entry, read_nxmx_geometry
+from sxlab.io.nxmx import (
+    as_str,
+    find_detectors,
+    find_entry,
+    read_nxmx_geometry,
+    virtual_frame_blocks,
+)
 
 __all__ = ["FrameReadError", "Run", "open_run", "value_flags"]
 
@@ -425,7 +431,7 @@ class Run:
                         f"cannot read pixel mask {meta.mask_dataset} of {meta.mask_file}: "
                         f"{exc}", path=meta.mask_file, dataset=meta.mask_dataset,
                     ) from exc
-                mask = np.asarray(raw) != 0
+                mask = (np.asarray(raw) != 0).reshape(self.frame_shape)
             h.masks[meta_index] = mask
         return h.masks[meta_index]
 
@@ -685,52 +691,37 @@ def _link_target(base_file: str, filename: str) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(base_file), filename))
 
 
-def _full_frame_block(space, shape: tuple) -> tuple[int, int] | None:
-    """(first frame, n frames) of a hyperslab selection covering whole frames, or None."""
-    t = space.get_select_type()
-    if t == h5py.h5s.SEL_ALL:
-        return 0, None
-    if t != h5py.h5s.SEL_HYPERSLABS or not space.is_regular_hyperslab():
+def _virtual_segments(ds: h5py.Dataset, meta: int) -> tuple[list[_Segment], tuple] | None:
+    """Resolve a virtual dataset into per-file segments and the sources' frame shape.
+
+    None when the mapping is not whole frames covering the dataset (then it is read
+    through the VDS).
+    """
+    resolved = virtual_frame_blocks(ds)
+    if resolved is None:
         return None
-    start, stride, count, block = space.get_regular_hyperslab()
-    for d, (st, sd, c, b) in enumerate(zip(start, stride, count, block, strict=True)):
-        if c != 1 and sd != b:
-            return None
-        if d > 0 and (st != 0 or c * b != shape[d]):
-            return None
-    return int(start[0]), int(count[0] * block[0])
-
-
-def _virtual_segments(ds: h5py.Dataset, meta: int) -> list[_Segment] | None:
-    """Resolve a virtual dataset into per-file segments (None: read through the VDS)."""
+    blocks, frame_shape = resolved
     vfile = os.path.abspath(ds.file.filename)
-    n = ds.shape[0]
-    pieces = []
-    for m in ds.virtual_sources():
-        v = _full_frame_block(m.vspace, ds.shape)
-        if v is None or v[1] is None:
+    segs, pos = [], 0
+    for first, count, file_name, dset_name, src_first in blocks:
+        if first != pos:
             return None
-        src = _full_frame_block(m.src_space, ds.shape)
-        if src is None or (src[1] is not None and src[1] != v[1]):
-            return None
-        pieces.append((v[0], _Segment(_link_target(vfile, m.file_name), m.dset_name,
-                                      src[0], v[1], meta)))
-    pieces.sort(key=lambda t: t[0])
-    pos = 0
-    for v0, seg in pieces:
-        if v0 != pos:
-            return None
-        pos += seg.count
-    if pos != n:
+        segs.append(_Segment(_link_target(vfile, file_name), dset_name, src_first, count,
+                             meta))
+        pos += count
+    if pos != ds.shape[0]:
         return None
-    return [seg for _, seg in pieces]
+    return segs, frame_shape
 
 
-def _dataset_segments(ds: h5py.Dataset, frame_ndim: int | None, meta: int,
-                      resolve_virtual: bool = True):
+def _dataset_segments(ds: h5py.Dataset, frame_ndim: int | None, meta: int):
     """Segments and frame shape of a frame dataset."""
     shape = tuple(ds.shape)
     path = os.path.abspath(ds.file.filename)
+    if ds.is_virtual:
+        resolved = _virtual_segments(ds, meta)
+        if resolved is not None and frame_ndim in (None, len(resolved[1])):
+            return resolved
     if (frame_ndim is not None and ds.ndim == frame_ndim) or (
         frame_ndim is None and ds.ndim == 2
     ):
@@ -738,9 +729,7 @@ def _dataset_segments(ds: h5py.Dataset, frame_ndim: int | None, meta: int,
     if ds.ndim not in (3, 4) or (frame_ndim is not None and ds.ndim != frame_ndim + 1):
         what = f"{frame_ndim}-D frames" if frame_ndim else "frames"
         raise ValueError(f"{path}:{ds.name} has shape {shape}, not a stack of {what}")
-    segs = _virtual_segments(ds, meta) if ds.is_virtual and resolve_virtual else None
-    if segs is None:
-        segs = [_Segment(path, ds.name, 0, shape[0], meta)] if shape[0] else []
+    segs = [_Segment(path, ds.name, 0, shape[0], meta)] if shape[0] else []
     return segs, shape[1:]
 
 
@@ -792,7 +781,10 @@ def _meta_from_master(f: h5py.File, path: str, frame_shape: tuple) -> _Meta:
         for name in ("pixel_mask", "detectorSpecific/pixel_mask"):
             obj = d.get(name)
             if isinstance(obj, h5py.Dataset) and mask_ds is None:
-                if tuple(obj.shape) != tuple(frame_shape):
+                # Stacked frames have their mask as 2-D modules one below the other.
+                if tuple(obj.shape) != tuple(frame_shape) and not (
+                        len(frame_shape) == 3 and obj.ndim == 2
+                        and obj.shape == (frame_shape[0] * frame_shape[1], frame_shape[2])):
                     raise ValueError(
                         f"{path}: {obj.name} has shape {obj.shape}, frames have "
                         f"{tuple(frame_shape)}"

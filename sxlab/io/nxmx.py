@@ -10,12 +10,23 @@ Neggia, CrystFEL, sxlab) rely on it:
   ``/entry/data/data``, one compressed chunk per frame, with the DECTRIS attributes
   ``image_nr_low``/``image_nr_high`` (1-based, inclusive global frame numbers).
 
-Every panel of the :class:`~sxlab.geometry.Detector` becomes an ``NXdetector_module`` whose
-``fast_pixel_direction``/``slow_pixel_direction`` carry the panel's lab-frame unit vectors,
-the pixel size and the lab position of the corner of its first pixel. The CrystFEL lab
-frame and the NeXus (McStas) frame coincide (+z along the beam, +y up, right-handed), so
-vectors are written as they are. The exact geometry is also stored as CrystFEL geometry
-text in ``/entry/instrument/detector/crystfel_geometry``, which :func:`read_nxmx_geometry`
+Every panel of the :class:`~sxlab.geometry.Detector` becomes an ``NXdetector_module``:
+its ``module_offset`` translation places the corner of its first pixel relative to the
+detector translation (the distance along the beam), and ``fast_pixel_direction`` /
+``slow_pixel_direction``, which depend on it, carry the panel's lab-frame unit vectors and
+the pixel size. This is the DECTRIS layout, and the one DIALS (dxtbx) needs to find every
+panel where it is. The CrystFEL lab frame and the NeXus (McStas) frame coincide (+z along
+the beam, +y up, right-handed), so vectors are written as they are.
+
+Stacked detectors (frames ``(module, ss, fs)``, e.g. AGIPD) keep that shape in the data
+files, but NXmx readers expect 2-D frames: the master's virtual dataset presents each
+frame as ``(module * ss, fs)``, modules one below the other, and the ``data_origin`` of
+each ``NXdetector_module`` points into that 2-D frame. :func:`read_nxmx_geometry` and
+:func:`sxlab.io.open_run` recognise such a virtual dataset and give back stacked frames
+and a stacked geometry.
+
+The exact geometry is also stored as CrystFEL geometry text in
+``/entry/instrument/detector/crystfel_geometry``, which :func:`read_nxmx_geometry`
 prefers when present.
 """
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -33,7 +45,14 @@ import numpy as np
 
 from sxlab.geometry import Beam, Detector, Panel
 
-__all__ = ["NXmxWriter", "data_file_name", "read_nxmx_geometry"]
+__all__ = [
+    "NXmxWriter",
+    "data_file_name",
+    "nxmx_entries",
+    "read_nxmx_geometry",
+    "unique_panel_name",
+    "virtual_frame_blocks",
+]
 
 _DETECTOR = "/entry/instrument/detector"
 _TRANSLATION = f"{_DETECTOR}/transformations/translation"
@@ -46,6 +65,9 @@ _RESERVED = {
     "pixel_mask", "saturation_value", "sensor_material", "sensor_thickness", "transformations",
     "type", "underload_value", "x_pixel_size", "y_pixel_size",
 }
+
+# Sensor materials dxtbx accepts (it needs their X-ray attenuation).
+_SENSOR_MATERIALS = {"Si", "Silicon", "CdTe", "GaAs"}
 
 _LENGTH_UNITS = {
     "m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0,
@@ -73,6 +95,14 @@ def _compression_kwargs(compression: str | None) -> dict:
     raise ValueError(
         f"unknown compression {compression!r}; use 'bslz4', 'lz4', 'gzip' or None"
     )
+
+
+def _flat_shape(frame_shape: tuple) -> tuple[int, int]:
+    """2-D NXmx frame shape of a frame: stacked ``(module, ss, fs)`` becomes
+    ``(module * ss, fs)``."""
+    if len(frame_shape) == 3:
+        return (frame_shape[0] * frame_shape[1], frame_shape[2])
+    return tuple(frame_shape)
 
 
 def data_file_name(master_path: str | os.PathLike, index: int) -> str:
@@ -156,13 +186,41 @@ class NXmxWriter:
     embed_geometry : bool
         Store the exact geometry as CrystFEL text in
         ``/entry/instrument/detector/crystfel_geometry``.
+    sensor_material : {"Si", "CdTe", "GaAs"}
+        NXmx ``sensor_material`` (DIALS needs it for parallax correction).
+    sensor_thickness_m : float
+        NXmx ``sensor_thickness`` in metres.
+    frame_info : mapping of str to dtype, optional
+        Per-frame values to store with the frames, given to :meth:`write` /
+        :meth:`write_chunk` as keywords: ``/entry/data/<name>`` in each data file and,
+        concatenated, in the master. ``frame_number`` (e.g. the frame numbers of the
+        source run when only some frames are stored) becomes the NXdata axis of the
+        frame dimension.
+    collections : mapping, optional
+        ``{name: {field: value}}``: NXcollection groups ``/entry/<name>`` of the master
+        (e.g. how the frames were selected). :attr:`collections` can be changed while
+        writing; every master write uses its current content.
+    atomic : bool
+        For files that others read while they are written: each data file is written as
+        ``<name>.part`` and renamed when complete, and the master is replaced atomically
+        (written beside it, then renamed) at start and whenever a data file completes,
+        with a virtual dataset over the complete data files only. A reader never sees a
+        partial file or a frame that is not complete. Not with ``n_frames``.
+    resume : bool
+        With ``atomic``: keep the complete data files an earlier writer of the same master
+        left (their frames count as written, :meth:`stored_info` lists their
+        ``frame_info``), delete its ``.part`` files and go on with the next data file.
 
     Notes
     -----
     ``detector/distance`` and the detector translation are the z of the first panel;
-    each module's offset is its first-pixel corner relative to that translation. Camera
-    lengths that come from file headers (NaN ``clen``) are written as 0; the embedded
-    CrystFEL text keeps the header reference.
+    each module's ``module_offset`` is its first-pixel corner relative to that
+    translation. Camera lengths that come from file headers (NaN ``clen``) are written as
+    0; the embedded CrystFEL text keeps the header reference.
+
+    ``saturation_value`` follows NXmx (values above it are invalid) and integer data get
+    ``underload_value`` 0 (negative readings are flags); dxtbx derives the trusted range
+    ``(underload_value - 1, saturation_value)`` from them, exclusive at both ends.
 
     Examples
     --------
@@ -194,6 +252,12 @@ class NXmxWriter:
         extra_attrs: Mapping | None = None,
         embed_geometry: bool = True,
         start_time: _dt.datetime | None = None,
+        sensor_material: str = "Si",
+        sensor_thickness_m: float = 450e-6,
+        frame_info: Mapping | None = None,
+        collections: Mapping | None = None,
+        atomic: bool = False,
+        resume: bool = False,
     ):
         self.master_path = os.fspath(master_path)
         self.detector = detector
@@ -209,11 +273,22 @@ class NXmxWriter:
         self.compression = compression
         self._filter = _compression_kwargs(compression)
         self.frame_shape = tuple(detector.data_shape)
+        self.master_shape = _flat_shape(self.frame_shape)
         self.pixel_mask = self._make_pixel_mask(pixel_mask)
+        self._mask_chunk: bytes | None = None
         self.saturation_value = saturation_value
         self.count_time = count_time
         self.frame_time = frame_time
         self.sample_name = sample_name
+        if sensor_material not in _SENSOR_MATERIALS:
+            raise ValueError(
+                f"sensor_material {sensor_material!r} is not one NXmx readers know; use one "
+                f"of {sorted(_SENSOR_MATERIALS)}"
+            )
+        if not float(sensor_thickness_m) > 0:
+            raise ValueError(f"sensor_thickness_m must be positive, got {sensor_thickness_m}")
+        self.sensor_material = sensor_material
+        self.sensor_thickness_m = float(sensor_thickness_m)
         self.extra_attrs = dict(extra_attrs or {})
         self.embed_geometry = embed_geometry
         self._geometry_text = None
@@ -224,15 +299,33 @@ class NXmxWriter:
         self._fixed_time = start_time is not None
         self._start = start_time if start_time is not None else _dt.datetime.now(
             _dt.timezone.utc)
+        self.frame_info = {k: np.dtype(v) for k, v in (frame_info or {}).items()}
+        bad = [k for k in self.frame_info if k == "data" or not re.fullmatch(r"\w+", k)]
+        if bad:
+            raise ValueError(f"frame_info names {bad} are not usable dataset names")
+        self.collections = {k: dict(v) for k, v in (collections or {}).items()}
+        self.atomic = bool(atomic)
+        if self.atomic and self.n_frames is not None:
+            raise ValueError("atomic=True writes the master as files complete; n_frames "
+                             "(a master written ahead) does not go with it")
+        if resume and not self.atomic:
+            raise ValueError("resume=True needs atomic=True (complete files are recognised "
+                             "by their final names)")
         self.n_written = 0
         self.data_paths: list[str] = []
         self._counts: list[int] = []
+        self._info: list[dict[str, list]] = []
         self._file: h5py.File | None = None
         self._dset = None
+        self._info_dsets: dict = {}
         self._closed = False
         self._master_counts: list[int] | None = None
+        if resume:
+            self._resume()
         if self.n_frames is not None:
             self._write_master(self._planned_counts())
+        elif self.atomic:
+            self._write_master(self._counts)
 
     # ----------------------------------------------------------------- helpers
     def _make_pixel_mask(self, pixel_mask) -> np.ndarray:
@@ -298,40 +391,72 @@ class NXmxWriter:
             raise ValueError(
                 f"frame {index}: more frames than n_frames={self.n_frames} announced"
             )
-        k, j = divmod(index, self.frames_per_file)
-        if j == 0:
+        if self._file is not None and self._counts[-1] >= self.frames_per_file:
             self._close_data_file()
-            cap = self.frames_per_file
-            if self.n_frames is not None:
-                cap = min(cap, self.n_frames - index)
-            path = data_file_name(self.master_path, k + 1)
-            f = h5py.File(path, "w")
-            f.attrs["NX_class"] = "NXroot"
-            entry = _group(f, "entry", "NXentry")
-            data = _group(entry, "data", "NXdata")
-            data.attrs["signal"] = "data"
-            dset = data.create_dataset(
-                "data",
-                shape=(0, *self.frame_shape),
-                maxshape=(cap, *self.frame_shape),
-                chunks=(1, *self.frame_shape),
-                dtype=self.dtype,
-                **self._filter,
-            )
-            dset.attrs["image_nr_low"] = np.int64(index + 1)
-            dset.attrs["image_nr_high"] = np.int64(index + cap)
-            self._file, self._dset = f, dset
-            self.data_paths.append(path)
-            self._counts.append(0)
+        if self._file is None:
+            self._open_data_file(index)
+        j = self._counts[-1]
         self._dset.resize(j + 1, axis=0)
         return self._dset, j
 
-    def _advance(self) -> None:
+    def _open_data_file(self, index: int) -> None:
+        cap = self.frames_per_file
+        if self.n_frames is not None:
+            cap = min(cap, self.n_frames - index)
+        path = data_file_name(self.master_path, len(self._counts) + 1)
+        f = h5py.File(path + ".part" if self.atomic else path, "w")
+        f.attrs["NX_class"] = "NXroot"
+        entry = _group(f, "entry", "NXentry")
+        data = _group(entry, "data", "NXdata")
+        data.attrs["signal"] = "data"
+        dset = data.create_dataset(
+            "data",
+            shape=(0, *self.frame_shape),
+            maxshape=(cap, *self.frame_shape),
+            chunks=(1, *self.frame_shape),
+            dtype=self.dtype,
+            **self._filter,
+        )
+        dset.attrs["image_nr_low"] = np.int64(index + 1)
+        dset.attrs["image_nr_high"] = np.int64(index + cap)
+        self._info_dsets = {
+            name: data.create_dataset(name, shape=(0,), maxshape=(cap,), dtype=dt)
+            for name, dt in self.frame_info.items()
+        }
+        self._file, self._dset = f, dset
+        self.data_paths.append(path)
+        self._counts.append(0)
+        self._info.append({name: [] for name in self.frame_info})
+
+    def _advance(self, info: dict) -> None:
+        missing = set(self.frame_info) - set(info)
+        unknown = set(info) - set(self.frame_info)
+        if missing or unknown:
+            raise ValueError(
+                f"frame {self.n_written}: per-frame values {sorted(info)} given, the writer "
+                f"stores {sorted(self.frame_info)}"
+            )
+        j = self._counts[-1]
+        for name, ds in self._info_dsets.items():
+            ds.resize(j + 1, axis=0)
+            ds[j] = info[name]
+            self._info[-1][name].append(info[name])
         self.n_written += 1
         self._counts[-1] += 1
 
-    def write(self, frame) -> None:
-        """Append one frame of shape ``detector.data_shape``.
+    @property
+    def frames_in_file(self) -> int:
+        """Frames in the data file being written (0 when none is open)."""
+        return self._counts[-1] if self._file is not None else 0
+
+    def stored_info(self) -> dict[str, np.ndarray]:
+        """The ``frame_info`` values of every frame written so far, in frame order."""
+        return {name: np.concatenate([np.asarray(i[name], dtype=dt) for i in self._info])
+                if self._info else np.zeros(0, dt) for name, dt in self.frame_info.items()}
+
+    def write(self, frame, **info) -> None:
+        """Append one frame of shape ``detector.data_shape`` (``info``: its
+        ``frame_info`` values).
 
         Raises
         ------
@@ -342,26 +467,27 @@ class NXmxWriter:
         arr = self._check_frame(frame, self.n_written)
         dset, j = self._next_dataset()
         dset[j] = arr
-        self._advance()
+        self._advance(info)
 
     def write_many(self, frames: Iterable) -> None:
         """Append several frames (an array with a leading frame axis or an iterable)."""
         for frame in frames:
             self.write(frame)
 
-    def write_chunk(self, blob: bytes) -> None:
+    def write_chunk(self, blob, **info) -> None:
         """Append one frame given as an already compressed chunk (HDF5 direct chunk write).
 
         ``blob`` must be the frame encoded with this writer's ``compression`` (for
         ``"bslz4"`` the whole bitshuffle-LZ4 block including its 12-byte header, as sent
         by EIGER detectors) and decompress to ``detector.data_shape`` in ``dtype``. It is
-        stored without being decoded or checked.
+        stored without being decoded or checked. ``info``: the frame's ``frame_info``
+        values.
         """
         if self.compression is None:
             raise ValueError("write_chunk needs a compressed writer (compression is None)")
         dset, j = self._next_dataset()
         dset.id.write_direct_chunk((j,) + (0,) * len(self.frame_shape), bytes(blob))
-        self._advance()
+        self._advance(info)
 
     # ------------------------------------------------------------------ master
     def _close_data_file(self) -> None:
@@ -369,13 +495,53 @@ class NXmxWriter:
             low = int(self._dset.attrs["image_nr_low"])
             self._dset.attrs["image_nr_high"] = np.int64(low + self._dset.shape[0] - 1)
             self._file.close()
+            if self.atomic:
+                path = self.data_paths[-1]
+                os.replace(path + ".part", path)
+                self._write_master(self._counts)
         self._file = self._dset = None
+        self._info_dsets = {}
+
+    def finish_file(self) -> None:
+        """Close the data file being written now (with ``atomic``: rename it and rewrite
+        the master so that its frames are visible); the next frame starts a new one."""
+        self._close_data_file()
+
+    def _resume(self) -> None:
+        prefix = data_file_name(self.master_path, 1)[: -len("000001.h5")]
+        for part in sorted(Path(prefix).parent.glob(Path(prefix).name + "*.h5.part")):
+            part.unlink()
+        while True:
+            path = data_file_name(self.master_path, len(self._counts) + 1)
+            if not os.path.exists(path):
+                break
+            with h5py.File(path, "r") as f:
+                ds = f.get("entry/data/data")
+                if not isinstance(ds, h5py.Dataset):
+                    raise ValueError(f"{path}: no /entry/data/data to resume from")
+                if tuple(ds.shape[1:]) != self.frame_shape or ds.dtype != self.dtype:
+                    raise ValueError(
+                        f"{path} holds {ds.dtype} frames of shape {tuple(ds.shape[1:])}; "
+                        f"this writer writes {self.dtype} frames of shape {self.frame_shape}"
+                    )
+                info = {}
+                for name, dt in self.frame_info.items():
+                    values = f.get(f"entry/data/{name}")
+                    if not isinstance(values, h5py.Dataset) or len(values) != ds.shape[0]:
+                        raise ValueError(f"{path}: no /entry/data/{name} for its "
+                                         f"{ds.shape[0]} frames")
+                    info[name] = values[()].astype(dt).tolist()
+                self._counts.append(int(ds.shape[0]))
+            self.data_paths.append(path)
+            self._info.append(info)
+        self.n_written = int(sum(self._counts))
 
     def _write_master(self, counts: list[int], end_time: str | None = None) -> None:
         det = self.detector
-        shape = self.frame_shape
+        shape = self.master_shape
         total = int(sum(counts))
-        with h5py.File(self.master_path, "w") as f:
+        target = self.master_path + ".tmp" if self.atomic else self.master_path
+        with h5py.File(target, "w") as f:
             _set_attrs(f, NX_class="NXroot", default="entry", creator="sxlab")
             entry = _group(f, "entry", "NXentry")
             entry.attrs["default"] = "data"
@@ -393,12 +559,17 @@ class NXmxWriter:
             data = _group(entry, "data", "NXdata")
             data.attrs["signal"] = "data"
             if total:
-                self._write_vds(data, counts, shape)
+                self._write_vds(data, counts)
             else:
                 data.create_dataset("data", shape=(0, *shape), dtype=self.dtype)
             for k in range(len(counts)):
                 name = os.path.basename(data_file_name(self.master_path, k + 1))
                 data[f"data_{k + 1:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+            self._write_frame_info(data, counts)
+            for name, fields in self.collections.items():
+                coll = _group(entry, name, "NXcollection")
+                for key, value in fields.items():
+                    coll[key] = value
 
             self._write_instrument(entry, det)
             sample = _group(entry, "sample", "NXsample")
@@ -406,7 +577,22 @@ class NXmxWriter:
             sample["depends_on"] = "."
             source = _group(entry, "source", "NXsource")
             source["name"] = "unknown"
+        if self.atomic:
+            os.replace(target, self.master_path)
         self._master_counts = list(counts)
+
+    def _write_frame_info(self, data, counts: list[int]) -> None:
+        """Per-frame values of the frames in the master (when all of them are known)."""
+        n = len(counts)
+        if not self.frame_info or [len(next(iter(i.values()), [])) for i in self._info[:n]] \
+                != list(counts):
+            return
+        for name, dt in self.frame_info.items():
+            values = [np.asarray(i[name], dtype=dt) for i in self._info[:n]]
+            data[name] = np.concatenate(values) if values else np.zeros(0, dt)
+        if "frame_number" in self.frame_info:
+            data.attrs["axes"] = ["frame_number"] + ["."] * len(self.master_shape)
+            data.attrs["frame_number_indices"] = 0
 
     def _write_instrument(self, entry, det: Detector) -> None:
         inst = _group(entry, "instrument", "NXinstrument")
@@ -427,8 +613,8 @@ class NXmxWriter:
         dist = self._distance()
         d["description"] = det.name or "sxlab detector"
         d["type"] = "HPC"
-        d["sensor_material"] = "Si"
-        d["sensor_thickness"] = 450e-6
+        d["sensor_material"] = self.sensor_material
+        d["sensor_thickness"] = float(self.sensor_thickness_m)
         d["sensor_thickness"].attrs["units"] = "m"
         d["distance"] = dist
         d["distance"].attrs["units"] = "m"
@@ -451,11 +637,20 @@ class NXmxWriter:
         if sat is not None:
             d["saturation_value"] = sat
         if self.dtype.kind in "ui":
-            d["underload_value"] = -1
+            # Integer readings below 0 are flags (see sxlab.io.hdf5), so 0 is the lowest
+            # valid value; dxtbx turns this into the trusted range (-1, saturation).
+            d["underload_value"] = 0
         bits = 8 * self.dtype.itemsize
         d["bit_depth_readout"] = np.int32(bits)
         d["bit_depth_image"] = np.int32(bits)
-        d.create_dataset("pixel_mask", data=self.pixel_mask, compression="gzip")
+        # Compressed once: a master rewritten as data files complete reuses the chunk.
+        if self._mask_chunk is None:
+            self._mask_chunk = zlib.compress(
+                np.ascontiguousarray(self.pixel_mask, dtype="<u4").tobytes(), 1)
+        pm = d.create_dataset("pixel_mask", shape=self.master_shape, dtype="<u4",
+                              chunks=self.master_shape, compression="gzip",
+                              compression_opts=1)
+        pm.id.write_direct_chunk((0, 0), self._mask_chunk)
         d["depends_on"] = _TRANSLATION
         tr = _group(d, "transformations", "NXtransformations")
         t = tr.create_dataset("translation", data=dist)
@@ -472,16 +667,26 @@ class NXmxWriter:
         for i, p in enumerate(det.panels):
             name = p.name if p.name not in _RESERVED else f"module_{p.name}"
             m = _group(d, name, "NXdetector_module")
-            sl = det.panel_slice(i)
-            m["data_origin"] = np.array([s.start if isinstance(s, slice) else s for s in sl],
-                                        dtype=np.int64)
-            m["data_size"] = np.array(
-                [s.stop - s.start if isinstance(s, slice) else 1 for s in sl], dtype=np.int64
-            )
+            data_origin, data_size = self._module_extent(i)
+            m["data_origin"] = np.array(data_origin, dtype=np.int64)
+            m["data_size"] = np.array(data_size, dtype=np.int64)
             corner = p.corner_m()
             if not np.isfinite(corner[2]):
                 corner[2] = p.coffset if np.isfinite(p.coffset) else 0.0
-            offset = corner - origin
+            # The panel position is its own transformation that the pixel directions
+            # depend on (the DECTRIS layout): dxtbx builds panel origins from the
+            # depends_on chain of fast_pixel_direction and ignores an offset written on
+            # the pixel directions themselves.
+            off = m.create_dataset("module_offset", data=0.0)
+            _set_attrs(
+                off,
+                transformation_type="translation",
+                units="m",
+                vector=np.array([1.0, 0.0, 0.0]),
+                offset=corner - origin,
+                offset_units="m",
+                depends_on=_TRANSLATION,
+            )
             for field_name, vec in (("fast_pixel_direction", p.fs),
                                     ("slow_pixel_direction", p.ss)):
                 ds = m.create_dataset(field_name, data=p.pixel_size_m)
@@ -490,32 +695,50 @@ class NXmxWriter:
                     transformation_type="translation",
                     units="m",
                     vector=np.asarray(vec, dtype=float),
-                    offset=offset,
+                    offset=np.zeros(3),
                     offset_units="m",
-                    depends_on=_TRANSLATION,
+                    depends_on=off.name,
                 )
 
-    def _write_vds(self, group, counts: list[int], shape: tuple) -> None:
+    def _module_extent(self, index: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``data_origin`` and ``data_size`` (slow, fast) of panel ``index`` in the
+        master's 2-D frames (stacked modules are placed one below the other)."""
+        p = self.detector.panels[index]
+        ss0 = p.min_ss
+        if p.slab is not None:
+            ss0 += p.slab * self.frame_shape[-2]
+        return (ss0, p.min_fs), (p.height, p.width)
+
+    def _write_vds(self, group, counts: list[int]) -> None:
         """The master's virtual dataset over all data files (relative file names).
 
-        Built with the low-level API so that no creation time is stored: the same frames
-        give the same master file.
+        Stacked frames ``(module, ss, fs)`` are presented as 2-D ``(module * ss, fs)``
+        frames, modules one below the other, as NXmx readers expect: each module of each
+        data file is one mapping. Built with the low-level API so that no creation time
+        is stored: the same frames give the same master file.
         """
+        shape, flat = self.frame_shape, self.master_shape
         total = int(sum(counts))
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_fill_value(np.zeros(1, self.dtype))
         dcpl.set_obj_track_times(False)
-        vspace = h5py.h5s.create_simple((total, *shape))
+        vspace = h5py.h5s.create_simple((total, *flat))
         offset = 0
         for k, n in enumerate(counts):
-            name = os.path.basename(data_file_name(self.master_path, k + 1))
+            name = os.path.basename(data_file_name(self.master_path, k + 1)).encode()
             src_space = h5py.h5s.create_simple((n, *shape))
-            vspace.select_hyperslab((offset,) + (0,) * len(shape), (n, *shape))
-            dcpl.set_virtual(vspace, name.encode(), b"/entry/data/data", src_space)
+            if len(shape) == 2:
+                vspace.select_hyperslab((offset, 0, 0), (n, *shape))
+                dcpl.set_virtual(vspace, name, b"/entry/data/data", src_space)
+            else:
+                n_mod, ny, nx = shape
+                for mod in range(n_mod):
+                    src_space.select_hyperslab((0, mod, 0, 0), (n, 1, ny, nx))
+                    vspace.select_hyperslab((offset, mod * ny, 0), (n, ny, nx))
+                    dcpl.set_virtual(vspace, name, b"/entry/data/data", src_space)
             offset += n
-        vspace.select_all()
         tid = h5py.h5t.py_create(self.dtype, logical=1)
-        h5py.h5d.create(group.id, b"data", tid, h5py.h5s.create_simple((total, *shape)),
+        h5py.h5d.create(group.id, b"data", tid, h5py.h5s.create_simple((total, *flat)),
                         dcpl=dcpl)
 
     # ---------------------------------------------------------------- lifecycle
@@ -530,7 +753,8 @@ class NXmxWriter:
                 seconds=float(self.frame_time or 0.0) * self.n_written))
         else:
             end = _utc_now()
-        if self._master_counts == self._counts and os.path.exists(self.master_path):
+        if (not self.atomic and self._master_counts == self._counts
+                and os.path.exists(self.master_path)):
             with h5py.File(self.master_path, "r+") as f:
                 f["entry/end_time"] = end
         else:
@@ -563,13 +787,120 @@ def as_str(value) -> str:
     return str(value)
 
 
+def _box(space) -> list[tuple[int, int]] | None:
+    """(start, size) per dimension of a selection that is one rectangular block."""
+    shape = space.shape
+    kind = space.get_select_type()
+    if kind == h5py.h5s.SEL_ALL:
+        return [(0, int(n)) for n in shape]
+    if kind != h5py.h5s.SEL_HYPERSLABS or not space.is_regular_hyperslab():
+        return None
+    out = []
+    for start, stride, count, block in zip(*space.get_regular_hyperslab(), strict=True):
+        if count != 1 and stride != block:
+            return None
+        out.append((int(start), int(count * block)))
+    return out
+
+
+def virtual_frame_blocks(ds: h5py.Dataset):
+    """Resolve a virtual frame-stack dataset into blocks of whole source frames.
+
+    Parameters
+    ----------
+    ds : h5py.Dataset
+        A virtual dataset with frames along its first axis (reads metadata only; the
+        source files need not exist).
+
+    Returns
+    -------
+    tuple of (list, tuple) or None
+        ``(blocks, frame_shape)``: ``blocks`` are ``(first_frame, n_frames, file_name,
+        dataset_name, first_source_frame)`` sorted by ``first_frame`` (file names as
+        stored, relative to the virtual dataset's file), ``frame_shape`` the shape of one
+        frame in the sources. Two layouts are recognised: sources with the same frame
+        shape, and 4-D ``(frame, module, ss, fs)`` sources presented as 2-D
+        ``(module * ss, fs)`` frames (one mapping per module, as :class:`NXmxWriter`
+        writes stacked detectors), which gives ``frame_shape == (module, ss, fs)``.
+        None for any other mapping.
+
+    Examples
+    --------
+    >>> with h5py.File("run_master.h5") as f:  # doctest: +SKIP
+    ...     blocks, shape = virtual_frame_blocks(f["/entry/data/data"])
+    """
+    if not ds.is_virtual or ds.ndim < 3:
+        return None
+    vshape = tuple(ds.shape)
+    whole = [(0, int(n)) for n in vshape[1:]]
+    plain, stacked = [], {}
+    frame_shape = None
+    for m in ds.virtual_sources():
+        vb, sb = _box(m.vspace), _box(m.src_space)
+        if vb is None or sb is None:
+            return None
+        if not sb and m.src_space.get_select_type() == h5py.h5s.SEL_ALL:
+            sb = [(0, vb[0][1]), *whole]  # all of a source whose extent is not stored
+        # HDF5 may store a source extent trimmed to the selection: use boxes, not extents.
+        if len(sb) < 3 or vb[0][1] != sb[0][1]:
+            return None
+        key = (vb[0][0], vb[0][1], m.file_name, m.dset_name, sb[0][0])
+        if len(sb) == len(vshape):
+            if vb[1:] != whole or sb[1:] != whole:
+                return None
+            shape = vshape[1:]
+            plain.append(key)
+        elif len(vshape) == 3 and len(sb) == 4:
+            (mod, one), (ss0, ny), fs_box = sb[1:]
+            if (one != 1 or ss0 != 0 or fs_box != whole[1] or vshape[1] % ny
+                    or vb[1] != (mod * ny, ny) or vb[2] != whole[1]):
+                return None
+            shape = (vshape[1] // ny, ny, vshape[2])
+            stacked.setdefault(key, set()).add(mod)
+        else:
+            return None
+        if frame_shape not in (None, shape):
+            return None
+        frame_shape = shape
+    if plain and stacked:
+        return None
+    if stacked and any(mods != set(range(frame_shape[0])) for mods in stacked.values()):
+        return None
+    blocks = sorted(plain or stacked)
+    return (blocks, frame_shape) if blocks else None
+
+
+def _stacked_shape(entry) -> tuple[int, int, int] | None:
+    """Module shape of an entry whose frames are stacked modules shown as 2-D frames."""
+    data = entry.get("data")
+    if not isinstance(data, h5py.Group):
+        return None
+    signal = as_str(data.attrs.get("signal", "data")) or "data"
+    ds = data.get(signal)
+    if not isinstance(ds, h5py.Dataset):
+        return None
+    resolved = virtual_frame_blocks(ds)
+    if resolved is None or len(resolved[1]) != 3:
+        return None
+    return resolved[1]
+
+
 def _nx_class(obj) -> str:
     return as_str(obj.attrs.get("NX_class", ""))
 
 
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _children_of_class(group, nx_class: str) -> list:
+    """Member groups of an NX class, in creation order where the file tracks it, else in
+    natural name order (``module2`` before ``module10``)."""
+    names = list(group)
+    if not group.id.get_create_plist().get_link_creation_order():
+        names.sort(key=_natural_key)
     out = []
-    for name in group:
+    for name in names:
         link = group.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             continue
@@ -590,17 +921,34 @@ def find_entry(f: h5py.File):
     return entries[0] if entries else None
 
 
-def find_detectors(f: h5py.File) -> list:
-    """NXdetector groups under the NXinstrument groups of the file's entry."""
+def nxmx_entries(f: h5py.File) -> list:
+    """The groups holding NXmx content: the file's NXentry and those of its NXsubentry
+    groups whose ``definition`` is NXmx (DIALS exports write one per experiment)."""
     entry = find_entry(f)
     if entry is None:
         return []
+    subs = [g for g in _children_of_class(entry, "NXsubentry")
+            if "definition" in g and as_str(g["definition"]).strip() == "NXmx"]
+    return [entry, *subs]
+
+
+def _entry_detectors(f: h5py.File, entry) -> list:
     dets = []
     for inst in _children_of_class(entry, "NXinstrument"):
         dets.extend(_children_of_class(inst, "NXdetector"))
-    if not dets and isinstance(f.get(_DETECTOR), h5py.Group):
+    if not dets and entry.name == "/entry" and isinstance(f.get(_DETECTOR), h5py.Group):
         dets.append(f[_DETECTOR])
     return dets
+
+
+def find_detectors(f: h5py.File) -> list:
+    """NXdetector groups under the NXinstrument groups of the file's first NXmx entry
+    that has any (see :func:`nxmx_entries`)."""
+    for entry in nxmx_entries(f):
+        dets = _entry_detectors(f, entry)
+        if dets:
+            return dets
+    return []
 
 
 def _unit_factor(obj, attr: str, table: dict, default: str, what: str) -> float:
@@ -733,17 +1081,32 @@ def _read_bandwidth(entry, wavelength_A: float) -> float:
     return 0.0
 
 
-def _module_panel(f: h5py.File, module, name: str, data_path: str, max_adu: float) -> Panel:
+def _module_extent(module) -> tuple[np.ndarray, np.ndarray]:
     origin = np.asarray(module["data_origin"][()], dtype=np.int64).ravel()
     size = np.asarray(module["data_size"][()], dtype=np.int64).ravel()
     if origin.size != size.size or origin.size not in (2, 3):
         raise ValueError(f"{module.name}: data_origin/data_size must have 2 or 3 elements")
+    return origin, size
+
+
+def _module_panel(f: h5py.File, module, name: str, origin, size, *, data_path: str,
+                  max_adu: float, stack: tuple | None, frame: np.ndarray) -> Panel:
+    if stack is not None and origin.size == 2:
+        # 2-D frames that are stacked modules one below the other: back to (module, ss).
+        slab, ss0 = divmod(int(origin[0]), stack[1])
+        if ss0 + size[0] > stack[1]:
+            raise ValueError(
+                f"{module.name}: rows {origin[0]}..{origin[0] + size[0] - 1} cross the "
+                f"boundary between stacked modules of {stack[1]} rows"
+            )
+        origin, size = np.array([slab, ss0, origin[1]]), np.array([1, *size])
     fast, slow = module["fast_pixel_direction"], module["slow_pixel_direction"]
     m_fast0 = chain_matrix(f, fast, 0.0)
     corner = m_fast0[:3, 3]
     pixel = _scalar(fast) * _unit_factor(fast, "units", _LENGTH_UNITS, "m", "length")
-    fs_dir = chain_matrix(f, fast, 1.0)[:3, 3] - corner
-    ss_dir = chain_matrix(f, slow, 1.0)[:3, 3] - chain_matrix(f, slow, 0.0)[:3, 3]
+    fs_dir = frame @ (chain_matrix(f, fast, 1.0)[:3, 3] - corner)
+    ss_dir = frame @ (chain_matrix(f, slow, 1.0)[:3, 3] - chain_matrix(f, slow, 0.0)[:3, 3])
+    corner = frame @ corner
     res = 1.0 / pixel
     dims = ("%", "ss", "fs") if origin.size == 2 else ("%", int(origin[0]), "ss", "fs")
     if origin.size == 3 and size[0] != 1:
@@ -766,33 +1129,93 @@ def _module_panel(f: h5py.File, module, name: str, data_path: str, max_adu: floa
     )
 
 
+def unique_panel_name(name: str, used: set) -> str:
+    """A panel name from an NXdetector_module (or DIALS panel) path: the last part, with
+    characters other than letters, digits and ``_`` replaced, made unique in ``used``
+    (which it joins).
+
+    Examples
+    --------
+    >>> used = {"p0"}
+    >>> unique_panel_name("/entry/instrument/detector/p0", used), sorted(used)
+    ('p0_1', ['p0', 'p0_1'])
+    """
+    base = re.sub(r"[^A-Za-z0-9_]", "_", name.rsplit("/", 1)[-1]) or "p"
+    out, k = base, 1
+    while out in used:
+        out = f"{base}_{k}"
+        k += 1
+    used.add(out)
+    return out
+
+
 def _panel_name(module, used: set) -> str:
     name = module.name.rsplit("/", 1)[-1]
     if name.startswith("module_") and name[len("module_"):] in _RESERVED:
         name = name[len("module_"):]
-    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "p"
-    base, k = name, 1
-    while name in used:
-        name = f"{base}_{k}"
-        k += 1
-    used.add(name)
-    return name
+    return unique_panel_name(name, used)
 
 
-def _detector_from_nxmx(f: h5py.File) -> Detector:
-    entry = find_entry(f)
-    dets = find_detectors(f)
-    if entry is None or not dets:
+def _dials_export_rotation(entry) -> np.ndarray | None:
+    """Rotation from the frame of a DIALS export to the NeXus lab frame (None otherwise).
+
+    ``dials.export format=nxs`` writes its models rotated so that the beam runs along
+    +z in DIALS's own (imgCIF) frame and records the rotation that undoes it as
+    ``<entry>/dials/transformations/angle`` (in radians, without units). Undoing it and
+    turning the imgCIF axes (x and z reversed with respect to NeXus) into NeXus ones
+    gives the lab frame.
+    """
+    angle = entry.get("dials/transformations/angle")
+    if not isinstance(angle, h5py.Dataset):
+        return None
+    scale = _unit_factor(angle, "units", _ANGLE_UNITS, "rad", "angle")
+    axis = np.asarray(angle.attrs.get("vector", (1.0, 0.0, 0.0)), dtype=float).ravel()
+    rot = _rotation(axis / np.linalg.norm(axis), _scalar(angle) * scale)
+    return np.diag([-1.0, 1.0, -1.0]) @ rot
+
+
+def _module_extents(modules, *, fast_first: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``data_origin``/``data_size`` of each module; modules whose origin is not given
+    (negative, as in DIALS exports) are placed one below the other. ``fast_first``: the
+    sizes are written (fast, slow), as DIALS exports do."""
+    extents = [_module_extent(m) for m in modules]
+    if fast_first:
+        extents = [(o, s[::-1]) for o, s in extents]
+    unknown = [bool((o < 0).any()) for o, _ in extents]
+    if not any(unknown):
+        return extents
+    if not all(unknown) or any(o.size != 2 for o, _ in extents):
+        bad = [m.name for m, u in zip(modules, unknown, strict=True) if u]
+        raise ValueError(f"negative data_origin in {bad[:3]} but not in every module")
+    out, row = [], 0
+    for _, size in extents:
+        out.append((np.array([row, 0]), size))
+        row += int(size[0])
+    return out
+
+
+def _detector_from_nxmx(f: h5py.File, entry) -> Detector:
+    dets = _entry_detectors(f, entry)
+    if not dets:
         raise ValueError(f"{f.filename}: no NXentry/NXdetector found")
     wavelength = _read_wavelength_A(f, entry)
+    stack = _stacked_shape(entry)
+    frame = _dials_export_rotation(entry)
+    dials_export = frame is not None
+    if frame is None:
+        frame = np.eye(3)
     panels, used = [], set()
     for d in dets:
         max_adu = float("inf")
         if "saturation_value" in d:
             max_adu = _scalar(d["saturation_value"])
-        for module in _children_of_class(d, "NXdetector_module"):
+        modules = _children_of_class(d, "NXdetector_module")
+        extents = _module_extents(modules, fast_first=dials_export)
+        for module, (origin, size) in zip(modules, extents, strict=True):
             name = _panel_name(module, used)
-            panels.append(_module_panel(f, module, name, "/entry/data/data", max_adu))
+            panels.append(_module_panel(
+                f, module, name, origin, size, data_path="/entry/data/data",
+                max_adu=max_adu, stack=stack, frame=frame))
     if not panels:
         raise ValueError(f"{f.filename}: no NXdetector_module found")
     desc = as_str(dets[0]["description"]) if "description" in dets[0] else ""
@@ -804,7 +1227,8 @@ def _detector_from_nxmx(f: h5py.File) -> Detector:
     )
 
 
-def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True) -> Detector:
+def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True,
+                       entry: str | None = None) -> Detector:
     """Detector geometry of an NXmx file.
 
     Parameters
@@ -814,6 +1238,9 @@ def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True) -> Detec
     prefer_embedded : bool
         Use the CrystFEL geometry text in ``<detector>/crystfel_geometry`` when present
         (written by :class:`NXmxWriter`; it reproduces the geometry exactly).
+    entry : str, optional
+        Path of the NXentry or NXsubentry to read (e.g. ``/entry/experiment_1`` of a
+        DIALS export); default: the first NXmx entry with a detector.
 
     Returns
     -------
@@ -824,8 +1251,13 @@ def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True) -> Detec
         of translations and rotations are resolved into lab positions: the panel corner
         is where ``fast_pixel_direction`` puts pixel 0, ``fs``/``ss`` the lab directions
         of one pixel step, and the pixel size the value of ``fast_pixel_direction``.
-        ``data_origin``/``data_size`` give the pixel ranges; a 3-element origin makes a
-        stacked detector. ``saturation_value`` becomes each panel's ``max_adu``.
+        ``data_origin``/``data_size`` give the pixel ranges; a 3-element origin, or a
+        2-D origin into a virtual dataset that shows stacked modules one below the other
+        (see :func:`virtual_frame_blocks`), makes a stacked detector.
+        ``saturation_value`` becomes each panel's ``max_adu``. Modules without a valid
+        ``data_origin`` (DIALS exports write -1) are placed one below the other in module
+        order. The models of a DIALS export (``dials.export format=nxs``), which DIALS
+        writes rotated and records the rotation of, are turned back into the lab frame.
 
     Raises
     ------
@@ -840,16 +1272,24 @@ def read_nxmx_geometry(h5file_or_path, *, prefer_embedded: bool = True) -> Detec
     (2167, 2070)
     """
     if isinstance(h5file_or_path, (h5py.File, h5py.Group)):
-        return _geometry_from_file(h5file_or_path.file, prefer_embedded)
+        return _geometry_from_file(h5file_or_path.file, prefer_embedded, entry)
     with h5py.File(Path(h5file_or_path), "r") as f:
-        return _geometry_from_file(f, prefer_embedded)
+        return _geometry_from_file(f, prefer_embedded, entry)
 
 
-def _geometry_from_file(f: h5py.File, prefer_embedded: bool) -> Detector:
+def _geometry_from_file(f: h5py.File, prefer_embedded: bool, entry: str | None) -> Detector:
+    if entry is not None:
+        group = f.get(entry)
+        if not isinstance(group, h5py.Group):
+            raise ValueError(f"{f.filename}: no group {entry!r}")
+    else:
+        group = next((e for e in nxmx_entries(f) if _entry_detectors(f, e)), None)
+        if group is None:
+            raise ValueError(f"{f.filename}: no NXentry/NXdetector found")
     if prefer_embedded:
-        for d in find_detectors(f):
+        for d in _entry_detectors(f, group):
             if _GEOM_TEXT in d:
                 from sxlab.io.crystfel_geom import read_geom
 
                 return read_geom(as_str(d[_GEOM_TEXT]))
-    return _detector_from_nxmx(f)
+    return _detector_from_nxmx(f, group)

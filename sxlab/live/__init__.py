@@ -36,8 +36,13 @@ key                                content
                                    before group ``g`` read them
 ``sx:<bt>:<src>_<kind>:<run>``     **derived streams** published by consumers:
                                    ``results`` (one entry per processed frame),
-                                   ``hits`` (the frame entries of hits, blob untouched,
-                                   same ids), and later ``indexed``, ``binned`` ...
+                                   ``hits``, ``indexed`` (the frame entries of hits /
+                                   indexed frames and a seeded blank sample, blob
+                                   untouched, ids by Redis: :mod:`sxlab.live.storage`),
+                                   ``binned<N>`` (a frame stream of its own, with
+                                   header: :mod:`sxlab.live.binner`)
+``sx:<bt>:<src>:<run>:storage``    hash: the run's blank sample (``blank_fraction``,
+                                   ``blank_seed``)
 =================================  ====================================================
 
 Frame stream entries. Ids are ``<frame + 1>-0`` (the header is ``0-1``, the end entry
@@ -84,6 +89,13 @@ output reader keys rows by frame and keeps one copy. Publish derived streams wit
 The cache is bounded by the ingest (``maxlen``, frames or minutes of data); frames it
 trims before a group read them are counted and logged, and recorded as failed frames in
 the output when the run finishes.
+
+Consumers that must see a stream in order and hold many entries before acknowledging
+them (:class:`~sxlab.live.writer.LiveWriter`, the ``write`` group storing a run as NeXus
+files; :class:`~sxlab.live.binner.LiveBinner`, the ``bin<N>`` group publishing a binned
+frame stream) are the single consumer of their group
+(:class:`~sxlab.live.sequential.SequentialConsumer`). The storage policies, hits or
+indexed frames plus a seeded blank sample, are in :mod:`sxlab.live.storage`.
 """
 
 from __future__ import annotations
@@ -99,6 +111,10 @@ _EXPORTS = {
     "Ingest": "ingest",
     "Replay": "replay",
     "LiveWorker": "worker",
+    "LiveWriter": "writer",
+    "LiveBinner": "binner",
+    "Selection": "storage",
+    "blank_sample": "storage",
     "LiveOutput": "worker",
     "run_live": "supervisor",
     "live_demo": "demo",

@@ -17,6 +17,9 @@ Real-time processing of a detector stream through a Redis Streams frame broker.
   broker   start a loopback Redis server for the other commands and wait
   ingest   detector ZeroMQ stream -> broker
   worker   broker -> processing -> output directory (as many as you like)
+  write    broker -> NeXus files: 1000-frame data files and a VDS master (all frames,
+           hits, indexed, binned ...)
+  bin      broker -> binned frame stream (2x2, 3x3, 4x4)
   status   lag, pending, trimmed and frames/s per run and consumer group
   demo     replay the demo run and process it live with the embedded broker"""
 
@@ -122,7 +125,17 @@ def _cmd_worker(args) -> int:
                 key = broker.wait_run(since=args.since, run=args.run, timeout_s=1.0)
             if key is None:
                 continue
+            run_key = key
             out = args.out / key.rsplit(":", 1)[1] if args.follow else args.out
+            if args.input:
+                from .broker import derived_key
+
+                key = derived_key(key, args.input)
+            if args.blank_sample is not None:
+                from .storage import set_storage_policy
+
+                set_storage_policy(broker, key, blank_fraction=args.blank_sample,
+                                   blank_seed=args.blank_seed)
             worker = LiveWorker(broker, key, out, params, geometry=args.geometry,
                                 group=args.group, consumer=args.name, worker=args.worker,
                                 claim_idle_s=args.claim_idle, batch=args.batch,
@@ -134,10 +147,69 @@ def _cmd_worker(args) -> int:
             if not args.follow:
                 break
             args.since = broker.client.zscore(f"{broker.prefix}:{broker.beamtime}:runs",
-                                              key) + 1e-6
+                                              run_key) + 1e-6
     finally:
         broker.close()
     return 0
+
+
+def _wait_key(broker, args, stop) -> str | None:
+    """The run a ``write``/``bin`` command works on: ``--run`` (name or key) or the first
+    run registered after ``--since``."""
+    if args.run and args.run.count(":") == 3:
+        return args.run
+    while not stop.is_set():
+        key = broker.wait_run(since=args.since, run=args.run, timeout_s=1.0)
+        if key is not None:
+            return key
+    return None
+
+
+def _single_consumer(args, start) -> int:
+    """The frame of ``write`` and ``bin``: broker, signals, the run, then ``start(broker,
+    key, stop)``, which runs the consumer and returns it with its one-line report."""
+    _logging(args.verbose)
+    broker = _broker(args)
+    stop = _stop_on_signals()
+    try:
+        key = _wait_key(broker, args, stop)
+        if key is None:
+            return 1
+        consumer, report = start(broker, key, stop)
+        print(report, file=sys.stderr)
+        return 0 if consumer.done else 1
+    finally:
+        broker.close()
+
+
+def _cmd_write(args) -> int:
+    from .writer import LiveWriter
+
+    def start(broker, key, stop):
+        w = LiveWriter(broker, key, args.out, input=args.input, group=args.group,
+                       consumer=args.name, frames_per_file=args.frames_per_file,
+                       process_group=args.process_group, prefix=args.prefix)
+        s = w.run(stop=stop, progress=args.progress)
+        return w, (f"write {w.input_key}: {s.stored} frames stored in {s.files} file(s), "
+                   f"{s.failed} not stored, {s.skipped} found already stored; "
+                   f"{s.bytes / max(s.wall_s, 1e-9) / 1e6:.1f} MB/s, most behind: "
+                   f"{s.max_lag} entries -> {w.master_path}")
+
+    return _single_consumer(args, start)
+
+
+def _cmd_bin(args) -> int:
+    from .binner import LiveBinner
+
+    def start(broker, key, stop):
+        b = LiveBinner(broker, key, args.factor, bad_fraction=args.bad_fraction,
+                       threads=args.threads, consumer=args.name)
+        s = b.run(stop=stop)
+        return b, (f"bin {args.factor}x{args.factor} {key} -> {b.out_key}: {s.frames} "
+                   f"frames ({s.failed} failed), "
+                   f"{1e3 * s.cpu_s / max(s.frames, 1):.1f} ms CPU per frame")
+
+    return _single_consumer(args, start)
 
 
 def _cmd_status(args) -> int:
@@ -180,7 +252,10 @@ def _cmd_run(args) -> int:
                        detector=args.detector, run=args.run, maxlen_frames=args.maxlen,
                        maxlen_minutes=args.maxlen_minutes, backfill=args.backfill,
                        claim_idle_s=args.claim_idle, publish=args.publish,
-                       timeout_s=args.timeout, progress=not args.no_progress)
+                       timeout_s=args.timeout, progress=not args.no_progress,
+                       write=args.write, store=args.store, blank_sample=args.blank_sample,
+                       blank_seed=args.blank_seed, bin_factor=args.bin,
+                       frames_per_file=args.frames_per_file)
     _print_summary(summary)
     return 0
 
@@ -205,6 +280,21 @@ def _broker_options(p, *, need_url: bool = False) -> None:
     p.add_argument("--beamtime", default="local", help="beamtime id (key prefix level 1)")
     p.add_argument("--detector", default="eiger", help="data source name (key level 2)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+
+
+def _product_options(p) -> None:
+    p.add_argument("--write", type=Path, metavar="DIR",
+                   help="also store the run as NeXus files in DIR (sxlab live write)")
+    p.add_argument("--store", choices=("all", "hits", "indexed"), default="all",
+                   help="which frames --write stores (default all)")
+    p.add_argument("--blank-sample", type=float, default=0.0, metavar="FRACTION",
+                   help="with --store hits|indexed: also store this seeded random fraction "
+                   "of the other frames")
+    p.add_argument("--blank-seed", type=int, default=0, metavar="SEED")
+    p.add_argument("--bin", type=int, choices=(2, 3, 4), metavar="N",
+                   help="bin frames N x N first; processing and --write use the binned "
+                   "stream")
+    p.add_argument("--frames-per-file", type=int, default=1000, metavar="N")
 
 
 def register(sub) -> None:
@@ -247,6 +337,7 @@ def register(sub) -> None:
     p.add_argument("--publish", default="results", help="derived streams: results,hits")
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     p.add_argument("--no-progress", action="store_true")
+    _product_options(p)
     _broker_options(p)
     p.set_defaults(func=_cmd_run)
 
@@ -283,9 +374,49 @@ def register(sub) -> None:
     p.add_argument("--worker", type=int, default=0, metavar="K", help="worker number")
     p.add_argument("--claim-idle", type=float, default=30.0, metavar="S")
     p.add_argument("--batch", type=int, default=4, metavar="N")
-    p.add_argument("--publish", default="results", help="derived streams: results,hits")
+    p.add_argument("--publish", default="results",
+                   help="derived streams: results,hits,indexed")
+    p.add_argument("--input", metavar="KIND", help="process a derived frame stream of the run "
+                   "(e.g. binned2) instead of its frames")
+    p.add_argument("--blank-sample", type=float, metavar="FRACTION",
+                   help="also publish this seeded random fraction of the other frames to "
+                   "the hits/indexed streams")
+    p.add_argument("--blank-seed", type=int, default=0, metavar="SEED")
     _broker_options(p, need_url=True)
     p.set_defaults(func=_cmd_worker)
+
+    p = lsub.add_parser("write", help="broker -> NeXus data files and VDS master",
+                        description="Store a run's frames (or a selection of them) as they "
+                        "came from the detector: data files of --frames-per-file frames and "
+                        "a master file with the NXmx metadata, valid at any moment.")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--input", default="frames", metavar="KIND",
+                   help="frames (default), hits, indexed, binned2, binned2_hits ...")
+    p.add_argument("--run", help="run name or stream key (default: the next run)")
+    p.add_argument("--since", type=float, default=0.0, metavar="EPOCH",
+                   help="take the first run registered after this time")
+    p.add_argument("--frames-per-file", type=int, default=1000, metavar="N")
+    p.add_argument("--prefix", help="file name prefix (default: run name [+ _input])")
+    p.add_argument("--group", default="write", help="consumer group (one writer each)")
+    p.add_argument("--name", default="writer", help="consumer name")
+    p.add_argument("--process-group", default="process",
+                   help="group of the workers that publish hits/indexed")
+    p.add_argument("--progress", action="store_true", help="progress bar with the lag")
+    _broker_options(p, need_url=True)
+    p.set_defaults(func=_cmd_write)
+
+    p = lsub.add_parser("bin", help="broker -> binned frame stream",
+                        description="Bin every frame of a run N x N (sums) into the frame "
+                        "stream <detector>_binned<N>, with the binned geometry in its header.")
+    p.add_argument("--factor", type=int, required=True, choices=(2, 3, 4, 5, 6, 8))
+    p.add_argument("--bad-fraction", type=float, default=0.0, metavar="F",
+                   help="a binned pixel is bad when more than F of its pixels are (0: any)")
+    p.add_argument("--threads", type=int, default=1, metavar="N")
+    p.add_argument("--run", help="run name or stream key (default: the next run)")
+    p.add_argument("--since", type=float, default=0.0, metavar="EPOCH")
+    p.add_argument("--name", default="binner", help="consumer name")
+    _broker_options(p, need_url=True)
+    p.set_defaults(func=_cmd_bin)
 
     p = lsub.add_parser("status", help="lag, pending, trimmed, frames/s per group")
     p.add_argument("--run", help="one run (name or key)")

@@ -35,6 +35,7 @@ class LiveRunSummary:
     status: pd.DataFrame
     wall_s: float
     restarts: dict = field(default_factory=dict)
+    master: str | None = None
 
     def table(self) -> pd.DataFrame:
         """One-row summary: the results' summary plus stream, wall time and restarts."""
@@ -85,7 +86,9 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
              maxlen_frames: int | None = None, maxlen_minutes: float | None = None,
              backfill=None, claim_idle_s: float = 30.0, batch: int = 4,
              publish: str = "results", timeout_s: float | None = None,
-             progress: bool = True) -> LiveRunSummary:
+             progress: bool = True, write=None, store: str = "all",
+             blank_sample: float = 0.0, blank_seed: int = 0, bin_factor: int | None = None,
+             frames_per_file: int = 1000) -> LiveRunSummary:
     """Process one series arriving on ``source`` into ``out``.
 
     Parameters
@@ -107,6 +110,18 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
         The detector's files of the series, to fill frames lost in transit.
     timeout_s : float, optional
         Give up (and stop everything) after this long.
+    write : path, optional
+        Also store the run as NeXus files there (:mod:`sxlab.live.writer`).
+    store : {"all", "hits", "indexed"}
+        Which frames ``write`` stores (:mod:`sxlab.live.storage`).
+    blank_sample, blank_seed : float, int
+        With ``store`` hits or indexed: the seeded random fraction of the other frames
+        stored as well.
+    bin_factor : int, optional
+        Bin frames first (:mod:`sxlab.live.binner`); processing and ``write`` use the
+        binned stream.
+    frames_per_file : int
+        Frames per data file of ``write``.
 
     Returns
     -------
@@ -116,6 +131,11 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
 
     from .worker import LiveOutput, geometry_from_header
 
+    if geometry and bin_factor:
+        raise ValueError("--geometry and --bin do not go together: the binning worker bins "
+                         "the geometry of the series header")
+    if store not in ("all", "hits", "indexed"):
+        raise ValueError(f"unknown storage policy {store!r}; use all, hits or indexed")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -141,6 +161,14 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
         if backfill:
             ingest_args += ["--backfill", backfill]
         children.append(_Child("ingest", _cmd(*ingest_args), logs / "ingest.log"))
+        which = ["--since", repr(t_start)] + (["--run", run] if run else [])
+        binned = f"binned{bin_factor}" if bin_factor else None
+        if binned:
+            children.append(_Child("binner", _cmd("bin", *common, *which, "--factor",
+                                                  bin_factor), logs / "binner.log"))
+        selection = store if write and store != "all" else None
+        if selection and selection not in publish.split(","):
+            publish = f"{publish},{selection}"
         for k in range(n_workers):
             wargs = ["worker", *common, "--out", out, "--params", params_path,
                      "--since", repr(t_start), "--worker", k, "--name", f"w{k}",
@@ -149,7 +177,16 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
                 wargs += ["--geometry", geometry]
             if run:
                 wargs += ["--run", run]
+            if binned:
+                wargs += ["--input", binned]
+            if selection:
+                wargs += ["--blank-sample", blank_sample, "--blank-seed", blank_seed]
             children.append(_Child(f"w{k}", _cmd(*wargs), logs / f"worker{k}.log"))
+        if write:
+            kind = "_".join(p for p in (binned, None if store == "all" else store) if p)
+            children.append(_Child("writer", _cmd(
+                "write", *common, *which, "--out", write, "--input", kind or "frames",
+                "--frames-per-file", frames_per_file), logs / "writer.log"))
         key = None
         output = None
         while True:
@@ -158,6 +195,12 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
             if key is None:
                 key = broker.wait_run(since=t_start, timeout_s=0.2, run=run)
                 if key is not None:
+                    if binned:
+                        from .binner import binned_params
+                        from .broker import derived_key
+
+                        key = derived_key(key, binned)
+                        params = binned_params(params, bin_factor)   # as the workers do
                     header = broker.wait_header(key, timeout_s=30)
                     from sxlab.io import read_geom
 
@@ -179,6 +222,8 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
                     continue
                 if c.name != "ingest" and (rc == 0 and finished):
                     continue
+                if c.name in ("binner", "writer") and rc == 0:
+                    continue                      # done: the run has ended
                 c.restarts += 1
                 log.warning("%s exited with status %s; restarting it (see %s)", c.name, rc,
                             c.log_path)
@@ -193,8 +238,13 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
         output.follow()
         status = broker.status(key)
         results = output.finish(broker, key)
+        master = None
+        if write:
+            from .writer import master_path
+
+            master = str(master_path(write, broker.header(key)["run"], kind or "frames"))
         return LiveRunSummary(key, results, status, time.time() - t_start,
-                              {c.name: c.restarts for c in children})
+                              {c.name: c.restarts for c in children}, master)
     finally:
         if bar is not None:
             bar.close()

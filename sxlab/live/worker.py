@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .broker import Broker, ConsumerGroup, Entry, derived_key, split_key
+from .storage import Selection
 
 __all__ = ["LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
            "geometry_from_header"]
@@ -235,7 +236,9 @@ class LiveWorker:
         Entries read, processed and committed together.
     publish : tuple of str
         Derived streams to publish: ``results`` (per-frame summary with the peaks of
-        hits, for viewers and ``tail``), ``hits`` (hit frames' entries, blob untouched).
+        hits, for viewers and ``tail``), ``hits`` and ``indexed`` (the entries of hit /
+        indexed frames, blob untouched, plus the run's blank sample; see
+        :mod:`sxlab.live.storage`).
     """
 
     def __init__(self, broker: Broker, key: str, out, params=None, *, geometry=None,
@@ -250,6 +253,11 @@ class LiveWorker:
         self.key = key
         self.params = params or Params()
         self.header = broker.wait_header(key, timeout_s=60)
+        binning = self.header.get("appendix", {}).get("binning")
+        if binning:   # a binning worker's stream: pixel lengths and counts follow the factor
+            from .binner import binned_params
+
+            self.params = binned_params(self.params, int(binning["factor"]))
         if isinstance(geometry, (str, os.PathLike)):
             geometry = read_geom(geometry)
         self.geometry = geometry or geometry_from_header(self.header)
@@ -263,6 +271,7 @@ class LiveWorker:
         self.publish = tuple(publish)
         self.results_maxlen = results_maxlen
         self.summary = WorkerSummary()
+        self.selection = Selection.for_run(broker, key)
         self._attrs = {"run": self.header["run"], "source": key}
         self._rate_t: list[float] = []
 
@@ -339,11 +348,7 @@ class LiveWorker:
             for r, e in pairs:
                 pipe.xadd(rkey, self._result_fields(r, e, now), maxlen=self.results_maxlen,
                           approximate=True)
-        if "hits" in self.publish:
-            hkey = derived_key(self.key, "hits")
-            for r, e in pairs:
-                if r.frame["hit"] and e.fields is not None:
-                    pipe.xadd(hkey, {**e.fields, "n_peaks": r.frame["n_peaks"]}, id=e.id)
+        self.selection.publish(pipe, pairs, self.publish)
         self._rate_t = [t for t in self._rate_t if now - t < 10.0] + [now] * len(results)
         span = max(now - self._rate_t[0], 1e-3) if len(self._rate_t) > 1 else 10.0
         pipe.hset(f"{self.key}:info", mapping={

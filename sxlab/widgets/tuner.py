@@ -10,9 +10,10 @@ import pandas as pd
 import traitlets as t
 
 from .. import tables
+from ..hits import hit_rule
+from ..masks import build_mask
 from ..params import HitParams, Params
 from ..peaks import PeakFinder, PeakFinderParams
-from ..pipeline import build_mask
 from ._frame import _by_frame, _FrameWidget
 
 __all__ = ["PeakTuner"]
@@ -68,7 +69,7 @@ class PeakTuner(_FrameWidget):
         Starting parameters (default ``Params()``).
     mask : Mask, optional
         Static mask; default: the one ``params.mask`` describes
-        (:func:`sxlab.pipeline.build_mask`).
+        (:func:`sxlab.masks.build_mask`).
     frame : int
         Frame shown first.
     sample : int
@@ -121,7 +122,7 @@ class PeakTuner(_FrameWidget):
                             f"{type(params).__name__}")
         self._base_params = params
         if mask is None:
-            mask = build_mask(geometry, params)
+            mask = build_mask(geometry, params.mask)
         self._finder = PeakFinder(geometry, mask, params.peaks)
         self._peaks = None
         self._sample_n = int(sample)
@@ -199,7 +200,7 @@ class PeakTuner(_FrameWidget):
 
     def _is_hit(self, n: int) -> bool:
         h = self.hit_params
-        return bool(n >= h.min_peaks and (h.max_peaks <= 0 or n <= h.max_peaks))
+        return bool(hit_rule(n, h.min_peaks, h.max_peaks))
 
     def _recompute(self) -> None:
         self._finder = self._finder.with_params(self.peak_params)
