@@ -48,7 +48,7 @@ from sxlab.io.nxmx import (
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["FrameReadError", "Run", "open_run", "value_flags"]
+__all__ = ["FrameReadError", "Run", "convert_frame", "open_run", "value_flags"]
 
 _BSLZ4_FILTER = 32008
 _CXI_PATHS = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
@@ -230,6 +230,58 @@ def value_flags(raw: np.ndarray, eiger: bool) -> np.ndarray:
     if kind == "f":
         return ~np.isfinite(raw)
     return np.zeros(raw.shape, dtype=bool)
+
+
+def convert_frame(raw: np.ndarray, eiger: bool, pixel_mask: np.ndarray | None,
+                  out: np.ndarray, bad: np.ndarray | None = None) -> None:
+    """A stored frame into float32 ``out`` (and its bad pixels into ``bad``), in place.
+
+    Pixels flagged by value (:func:`value_flags`) become 0 in ``out``; ``bad`` receives
+    the flags or'ed with ``pixel_mask``. Unsigned frames take one pass of a numba kernel;
+    other types go through NumPy. This is what :meth:`Run.read` and the live workers
+    (:mod:`sxlab.live.worker`) do to every frame.
+
+    Parameters
+    ----------
+    raw : ndarray
+        The frame as stored (any numeric dtype).
+    eiger : bool
+        EIGER/NXmx flag convention (see :func:`value_flags`).
+    pixel_mask : ndarray of bool, optional
+        Static bad pixels of the frame's shape.
+    out : ndarray of float32
+    bad : ndarray of bool, optional
+
+    Examples
+    --------
+    >>> raw = np.array([[1, 65535], [3, 4]], np.uint16)
+    >>> out, bad = np.empty((2, 2), np.float32), np.empty((2, 2), bool)
+    >>> convert_frame(raw, True, np.array([[0, 0], [1, 0]], bool), out, bad)
+    >>> out.tolist(), bad.tolist()
+    ([[1.0, 0.0], [3.0, 4.0]], [[False, True], [True, False]])
+    """
+    if raw.dtype.kind == "u" and raw.flags.c_contiguous and out.flags.c_contiguous and (
+            bad is None or bad.flags.c_contiguous) and (
+            pixel_mask is None or pixel_mask.flags.c_contiguous):
+        # flags are the top values: convert, flag and mask in one pass
+        from sxlab.io._read_kernels import convert_flagged
+
+        top = np.iinfo(raw.dtype).max
+        threshold = raw.dtype.type(top - 1 if eiger else top)
+        convert_flagged(raw.reshape(-1), threshold,
+                        _NO_BOOL if pixel_mask is None else pixel_mask.reshape(-1),
+                        pixel_mask is not None, out.reshape(-1),
+                        _NO_BOOL if bad is None else bad.reshape(-1), bad is not None)
+        return
+    flags = value_flags(raw, eiger)
+    np.copyto(out, raw, casting="unsafe")
+    if flags.any():
+        np.copyto(out, 0, where=flags)
+    if bad is not None:
+        if pixel_mask is None:
+            np.copyto(bad, flags)
+        else:
+            np.logical_or(flags, pixel_mask, out=bad)
 
 
 # ============================================================================= Run
@@ -460,27 +512,7 @@ class Run:
             buf, seg, local = self._read_into_buffer(g)
             meta = self._metas[seg.meta]
             pm = self._pixel_mask(seg.meta) if mask_out is not None else None
-            if buf.dtype.kind == "u" and out.flags.c_contiguous and (
-                    mask_out is None or mask_out.flags.c_contiguous):
-                # flags are the top values: convert, flag and mask in one pass
-                from sxlab.io._read_kernels import convert_flagged
-
-                top = np.iinfo(buf.dtype).max
-                threshold = buf.dtype.type(top - 1 if meta.eiger_flags else top)
-                flat_bad = _NO_BOOL if mask_out is None else mask_out.reshape(-1)
-                convert_flagged(buf.reshape(-1), threshold,
-                                _NO_BOOL if pm is None else pm.reshape(-1), pm is not None,
-                                out.reshape(-1), flat_bad, mask_out is not None)
-            else:
-                flags = value_flags(buf, meta.eiger_flags)
-                np.copyto(out, buf, casting="unsafe")
-                if flags.any():
-                    np.copyto(out, 0, where=flags)
-                if mask_out is not None:
-                    if pm is None:
-                        np.copyto(mask_out, flags)
-                    else:
-                        np.logical_or(flags, pm, out=mask_out)
+            convert_frame(buf, meta.eiger_flags, pm, out, mask_out)
         return seg, local
 
     def _image(self, g: int) -> xr.DataArray:
