@@ -101,3 +101,78 @@ def count_bad(bad, layout, factor, out):
                         if bad[slab, row, col + j]:
                             n += 1
                 out[slab, ssb0 + bs, fsb0 + bf] = n
+
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _finish_pixel(total, n, f2, max_bad, rescale, orow, brow, b):
+    if n > max_bad:
+        orow[b] = 0.0
+        brow[b] = True
+    else:
+        t = np.float64(total)
+        if rescale and 0 < n < f2:
+            t *= f2 / (f2 - n)
+        orow[b] = t
+        brow[b] = False
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_raw_rows2(r0, r1, m0, m1, threshold, wb, max_bad, rescale, orow, brow):
+    """One binned row of a 2 × 2 binning (the common case, unrolled)."""
+    zero = np.int64(0)
+    for b in range(wb):
+        c = 2 * b
+        p, q, u, v = r0[c], r0[c + 1], r1[c], r1[c + 1]
+        fp = (p >= threshold) | m0[c]
+        fq = (q >= threshold) | m0[c + 1]
+        fu = (u >= threshold) | m1[c]
+        fv = (v >= threshold) | m1[c + 1]
+        total = ((zero if fp else np.int64(p)) + (zero if fq else np.int64(q))
+                 + (zero if fu else np.int64(u)) + (zero if fv else np.int64(v)))
+        n = np.int64(fp) + np.int64(fq) + np.int64(fu) + np.int64(fv)
+        _finish_pixel(total, n, 4, max_bad, rescale, orow, brow, b)
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_raw(raw, threshold, static, layout, factor, max_bad, rescale, out, out_bad):
+    """:func:`bin_sum` of a stored unsigned frame, its value flags found on the way.
+
+    A pixel is bad when ``raw >= threshold`` (the detector's flag values) or ``static``
+    (uint8, 1 = bad; same shape as ``raw``) is set there; otherwise as :func:`bin_sum`,
+    whose result this equals for ``bin_sum(raw, static, value_flags(raw))``. Sums are
+    accumulated in integers (exact) and each binned pixel is written once, so one pass
+    over the stored frame replaces conversion, flagging and binning.
+    """
+    f2 = factor * factor
+    zero = np.int64(0)
+    for k in range(layout.shape[0]):
+        slab = layout[k, 0]
+        ss0 = layout[k, 1]
+        fs0 = layout[k, 2]
+        ssb0 = layout[k, 3]
+        fsb0 = layout[k, 4]
+        hb = layout[k, 5]
+        wb = layout[k, 6]
+        w = wb * factor
+        for bs in range(hb):
+            row = ss0 + bs * factor
+            orow = out[slab, ssb0 + bs, fsb0:fsb0 + wb]
+            brow = out_bad[slab, ssb0 + bs, fsb0:fsb0 + wb]
+            if factor == 2:
+                _bin_raw_rows2(raw[slab, row, fs0:fs0 + w], raw[slab, row + 1, fs0:fs0 + w],
+                               static[slab, row, fs0:fs0 + w],
+                               static[slab, row + 1, fs0:fs0 + w], threshold, wb, max_bad,
+                               rescale, orow, brow)
+                continue
+            for b in range(wb):
+                c = fs0 + b * factor
+                total = zero
+                n = zero
+                for i in range(factor):
+                    for j in range(factor):
+                        v = raw[slab, row + i, c + j]
+                        f = (v >= threshold) | static[slab, row + i, c + j]
+                        total += zero if f else np.int64(v)
+                        n += f
+                _finish_pixel(total, n, f2, max_bad, rescale, orow, brow, b)

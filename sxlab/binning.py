@@ -437,6 +437,61 @@ class Binner:
         return (xr.DataArray(out.reshape(lay.binned_shape), dims=dims, attrs=attrs),
                 xr.DataArray(out_bad.reshape(lay.binned_shape), dims=dims, attrs=dict(attrs)))
 
+    def bin_stored_into(self, raw: np.ndarray, out: np.ndarray, bad: np.ndarray, *,
+                        eiger: bool = True) -> None:
+        """Bin a frame as stored (flag values untouched) into existing arrays.
+
+        The same result as ``self(image, bad)`` for the image and bad mask that
+        :meth:`Run.read <sxlab.io.hdf5.Run.read>` makes of ``raw``
+        (:func:`~sxlab.io.hdf5.value_flags`), in one pass over the stored frame for
+        unsigned types: no float32 frame of the unbinned size is made.
+
+        Parameters
+        ----------
+        raw : ndarray
+            The frame of the unbinned geometry's shape, any numeric dtype.
+        out : ndarray of float32
+            Of the binned shape; bad binned pixels get 0.
+        bad : ndarray of bool
+            Of the binned shape.
+        eiger : bool
+            EIGER/NXmx value flags (see :func:`~sxlab.io.hdf5.value_flags`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sxlab.geometry import builtin_geometry
+        >>> det = builtin_geometry("eiger4m")
+        >>> binner = Binner(det, factor=2)
+        >>> raw = np.ones(det.data_shape, np.uint16)
+        >>> raw[0, 0] = 65535                       # a flagged pixel
+        >>> out = np.empty(binner.geometry.data_shape, np.float32)
+        >>> bad = np.empty(out.shape, bool)
+        >>> binner.bin_stored_into(raw, out, bad)
+        >>> float(out[0, 0]), bool(bad[0, 0]), float(out[0, 1])
+        (0.0, True, 4.0)
+        """
+        from sxlab.io.hdf5 import value_flags
+
+        lay = self._layout
+        raw = np.asarray(raw)
+        check_shape(raw.shape, lay.shape, "frame")
+        for name, arr, dtype in (("out", out, np.float32), ("bad", bad, np.bool_)):
+            if arr.shape != lay.binned_shape or arr.dtype != dtype:
+                raise ValueError(f"{name} must be {np.dtype(dtype).name} of shape "
+                                 f"{lay.binned_shape}, got {arr.dtype} {arr.shape}")
+        out3, bad3 = out.reshape(lay.binned_shape3), bad.reshape(lay.binned_shape3)
+        if raw.dtype.kind == "u":
+            top = np.iinfo(raw.dtype).max
+            threshold = raw.dtype.type(top - 1 if eiger else top)
+            _k.bin_raw(lay.as3(raw), threshold, self._static_bad.view(np.uint8),
+                       lay.table, self.factor, self._max_bad, True, out3, bad3)
+        else:
+            _k.bin_sum(lay.as3(raw), self._static_bad, self._has_static,
+                       lay.as3(value_flags(raw, eiger)), True, lay.table, self.factor,
+                       self._max_bad, True, out3, bad3)
+        lay.finish(out3, bad3)
+
     def unbin_peaks(self, peaks: pd.DataFrame) -> pd.DataFrame:
         """Peak positions of binned frames in unbinned data coordinates (:func:`unbin_peaks`)."""
         if "panel" in peaks.columns:

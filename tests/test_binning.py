@@ -78,6 +78,7 @@ def test_bin_sum_kernel_matches_reference(factor, geometry, rng):
         exp, exp_bad = ref.bin_sum(img, bad1 | bad2, layout.table, factor, max_bad, rescale)
         np.testing.assert_array_equal(out_bad, exp_bad)
         np.testing.assert_allclose(out, exp, rtol=1e-6, atol=1e-3)
+
         counts = np.zeros(layout.binned_shape3, np.int32)
         kern.count_bad(bad1, layout.table, factor, counts)
         np.testing.assert_array_equal(counts, ref.count_bad(bad1, layout.table, factor))
@@ -87,6 +88,33 @@ def test_bin_sum_kernel_matches_reference(factor, geometry, rng):
     layout.finish(out, out_bad)
     exp, _ = ref.bin_sum(raw, None, layout.table, factor, 0, False)
     np.testing.assert_array_equal(out, exp)
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+@pytest.mark.parametrize("geometry", ["plain", "odd", "stacked"])
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_bin_raw_kernel_matches_reference(factor, geometry, dtype, rng):
+    """Stored frames binned in one pass equal the reference on the converted frame."""
+    layout = _Layout({"plain": (37, 53), "odd": odd_detector(),
+                      "stacked": stacked_detector()}[geometry], factor)
+    shape = layout.shape3
+    top = np.iinfo(dtype).max
+    for trial in range(3):
+        raw = rng.integers(0, 5000 if trial else top, shape, dtype=dtype, endpoint=True)
+        raw[rng.random(shape) < 0.03] = top
+        raw[rng.random(shape) < 0.03] = top - 1
+        static = rng.random(shape) < 0.05
+        max_bad = [0, factor * factor // 2, factor * factor - 1][trial]
+        rescale = trial != 1
+        out = np.empty(layout.binned_shape3, np.float32)
+        out_bad = np.empty(layout.binned_shape3, bool)
+        kern.bin_raw(raw, raw.dtype.type(top - 1), static.view(np.uint8), layout.table,
+                     factor, max_bad, rescale, out, out_bad)
+        layout.finish(out, out_bad)
+        exp, exp_bad = ref.bin_sum(raw, static | (raw >= top - 1), layout.table, factor,
+                                   max_bad, rescale)
+        np.testing.assert_array_equal(out_bad, exp_bad)
+        np.testing.assert_allclose(out, exp, rtol=1e-6)
+
 
 
 def test_bin_frame_plain_is_reshape_sum(rng):
@@ -232,6 +260,32 @@ def test_binner_matches_reference(name, rng):
         clean = np.nan_to_num(img, nan=1.0)
         np.testing.assert_array_equal(binner(clean)[1].values, binner.mask.bad)
     assert "Binner" in repr(binner)
+
+
+@pytest.mark.parametrize("name", ["odd", "stacked"])
+@pytest.mark.parametrize("dtype", ["uint16", "int32"])
+def test_binner_bin_stored_into_equals_binning_the_read_frame(name, dtype, rng):
+    """One pass over the stored frame = Run.read's conversion, then Binner.__call__."""
+    from sxlab.io.hdf5 import convert_frame
+
+    det = odd_detector() if name == "odd" else stacked_detector()
+    mask = mask_from_geometry(det) & mask_beamstop(det, 12)
+    for factor, frac in ((2, 0.0), (3, 0.3), (4, 0.5)):
+        binner = Binner(det, mask, factor, bad_fraction=frac)
+        raw = rng.integers(0, 3000, det.data_shape).astype(dtype)
+        flag = np.iinfo(np.uint16).max if dtype == "uint16" else -1
+        raw[rng.random(det.data_shape) < 0.03] = flag
+        image = np.empty(det.data_shape, np.float32)
+        bad = np.empty(det.data_shape, bool)
+        convert_frame(raw, True, None, image, bad)
+        exp, exp_bad = binner(image, bad)
+        out = np.full(binner.geometry.data_shape, np.nan, np.float32)
+        out_bad = np.zeros(out.shape, bool)
+        binner.bin_stored_into(raw, out, out_bad)
+        np.testing.assert_array_equal(out_bad, exp_bad.values)
+        np.testing.assert_array_equal(out, exp.values)
+    with pytest.raises(ValueError, match="out must be float32"):
+        binner.bin_stored_into(raw, np.empty((2, 2), np.float32), out_bad)
 
 
 def test_binner_without_mask_on_eiger():
