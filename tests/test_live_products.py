@@ -373,8 +373,10 @@ def _orientation(row) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker):
-    """2x2-binned 16M frames, processed live, give the crystals of the unbinned frames."""
+@pytest.mark.parametrize("where", ["binning worker", "in the worker"])
+def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker, where):
+    """2x2-binned 16M frames, processed live, give the crystals of the unbinned frames,
+    binned by the binning worker (a second stream) or by the processing worker itself."""
     from test_index import laue_rotations
 
     from sxlab import datasets
@@ -387,9 +389,13 @@ def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker):
     unbinned = sx.process_run(run, params, executor="local", n_workers=1, progress=False)
     feed = Feeder(broker, run, n_frames=len(run), name="r16")
     feed.end()
-    LiveBinner(broker, feed.key, 2).run(idle_timeout_s=60)
-    worker = LiveWorker(broker, derived_key(feed.key, "binned2"), tmp_path / "out", params,
-                        claim_idle_s=1)
+    if where == "binning worker":
+        LiveBinner(broker, feed.key, 2).run(idle_timeout_s=60)
+        worker = LiveWorker(broker, derived_key(feed.key, "binned2"), tmp_path / "out",
+                            params, claim_idle_s=1)
+    else:
+        worker = LiveWorker(broker, feed.key, tmp_path / "out", params, claim_idle_s=1,
+                            bin_factor=2)
     worker.run(idle_timeout_s=120)
     binned = worker.output.finish(broker, worker.key)
     a = unbinned.crystals.set_index("frame")
@@ -401,6 +407,22 @@ def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker):
         err = min(np.degrees(np.arccos(np.clip((np.trace(ub @ (ua @ s).T) - 1) / 2, -1, 1)))
                   for s in rotations)
         assert err < 0.05, f"frame {frame}: orientations differ by {err:.3f} deg"
+    if where == "in the worker":
+        # positions in the detector's own pixels: the strong peaks of the unbinned run
+        # are found within a binned pixel of where the binned processing puts them
+        assert binned.geometry == run.geometry
+        for frame in a.index:
+            pa = unbinned.peaks[unbinned.peaks.frame == frame].nlargest(10, "intensity")
+            pb = binned.peaks[binned.peaks.frame == frame]
+            d = np.hypot(pa.fs.to_numpy()[:, None] - pb.fs.to_numpy()[None],
+                         pa.ss.to_numpy()[:, None] - pb.ss.to_numpy()[None]).min(axis=1)
+            assert np.median(d) < 1.0 and (d < 2.0).mean() >= 0.8, d
+            ra = unbinned.reflections[unbinned.reflections.frame == frame]
+            rb = binned.reflections[binned.reflections.frame == frame]
+            # (Miller indices may differ by a symmetry operation: compare positions)
+            d = np.hypot(ra.fs.to_numpy()[:, None] - rb.fs.to_numpy()[None],
+                         ra.ss.to_numpy()[:, None] - rb.ss.to_numpy()[None]).min(axis=1)
+            assert 0.7 < len(rb) / len(ra) < 1.3 and np.median(d) < 1.0, (len(rb), d)
 
 
 # ----------------------------------------------------------------------- end to end

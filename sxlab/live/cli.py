@@ -139,7 +139,8 @@ def _cmd_worker(args) -> int:
             worker = LiveWorker(broker, key, out, params, geometry=args.geometry,
                                 group=args.group, consumer=args.name, worker=args.worker,
                                 claim_idle_s=args.claim_idle, batch=args.batch,
-                                publish=tuple(p for p in args.publish.split(",") if p))
+                                publish=tuple(p for p in args.publish.split(",") if p),
+                                bin_factor=args.bin)
             s = worker.run(stop=stop)
             print(f"worker {worker.consumer}: {s.frames} frames of {key} ({s.failed} "
                   f"failed, {s.reclaimed} reclaimed from dead workers), "
@@ -292,8 +293,9 @@ def _product_options(p) -> None:
                    "of the other frames")
     p.add_argument("--blank-seed", type=int, default=0, metavar="SEED")
     p.add_argument("--bin", type=int, choices=(2, 3, 4), metavar="N",
-                   help="bin frames N x N first; processing and --write use the binned "
-                   "stream")
+                   help="process frames binned N x N: each worker bins as it decodes "
+                   "(positions in unbinned pixels); with --write a binning worker "
+                   "publishes the binned stream that processing and --write use")
     p.add_argument("--frames-per-file", type=int, default=1000, metavar="N")
 
 
@@ -378,6 +380,9 @@ def register(sub) -> None:
                    help="derived streams: results,hits,indexed")
     p.add_argument("--input", metavar="KIND", help="process a derived frame stream of the run "
                    "(e.g. binned2) instead of its frames")
+    p.add_argument("--bin", type=int, choices=(2, 3, 4), metavar="N",
+                   help="bin each frame N x N as it is decoded and process it binned "
+                   "(peak and reflection positions in unbinned pixels)")
     p.add_argument("--blank-sample", type=float, metavar="FRACTION",
                    help="also publish this seeded random fraction of the other frames to "
                    "the hits/indexed streams")

@@ -118,8 +118,11 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
         With ``store`` hits or indexed: the seeded random fraction of the other frames
         stored as well.
     bin_factor : int, optional
-        Bin frames first (:mod:`sxlab.live.binner`); processing and ``write`` use the
-        binned stream.
+        Bin frames ``bin_factor`` × ``bin_factor`` for processing. Without ``write`` the
+        workers bin each frame as they decode it (``sxlab live worker --bin``; positions
+        reported in unbinned pixels); with ``write`` the binning worker
+        (:mod:`sxlab.live.binner`) publishes a binned stream that processing and
+        ``write`` use (positions in binned pixels, the binned geometry).
     frames_per_file : int
         Frames per data file of ``write``.
 
@@ -131,7 +134,8 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
 
     from .worker import LiveOutput, geometry_from_header
 
-    if geometry and bin_factor:
+    worker_bin = bin_factor if bin_factor and not write else None
+    if geometry and bin_factor and not worker_bin:
         raise ValueError("--geometry and --bin do not go together: the binning worker bins "
                          "the geometry of the series header")
     if store not in ("all", "hits", "indexed"):
@@ -162,7 +166,7 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
             ingest_args += ["--backfill", backfill]
         children.append(_Child("ingest", _cmd(*ingest_args), logs / "ingest.log"))
         which = ["--since", repr(t_start)] + (["--run", run] if run else [])
-        binned = f"binned{bin_factor}" if bin_factor else None
+        binned = f"binned{bin_factor}" if bin_factor and not worker_bin else None
         if binned:
             children.append(_Child("binner", _cmd("bin", *common, *which, "--factor",
                                                   bin_factor), logs / "binner.log"))
@@ -179,6 +183,8 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
                 wargs += ["--run", run]
             if binned:
                 wargs += ["--input", binned]
+            if worker_bin:
+                wargs += ["--bin", worker_bin]
             if selection:
                 wargs += ["--blank-sample", blank_sample, "--blank-seed", blank_seed]
             children.append(_Child(f"w{k}", _cmd(*wargs), logs / f"worker{k}.log"))
@@ -201,6 +207,10 @@ def run_live(source: str, params_path, out, *, geometry=None, n_workers: int = 2
 
                         key = derived_key(key, binned)
                         params = binned_params(params, bin_factor)   # as the workers do
+                    if worker_bin:
+                        from .binner import binned_params
+
+                        params = binned_params(params, worker_bin)   # as the workers do
                     header = broker.wait_header(key, timeout_s=30)
                     from sxlab.io import read_geom
 

@@ -33,7 +33,7 @@ import numpy as np
 from .broker import Broker, ConsumerGroup, Entry, derived_key, split_key
 from .storage import Selection
 
-__all__ = ["LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
+__all__ = ["FrameDecoder", "LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
            "geometry_from_header"]
 
 log = logging.getLogger("sxlab.live")
@@ -65,11 +65,98 @@ def geometry_from_header(header: dict):
                     groups=(("all", ("p0",)),), name=str(cfg.get("description", "")))
 
 
+class FrameDecoder:
+    """Stream entries into float32 images and bad-pixel masks, in reused arrays.
+
+    The conversion is :meth:`Run.read <sxlab.io.hdf5.Run.read>`'s
+    (:func:`~sxlab.io.hdf5.convert_frame`): pixels flagged by value (EIGER convention:
+    ``2**bits - 1`` and ``2**bits - 2``) are set to 0 and marked bad, as are the header's
+    ``pixel_mask`` pixels. Bitshuffle-LZ4 blobs are decoded straight into a buffer kept
+    from frame to frame; the image and mask arrays are reused too, so the arrays returned
+    by :meth:`decode` hold only the latest frame.
+
+    Parameters
+    ----------
+    pixel_mask : ndarray, optional
+        The run header's pixel mask (non-zero = bad).
+    binner : Binner, optional
+        Bin every frame (:meth:`Binner.bin_stored_into <sxlab.binning.Binner.bin_stored_into>`,
+        one pass over the stored frame; the binner's static mask replaces ``pixel_mask``):
+        images and masks come out in the binned geometry.
+
+    Examples
+    --------
+    >>> dec = FrameDecoder(header["pixel_mask"])  # doctest: +SKIP
+    >>> image, bad = dec.decode(entry)  # doctest: +SKIP
+    """
+
+    def __init__(self, pixel_mask=None, *, binner=None):
+        self.pixel_mask = (None if pixel_mask is None
+                           else np.ascontiguousarray(np.asarray(pixel_mask) != 0))
+        self.binner = binner
+        self._raw: dict = {}
+        self._out: dict = {}
+
+    def _buffer(self, store: dict, key, make):
+        buf = store.get(key)
+        if buf is None:
+            buf = store[key] = make()
+        return buf
+
+    def decode(self, entry: Entry) -> tuple[np.ndarray, np.ndarray]:
+        """Image (float32) and bad mask (bool) of an image entry, in this decoder's arrays.
+
+        Raises
+        ------
+        StreamMessageError
+            A blob that does not decode or a frame of the wrong shape (names the series
+            and frame).
+        """
+        from sxlab.io.compression import BlobError, bslz4_decode_into, decompress
+        from sxlab.io.hdf5 import convert_frame
+
+        from .eiger import StreamMessageError
+
+        frame = entry.frame
+        series = int(entry.number("series", -1))
+        try:
+            shape = tuple(int(n) for n in json.loads(entry.get("shape")))
+            dtype = np.dtype(entry.text("dtype"))
+            encoding = entry.text("encoding")
+            blob = entry.get("data")
+            if encoding == "bslz4" and dtype.isnative and dtype.kind in "uif":
+                raw = self._buffer(self._raw, (shape, dtype.str),
+                                   lambda: np.empty(shape, dtype))
+                bslz4_decode_into(blob, raw)
+            else:
+                raw = decompress(blob, encoding, shape, dtype)
+        except (BlobError, ValueError, TypeError) as exc:
+            raise StreamMessageError(str(exc), series=series, frame=frame) from exc
+        if self.binner is not None:
+            want = tuple(self.binner.source_geometry.data_shape)
+            if raw.size != int(np.prod(want)):
+                raise StreamMessageError(f"image of shape {shape}, the run's geometry has "
+                                         f"{want}", series=series, frame=frame)
+            out_shape = tuple(self.binner.geometry.data_shape)
+            image, bad = self._buffer(self._out, out_shape, lambda: (
+                np.empty(out_shape, np.float32), np.empty(out_shape, bool)))
+            self.binner.bin_stored_into(raw.reshape(want), image, bad)
+            return image, bad
+        if self.pixel_mask is not None and self.pixel_mask.shape != raw.shape:
+            raise StreamMessageError(f"image of shape {raw.shape}, the header's pixel mask "
+                                     f"has {self.pixel_mask.shape}", series=series,
+                                     frame=frame)
+        image, bad = self._buffer(self._out, raw.shape, lambda: (
+            np.empty(raw.shape, np.float32), np.empty(raw.shape, bool)))
+        convert_frame(raw, True, self.pixel_mask, image, bad)
+        return image, bad
+
+
 def decode_frame(entry: Entry, pixel_mask=None, *, attrs: dict | None = None):
     """Image and bad-pixel mask of a stream entry, exactly as :meth:`Run.read` makes them.
 
-    Pixels flagged by value (EIGER convention: ``2**bits - 1`` and ``2**bits - 2``) are
-    set to 0 and marked bad, as are the header's ``pixel_mask`` pixels.
+    New arrays wrapped as DataArrays, for one-off use (viewers, notebooks); workers
+    decode into reused arrays with :class:`FrameDecoder`.
 
     Returns
     -------
@@ -78,32 +165,9 @@ def decode_frame(entry: Entry, pixel_mask=None, *, attrs: dict | None = None):
     """
     import xarray as xr
 
-    from sxlab.io.compression import BlobError, decompress
-    from sxlab.io.hdf5 import value_flags
-
-    from .eiger import StreamMessageError
-
-    frame = entry.frame
-    series = int(entry.number("series", -1))
-    try:
-        shape = tuple(json.loads(entry.get("shape")))
-        raw = decompress(entry.get("data"), entry.text("encoding"), shape,
-                         np.dtype(entry.text("dtype")))
-    except (BlobError, ValueError, TypeError) as exc:
-        raise StreamMessageError(str(exc), series=series, frame=frame) from exc
-    flags = value_flags(raw, True)
-    img = raw.astype(np.float32)
-    if flags.any():
-        np.putmask(img, flags, 0)
-    if pixel_mask is not None:
-        if pixel_mask.shape != raw.shape:
-            raise StreamMessageError(f"image of shape {raw.shape}, the header's pixel mask "
-                                     f"has {pixel_mask.shape}", series=series, frame=frame)
-        bad = flags | (pixel_mask != 0)
-    else:
-        bad = flags
-    attrs = {"frame": frame, **(attrs or {})}
-    return (xr.DataArray(img, dims=("ss", "fs"), attrs=attrs),
+    image, bad = FrameDecoder(pixel_mask).decode(entry)
+    attrs = {"frame": entry.frame, **(attrs or {})}
+    return (xr.DataArray(image, dims=("ss", "fs"), attrs=attrs),
             xr.DataArray(bad, dims=("ss", "fs"), attrs=dict(attrs)))
 
 
@@ -239,15 +303,26 @@ class LiveWorker:
         hits, for viewers and ``tail``), ``hits`` and ``indexed`` (the entries of hit /
         indexed frames, blob untouched, plus the run's blank sample; see
         :mod:`sxlab.live.storage`).
+    bin_factor : int, optional
+        Bin every frame ``bin_factor`` × ``bin_factor`` in this worker as it is decoded
+        (:class:`~sxlab.binning.Binner` with the header's pixel mask; no second stream, no
+        re-encoding) and process it with the binned geometry and
+        :func:`~sxlab.live.binner.binned_params`. Peak and reflection positions are
+        reported in the unbinned detector's pixels (:meth:`Binner.unbin_peaks
+        <sxlab.binning.Binner.unbin_peaks>`), so the output directory has the run's own
+        geometry; ``params.toml`` holds the binned parameters that ran.
     """
 
     def __init__(self, broker: Broker, key: str, out, params=None, *, geometry=None,
                  group: str = "process", consumer: str | None = None, worker: int = 0,
                  claim_idle_s: float = 30.0, batch: int = 4,
-                 publish: tuple = ("results",), results_maxlen: int = 100_000):
+                 publish: tuple = ("results",), results_maxlen: int = 100_000,
+                 bin_factor: int | None = None):
         from sxlab.io import read_geom
         from sxlab.params import Params
         from sxlab.pipeline import prepare
+
+        from .binner import binned_params
 
         self.broker = broker
         self.key = key
@@ -255,18 +330,33 @@ class LiveWorker:
         self.header = broker.wait_header(key, timeout_s=60)
         binning = self.header.get("appendix", {}).get("binning")
         if binning:   # a binning worker's stream: pixel lengths and counts follow the factor
-            from .binner import binned_params
-
+            if bin_factor and bin_factor > 1:
+                raise ValueError(f"{key} is already binned {binning['factor']}x"
+                                 f"{binning['factor']}; do not bin it again in the worker")
             self.params = binned_params(self.params, int(binning["factor"]))
         if isinstance(geometry, (str, os.PathLike)):
             geometry = read_geom(geometry)
         self.geometry = geometry or geometry_from_header(self.header)
+        self.binner = None
+        process_geometry = self.geometry
+        if bin_factor and bin_factor > 1:
+            from sxlab.binning import Binner
+            from sxlab.masks import Mask
+
+            pm = self.header.get("pixel_mask")
+            shape = tuple(self.geometry.data_shape)
+            mask = (Mask.from_bad(np.asarray(pm).reshape(shape) != 0)
+                    if pm is not None and pm.size == np.prod(shape) else None)
+            self.binner = Binner(self.geometry, mask, int(bin_factor))
+            self.params = binned_params(self.params, int(bin_factor))
+            process_geometry = self.binner.geometry
+        self.decoder = FrameDecoder(self.header.get("pixel_mask"), binner=self.binner)
         self.worker = int(worker)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = ConsumerGroup(broker.client, key, group, self.consumer,
                                    claim_idle_s=claim_idle_s)
         self.output = LiveOutput(out, self.params, self.geometry, tag=self.consumer)
-        self.context = prepare(self.geometry, self.params, worker=self.worker)
+        self.context = prepare(process_geometry, self.params, worker=self.worker)
         self.batch = int(batch)
         self.publish = tuple(publish)
         self.results_maxlen = results_maxlen
@@ -289,16 +379,22 @@ class LiveWorker:
                                  self.header["run"], attrs)
         t0 = time.perf_counter()
         try:
-            image, bad = decode_frame(entry, self.header["pixel_mask"], attrs=attrs)
+            image, bad = self.decoder.decode(entry)
         except Exception as exc:  # noqa: BLE001 - recorded as a failed frame
             return failed_result(frame, exc, self.worker, self.header["run"], attrs)
         decode_s = time.perf_counter() - t0
         try:
-            return process_frame(image, bad, self.context, frame=frame, read_s=decode_s,
-                                 wait_s=wait_s)
+            r = process_frame(image, bad, self.context, frame=frame, read_s=decode_s,
+                              wait_s=wait_s, attrs={"frame": frame, **attrs})
         except Exception as exc:  # noqa: BLE001
             self.context.profiler.clear()
             return failed_result(frame, exc, self.worker, self.header["run"], attrs)
+        if self.binner is not None:      # positions in the detector's own pixels
+            if len(r.peaks):
+                r.peaks = self.binner.unbin_peaks(r.peaks)
+            if len(r.reflections):
+                r.reflections = self.binner.unbin_peaks(r.reflections)
+        return r
 
     def _result_fields(self, r, entry: Entry, now: float) -> dict:
         f = r.frame
