@@ -183,7 +183,7 @@ class ImageMessage:
     dtype : str
         ``uint8``, ``uint16``, ``uint32`` (``int32``, ``float32`` accepted).
     encoding : {"bslz4", "lz4", "lz4-hdf5", "none"}
-    blob : bytes
+    blob : bytes or memoryview
         The compressed pixels, untouched.
     start_time_s, stop_time_s, real_time_s : float
         Detector clock: start and stop of the exposure relative to the series start,
@@ -223,6 +223,15 @@ class SeriesEnd:
 
 
 # --------------------------------------------------------------------------- v1
+def _bytes_like(part):
+    """``part`` as bytes, or as a byte memoryview when it is a buffer (no copy)."""
+    if isinstance(part, bytes):
+        return part
+    if isinstance(part, memoryview):
+        return part.cast("B") if part.format != "B" or part.ndim != 1 else part
+    return bytes(part)
+
+
 def _json_part(part, what: str, series=None, frame=None) -> dict:
     try:
         value = json.loads(bytes(part))
@@ -328,7 +337,7 @@ def decode_stream1(parts) -> SeriesHeader | ImageMessage | SeriesEnd:
             raise StreamMessageError(f"unknown pixel type {dtype!r}; expected one of "
                                      f"{_DTYPES}", series=series, frame=frame)
         encoding = _v1_encoding(d.get("encoding", ""), dtype, series, frame)
-        blob = bytes(parts[2])
+        blob = _bytes_like(parts[2])
         size = d.get("size")
         if isinstance(size, int) and size != len(blob):
             raise StreamMessageError(f"blob of {len(blob)} bytes, dimage_d says size "
@@ -486,8 +495,8 @@ def decode_stream2(data: bytes) -> SeriesHeader | ImageMessage | SeriesEnd:
     """
     import cbor2
 
-    data = bytes(data)
-    if not data.startswith(_CBOR_MAGIC):
+    data = _bytes_like(data)
+    if bytes(data[:len(_CBOR_MAGIC)]) != _CBOR_MAGIC:
         raise StreamMessageError("stream2 message does not start with the CBOR "
                                  "self-describe tag 55799")
     try:

@@ -195,7 +195,10 @@ class Ingest:
     def _image_fields(self, msg: ImageMessage, now: float) -> dict:
         return {"type": "image", "frame": msg.frame, "series": msg.series,
                 "shape": json.dumps(list(msg.shape)), "dtype": msg.dtype,
-                "encoding": msg.encoding, "data": msg.blob,
+                "encoding": msg.encoding,
+                # a memoryview goes to the socket as it is (redis-py copies bytes into
+                # the packed command): the blob is not copied between ZeroMQ and Redis
+                "data": memoryview(msg.blob),
                 "t_start_s": msg.start_time_s, "t_stop_s": msg.stop_time_s,
                 "t_real_s": msg.real_time_s, "t_received": now}
 
@@ -381,7 +384,8 @@ class Ingest:
                         break
                     continue
                 last_msg = time.monotonic()
-                kind = self.handle(sock.recv_multipart())
+                # the frames' buffers as received (no copy into bytes objects)
+                kind = self.handle([f.buffer for f in sock.recv_multipart(copy=False)])
                 if kind == "end":
                     ended += 1
                     if n_series is not None and ended >= n_series:
