@@ -82,3 +82,38 @@ def test_read_into_equals_read(tmp_path, rng, compression, dtype):
         np.testing.assert_array_equal(bad, flags | (pixel_mask != 0))
     with pytest.raises(ValueError, match="float32 of shape"):
         run.read_into(0, np.empty(run.frame_shape, np.float64))
+
+
+def _walk_reference(blob: bytes, n_blocks: int, bound: int):
+    """The block-length walk in plain Python (struct)."""
+    import struct
+
+    pos = 12
+    for k in range(n_blocks):
+        if pos + 4 > len(blob):
+            return pos, k, 1, 0
+        (length,) = struct.unpack_from(">I", blob, pos)
+        if length > bound:
+            return pos, k, 2, length
+        pos += 4 + length
+    return pos, -1, 0, 0
+
+
+def test_bslz4_walk_matches_python(rng):
+    from sxlab.io._read_kernels import bslz4_walk
+
+    a = (rng.poisson(2.0, 50_000) * rng.integers(1, 9, 50_000)).astype("<u2")
+    blob = compress(a, "bslz4")
+    n_blocks = 50_000 * 2 // 8192
+    for trial in range(40):
+        b = bytearray(blob)
+        if trial:
+            cut = int(rng.integers(12, len(b)))
+            b = b[:cut] if trial % 2 else b
+            if trial % 3 == 0:        # damage a length field somewhere
+                k = int(rng.integers(12, len(b) - 4))
+                b[k] ^= int(rng.integers(1, 256))
+        data = np.frombuffer(bytes(b), np.uint8)
+        for bound in (8300, 10**9):
+            assert tuple(int(v) for v in bslz4_walk(data, 12, n_blocks, bound)) == \
+                _walk_reference(bytes(b), n_blocks, bound)

@@ -1,7 +1,9 @@
-"""Numba kernels of :mod:`sxlab.io.hdf5`: a stored frame to float32 and its bad pixels.
+"""Numba kernels of the read path: a stored frame to float32 and its bad pixels
+(:mod:`sxlab.io.hdf5`), the block framing of a bitshuffle-LZ4 blob
+(:mod:`sxlab.io.compression`).
 
-Plain-NumPy reference: :func:`sxlab.io.hdf5.value_flags` with ``np.copyto`` /
-``np.logical_or`` (``tests/test_read_kernels.py``).
+Plain-NumPy / Python references: :func:`sxlab.io.hdf5.value_flags` with ``np.copyto`` /
+``np.logical_or``, a ``struct`` walk over the block lengths (``tests/test_read_kernels.py``).
 """
 
 from __future__ import annotations
@@ -29,3 +31,25 @@ def convert_flagged(raw, threshold, pixel_mask, has_mask, out, bad, has_bad):
         if has_bad:
             bad[i] = f or (has_mask and pixel_mask[i])
     return n_flagged
+
+
+@numba.njit(cache=True, nogil=True)
+def bslz4_walk(data, start, n_blocks, bound):
+    """Walk the ``n_blocks`` big-endian uint32 block lengths of a bitshuffle-LZ4 blob.
+
+    ``data`` is the blob as uint8, ``start`` the offset of the first length. Returns
+    ``(end, block, why, length)``: the offset after the last block and ``block = -1``
+    when every length fits, else the failing block with ``why`` 1 (the blob ends inside
+    it) or 2 (its ``length`` exceeds ``bound``).
+    """
+    n = data.size
+    pos = np.int64(start)
+    for k in range(n_blocks):
+        if pos + 4 > n:
+            return pos, k, 1, 0
+        length = ((np.int64(data[pos]) << 24) | (np.int64(data[pos + 1]) << 16)
+                  | (np.int64(data[pos + 2]) << 8) | np.int64(data[pos + 3]))
+        if length > bound:
+            return pos, k, 2, length
+        pos += 4 + length
+    return pos, -1, 0, 0
