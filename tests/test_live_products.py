@@ -425,6 +425,61 @@ def test_binned_16m_run_indexes_the_same_crystals(tmp_path, broker, where):
             assert 0.7 < len(rb) / len(ra) < 1.3 and np.median(d) < 1.0, (len(rb), d)
 
 
+@pytest.mark.slow
+def test_live_run_bins_in_the_workers(tmp_path, redis_url, params, sample):
+    """``sxlab live run --bin 2`` without --write: two workers bin each frame as they
+    decode it; every frame once, the binned processing's results, positions in the
+    detector's own pixels."""
+    from sxlab.binning import Binner
+    from sxlab.live.binner import binned_params
+    from sxlab.live.server import free_port
+    from sxlab.live.supervisor import run_live
+    from sxlab.masks import Mask
+    from sxlab.pipeline import prepare, process_frame
+
+    n = 24
+    ppath = tmp_path / "trial.toml"
+    params.save(ppath)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    replay = run_sxlab("replay", SAMPLE, "--endpoint", endpoint, "--rate", 50, "--frames", n,
+                       "--loop", "--run-name", "wbin")
+    try:
+        summary = run_live(endpoint, ppath, tmp_path / "out", n_workers=2,
+                           broker_url=redis_url, beamtime=f"t{uuid.uuid4().hex[:8]}",
+                           claim_idle_s=5, timeout_s=400, progress=False, bin_factor=2)
+    finally:
+        replay.wait(60)
+    res = summary.results
+    frames = res.frames
+    assert frames.frame.tolist() == list(range(n)) and (frames.status == "ok").all()
+    assert sum(summary.restarts.values()) == 0
+    assert res.geometry == sample.geometry          # the detector's geometry, not binned
+    assert sx.Params.load(tmp_path / "out" / "params.toml") == binned_params(params, 2)
+    # the same numbers as binning and processing here (frame f is sample frame f % 8)
+    binner = Binner(sample.geometry, Mask.from_bad(sample.pixel_mask() != 0), 2)
+    ctx = prepare(binner.geometry, binned_params(params, 2))
+    image = np.empty(binner.geometry.data_shape, np.float32)
+    bad = np.empty(image.shape, bool)
+    for f in range(n):
+        binner.bin_stored_into(sample.read_raw(f % len(sample)), image, bad)
+        r = process_frame(image, bad, ctx, frame=f)
+        want = binner.unbin_peaks(r.peaks) if len(r.peaks) else r.peaks
+        got = res.peaks[res.peaks.frame == f]
+        assert len(got) == len(want)
+        for col in ("fs", "ss", "intensity", "panel"):
+            np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float))
+        assert (res.crystals.frame == f).sum() == len(r.crystals)
+    assert frames.indexed.sum() >= 4
+    # and, independently, those positions are where the unbinned frames have their peaks
+    unbinned = sx.process_run(sample, params, executor="serial", progress=False)
+    for f in unbinned.frames.frame[unbinned.frames.hit]:
+        pa = unbinned.peaks[unbinned.peaks.frame == f].nlargest(5, "intensity")
+        pb = res.peaks[res.peaks.frame == f]
+        d = np.hypot(pa.fs.to_numpy()[:, None] - pb.fs.to_numpy()[None],
+                     pa.ss.to_numpy()[:, None] - pb.ss.to_numpy()[None]).min(axis=1)
+        assert np.median(d) < 1.0, (f, d)
+
+
 # ----------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_live_run_writes_binned_hits_with_blank_sample(tmp_path, redis_url, params):
