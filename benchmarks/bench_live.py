@@ -68,9 +68,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def settings(params, mode: str):
-    if mode == "fast":
+    """Parameters of ``full``, ``fast`` (``fast-bin2`` ...: the binning is not a parameter
+    but a worker option, see :func:`bin_factor`)."""
+    if mode.split("-")[0] == "fast":
         return params.replace(peaks={"fast": True}, index={"fast": True})
     return params
+
+
+def bin_factor(mode: str) -> int:
+    """Worker-side binning of a mode (``fast-bin2`` -> 2; 0: none)."""
+    tail = mode.partition("-bin")[2]
+    return int(tail) if tail else 0
 
 
 def half_hits(run, params):
@@ -100,12 +108,14 @@ def batch(run, params, frames: int):
     return fps, cpu_ms, serial
 
 
-def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path):
+def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path,
+               factor: int = 0):
     """One live run at ``rate``: latency, sustained or not, CPU per frame per part.
 
     A short warm-up series goes first (workers load their kernels on it); the timed
-    series follows on the same ingest and workers. The ingest's and Redis's CPU are read
-    from /proc over the timed series only (start-up excluded).
+    series follows on the same ingest and workers. The ingest's, Redis's and the
+    workers' CPU are read from /proc over the timed series only (start-up excluded).
+    ``factor``: workers bin frames (``sxlab live worker --bin``).
     """
     beamtime = f"b{uuid.uuid4().hex[:6]}"
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -123,7 +133,8 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         workers = [subprocess.Popen(py + ["worker", *common, "--out", str(out),
                                           "--params", str(params_path), "--since",
                                           repr(t_start), "--worker", str(k), "--name",
-                                          f"w{k}", "--batch", "1", "--follow"],
+                                          f"w{k}", "--follow",
+                                          *(["--bin", str(factor)] if factor else [])],
                                     stdout=devnull, stderr=devnull) for k in range(2)]
         warm = Replay(run, endpoint=endpoint, frames=n_warm, loop=True, preload=True,
                       run_name="warmup", series=1)
@@ -135,6 +146,7 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
                      preload=True, run_name="bench", series=2)
         redis_cpu0 = cpu_seconds(server.process.pid)
         ingest_cpu0 = cpu_seconds(ingest.pid)
+        workers_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
         result = {"s": rep.serve()}
         t_sent = time.time()
         key = broker.wait_run(since=t_start, run="bench", timeout_s=30)
@@ -147,6 +159,7 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         t_done = time.time()
         redis_cpu = cpu_seconds(server.process.pid) - redis_cpu0
         ingest_cpu = cpu_seconds(ingest.pid) - ingest_cpu0
+        workers_cpu = sum(cpu_seconds(w.pid) for w in workers) - workers_cpu0
         rows = broker.client.xrange(derived_key(key, "results"), "-", "+")
         res = pd.DataFrame([{k.decode(): v.decode() for k, v in f.items()} for _, f in rows])
         for w in [ingest, *workers]:
@@ -168,6 +181,7 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         "latency_p99_s": float(np.percentile(lat, 99)),
         "redis_cpu_ms": 1e3 * redis_cpu / n_frames,
         "ingest_cpu_ms": 1e3 * ingest_cpu / n_frames,
+        "workers_cpu_ms": 1e3 * workers_cpu / n_frames,
         "worker_ms": 1e3 * float(res.total_s.mean()),
     }
 
@@ -175,7 +189,9 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--detectors", default="4m,16m")
-    ap.add_argument("--modes", default="full,fast")
+    ap.add_argument("--modes", default="full,fast,fast-bin2",
+                    help="full, fast (fast peak search and indexing), -binN: the workers "
+                    "bin N x N")
     ap.add_argument("--parts", default="live,stages,products",
                     help="live (rates and latency), stages (CPU per stage and setting, "
                     "cores at 133 Hz), products (writer, policies, binning)")
@@ -188,6 +204,7 @@ def main() -> None:
     load_start = _common.load_average()
     workdir = Path(tempfile.mkdtemp(prefix="sxlab-bench-live-"))
     rows = []
+    unbinned = {}
     parts = args.parts.split(",")
     for det in args.detectors.split(",") if "live" in parts else []:
         name = DATASETS[det]
@@ -195,19 +212,25 @@ def main() -> None:
         run = half_hits(sx.datasets.load(name, progress=False), base)
         for mode in args.modes.split(","):
             params = settings(base, mode)
+            factor = bin_factor(mode)
             ppath = workdir / f"{det}-{mode}.toml"
             params.save(ppath)
             n_batch = 60 if det == "4m" else 24
-            batch_fps, cpu_ms, serial = batch(run, params, n_batch)
+            if factor:       # the batch pipeline does not bin: its unbinned figures
+                batch_fps, cpu_ms, serial = unbinned[mode.partition("-bin")[0]]
+                batch_fps = float("nan")
+            else:
+                batch_fps, cpu_ms, serial = batch(run, params, n_batch)
+                unbinned[mode] = (batch_fps, cpu_ms, serial)
             hits = float(serial.frames.hit.mean())
-            capacity = 2000.0 / cpu_ms          # 2 workers, frames/s
+            capacity = 2000.0 / cpu_ms * (3 if factor else 1)   # 2 workers, frames/s
             trial_s = 5.0 if args.quick else 10.0
             best = None
             trials = []
             for factor in (0.6, 0.4, 0.25, 0.15):
                 rate = round(capacity * factor, 2)
                 n = max(12, int(rate * trial_s))
-                t = live_trial(run, ppath, rate, n, workdir)
+                t = live_trial(run, ppath, rate, n, workdir, factor)
                 trials.append(t)
                 print(f"  {det} {mode}: {rate:.2f} Hz -> sustained={t['sustained']} "
                       f"p50={t['latency_p50_s']:.2f}s p99={t['latency_p99_s']:.2f}s",
@@ -217,11 +240,12 @@ def main() -> None:
                     break
             best = best or trials[-1]
             ingest_ms = best["ingest_cpu_ms"]
-            per_frame_ms = cpu_ms + ingest_ms + best["redis_cpu_ms"]
+            per_frame_ms = best["workers_cpu_ms"] + ingest_ms + best["redis_cpu_ms"]
             cores = EIGER2_16M_HZ * per_frame_ms / 1e3
             rows.append({
                 "detector": det, "mode": mode, "hit_rate": hits,
-                "batch_fps": batch_fps, "worker_cpu_ms": cpu_ms,
+                "batch_fps": batch_fps, "batch_cpu_ms": float("nan") if factor else cpu_ms,
+                "live_worker_cpu_ms": best["workers_cpu_ms"],
                 "sustained_hz": best["rate_hz"] if best["sustained"] else float("nan"),
                 "live_batch_ratio": (best["rate_hz"] / batch_fps) if best["sustained"]
                 else float("nan"),
@@ -238,14 +262,17 @@ def main() -> None:
              f"Redis: {EmbeddedRedis().binary}", "",
              "2 workers, embedded Redis, ingest and replay on this machine's 2 shared cores.",
              "Latency: detector send -> committed result; cores: 133 frames/s x CPU per "
-             "frame (worker + ingest + Redis).", "",
+             "frame (live workers + ingest + Redis, from /proc over the timed series; the "
+             "workers read up to 4 frames at a time, the default). batch_cpu_ms: one "
+             "batch worker's CPU per frame. -bin2: the workers bin 2x2 (no batch "
+             "figures: the batch pipeline does not bin).", "",
              _md(table) if len(table) else "(live part not run)", "",
              f"Paper (CrystFEL + ASAP::O, EIGER2 16M at 133 Hz): {PAPER_CORES} cores; "
              f"target: <= {TARGET_CORES} cores."]
     for r in rows:
         if r["detector"] == "16m":
             lines.append(f"16M {r['mode']}: {r['cores_for_133Hz']:.0f} cores at 133 Hz "
-                         f"({r['worker_cpu_ms'] + r['ingest_cpu_ms'] + r['redis_cpu_ms']:.0f}"
+                         f"({r['live_worker_cpu_ms'] + r['ingest_cpu_ms'] + r['redis_cpu_ms']:.0f}"
                          " ms CPU per frame)")
     stage_rows = []
     if "stages" in parts:

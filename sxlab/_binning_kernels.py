@@ -168,13 +168,7 @@ def bin_raw(raw, threshold, static, layout, factor, max_bad, rescale, out, out_b
     total = np.empty(wmax * factor, np.int64)
     count = np.empty(wmax * factor, np.int64)
     for k in range(layout.shape[0]):
-        slab = layout[k, 0]
-        ss0 = layout[k, 1]
-        fs0 = layout[k, 2]
-        ssb0 = layout[k, 3]
-        fsb0 = layout[k, 4]
-        hb = layout[k, 5]
-        wb = layout[k, 6]
+        slab, ss0, fs0, ssb0, fsb0, hb, wb = layout[k]
         w = wb * factor
         for bs in range(hb):
             row = ss0 + bs * factor
