@@ -10,9 +10,9 @@ mode (``normal``; ``fast`` = the fast peak search and fast asdf in both programs
   opens the run and prepares a worker (mask, peak finder, indexer, integrator) up to its
   first frame; CPU seconds of the whole process up to that point (interpreter start
   included), median of three processes, after a warm-up run that fills the kernel caches.
-* **per frame**: one worker process reads and processes every frame
-  (``Run.read`` + :func:`sxlab.process_frame`), CPU per frame, medians over the hit and
-  non-hit frames of the simulation's truth;
+* **per frame**: one worker process reads and processes every frame as the batch
+  workers do (:func:`sxlab.pipeline.read_frame` + :func:`sxlab.process_frame`), CPU per
+  frame, medians over the hit and non-hit frames of the simulation's truth;
 * **whole process**: ``sxlab process RUN --params P -j 1 --out DIR`` as a user runs it
   (outputs written), CPU user + sys of the process for all frames, and its peak RSS
   (``wait4``'s ``ru_maxrss``).
@@ -138,7 +138,7 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
     import sxlab.cli  # noqa: F401  (what `sxlab process` imports)
     from sxlab.io import open_run
     from sxlab.params import Params
-    from sxlab.pipeline import prepare, process_frame
+    from sxlab.pipeline import prepare, process_frame, read_frame
     c_import = time.process_time()
     params = Params.load(params_file)
     run = open_run(master)
@@ -148,8 +148,8 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
     cpu, hits, indexed = [], [], []
     for i in range(min(n_frames, len(run))):
         c0 = time.process_time()
-        image, bad = run.read(i)
-        res = process_frame(image, bad, ctx, frame=i)
+        image, bad, attrs = read_frame(run, i, ctx)
+        res = process_frame(image, bad, ctx, frame=i, attrs=attrs)
         cpu.append(time.process_time() - c0)
         hits.append(bool(res.frame["hit"]))
         indexed.append(bool(res.frame["indexed"]))

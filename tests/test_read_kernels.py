@@ -80,5 +80,62 @@ def test_read_into_equals_read(tmp_path, rng, compression, dtype):
         np.testing.assert_array_equal(img, expected_image(frames[i], eiger=True))
         flags = value_flags(frames[i], eiger=True)
         np.testing.assert_array_equal(bad, flags | (pixel_mask != 0))
-    with pytest.raises(ValueError, match="float32 of shape"):
+    with pytest.raises(ValueError, match=r"image must be float32( or \w+)? of shape"):
         run.read_into(0, np.empty(run.frame_shape, np.float64))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "float32"])
+def test_read_into_stored_dtype(tmp_path, rng, dtype):
+    """In the stored dtype the frame is read unconverted, flagged pixels zero."""
+    frames = make_frames(rng, 4, dtype)
+    if dtype.startswith("u"):
+        frames[:, 3, 4] = np.iinfo(dtype).max
+    pixel_mask = np.zeros(frames.shape[1:], np.uint32)
+    pixel_mask[2, :] = 1
+    master = write_run(tmp_path / "s_master.h5", flat_detector(), frames,
+                       compression="bslz4", pixel_mask=pixel_mask)
+    run = open_run(master)
+    img = np.empty(run.frame_shape, run.dtype)
+    bad = np.empty(run.frame_shape, bool)
+    for i in range(len(run)):
+        run.read_into(i, img, bad)
+        image, mask = run.read(i)
+        np.testing.assert_array_equal(img.astype(np.float32), image.values)
+        np.testing.assert_array_equal(bad, mask.values)
+
+
+def test_read_into_other_stored_dtype_is_an_error(tmp_path, rng):
+    a = write_run(tmp_path / "a_master.h5", flat_detector(), make_frames(rng, 2, "uint16"),
+                  frames_per_file=2)
+    b = write_run(tmp_path / "b_master.h5", flat_detector(), make_frames(rng, 2, "uint32"),
+                  frames_per_file=2)
+    run = open_run([a, b])
+    img = np.empty(run.frame_shape, np.uint16)
+    run.read_into(0, img)
+    with pytest.raises(ValueError, match="stored as uint32, not uint16"):
+        run.read_into(2, img)
+
+
+def test_pipeline_same_results_from_stored_dtype_and_float32():
+    """read_frame gives the stored uint16 frame; every stage gives what float32 gives."""
+    import pandas as pd
+
+    import sxlab as sx
+    from sxlab.demo import demo_params
+    from sxlab.pipeline import prepare, process_frame, read_frame
+
+    run = sx.datasets.load("lysozyme-sample", progress=False)
+    ctx = prepare(run.geometry, demo_params(sx.datasets.truth("lysozyme-sample")))
+    n_indexed = 0
+    for i in range(len(run)):
+        image, bad, attrs = read_frame(run, i, ctx)
+        assert image.dtype == run.dtype == np.uint16
+        a = process_frame(image, bad, ctx, frame=i, attrs=attrs)
+        b = process_frame(image.astype(np.float32), bad, ctx, frame=i, attrs=attrs)
+        for kind in ("peaks", "crystals", "reflections"):
+            pd.testing.assert_frame_equal(getattr(a, kind), getattr(b, kind))
+        timing = [k for k in a.frame if k.endswith("_s")]
+        assert {k: v for k, v in a.frame.items() if k not in timing} == \
+            pytest.approx({k: v for k, v in b.frame.items() if k not in timing}, nan_ok=True)
+        n_indexed += a.frame["indexed"]
+    assert n_indexed > 0

@@ -386,8 +386,13 @@ class Run:
             yield self[i]
 
     # --------------------------------------------------------------- reading
-    def _read_into_buffer(self, g: int) -> tuple[np.ndarray, _Segment, int]:
-        """Read frame ``g`` into the shared buffer (caller holds the lock)."""
+    def _read_into_buffer(self, g: int, target: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, _Segment, int]:
+        """Read frame ``g`` into the shared buffer (caller holds the lock).
+
+        With ``target`` (C-contiguous, the frame's shape), the frame is read into it
+        instead when its dtype is the stored one.
+        """
         seg, local = self._locate(g)
         info = err = None
         try:
@@ -402,7 +407,11 @@ class Run:
             elif not seg.single and local >= info.shape[0]:
                 err = f"the dataset holds only {info.shape[0]} frames (truncated file?)"
         if err is None:
-            buf = self._handles.buffer(info.dtype, self.frame_shape)
+            if (target is not None and target.dtype == info.dtype
+                    and target.flags.c_contiguous):
+                buf = target
+            else:
+                buf = self._handles.buffer(info.dtype, self.frame_shape)
             try:
                 if seg.single:
                     offset, sel = (0,) * len(shape), np.s_[...]
@@ -455,9 +464,16 @@ class Run:
                 "dataset": seg.dataset}
 
     def _convert(self, g: int, out: np.ndarray, mask_out: np.ndarray | None):
-        """Read frame ``g`` into float32 ``out`` (and its bad mask into ``mask_out``)."""
+        """Read frame ``g`` into ``out`` (and its bad mask into ``mask_out``).
+
+        ``out`` is float32, or of the frame's stored dtype (then read in place).
+        """
         with self._handles.lock:
-            buf, seg, local = self._read_into_buffer(g)
+            stored = out.dtype != np.float32
+            buf, seg, local = self._read_into_buffer(g, out if stored else None)
+            if stored and buf is not out:
+                raise ValueError(f"frame {g} of run {self.name!r} is stored as "
+                                 f"{buf.dtype}, not {out.dtype} (read it as float32)")
             meta = self._metas[seg.meta]
             pm = self._pixel_mask(seg.meta) if mask_out is not None else None
             if buf.dtype.kind == "u" and out.flags.c_contiguous and (
@@ -473,7 +489,8 @@ class Run:
                                 out.reshape(-1), flat_bad, mask_out is not None)
             else:
                 flags = value_flags(buf, meta.eiger_flags)
-                np.copyto(out, buf, casting="unsafe")
+                if not stored:
+                    np.copyto(out, buf, casting="unsafe")
                 if flags.any():
                     np.copyto(out, 0, where=flags)
                 if mask_out is not None:
@@ -499,8 +516,10 @@ class Run:
         ----------
         i : int
             Frame index.
-        image : ndarray of float32
+        image : ndarray of float32 or of the run's stored ``dtype``
             Of the run's ``frame_shape``; receives the frame, pixels flagged by value 0.
+            In the stored dtype the frame is decoded straight into it, unconverted
+            (a frame of a file stored in another dtype is then a ``ValueError``).
         bad : ndarray of bool, optional
             Of ``frame_shape``; receives the bad-pixel mask (see :meth:`read`).
 
@@ -518,10 +537,13 @@ class Run:
         >>> run.read_into(0, img, bad)["event"]
         '//0'
         """
-        for name, arr, dtype in (("image", image, np.float32), ("bad", bad, np.bool_)):
-            if arr is not None and (arr.shape != self.frame_shape or arr.dtype != dtype):
-                raise ValueError(f"{name} must be {np.dtype(dtype).name} of shape "
-                                 f"{self.frame_shape}, got {arr.dtype} {arr.shape}")
+        for name, arr, dtypes in (("image", image, (np.float32, self.dtype)),
+                                  ("bad", bad, (np.bool_,))):
+            if arr is not None and (arr.shape != self.frame_shape
+                                    or arr.dtype not in dtypes):
+                kinds = " or ".join(sorted({np.dtype(d).name for d in dtypes}))
+                raise ValueError(f"{name} must be {kinds} of shape {self.frame_shape}, "
+                                 f"got {arr.dtype} {arr.shape}")
         g = self._global(i)
         seg, local = self._convert(g, image, bad)
         return self._attrs(g, seg, local)
