@@ -39,6 +39,7 @@ __all__ = [
     "Context",
     "FrameResult",
     "failed_result",
+    "frame_tables",
     "prepare",
     "process_frame",
     "process_run",
@@ -54,10 +55,25 @@ def _concat(kind: str, parts) -> pd.DataFrame:
     return tables.get(kind).concat(parts)
 
 
-def _tables_of(results: list[FrameResult]) -> dict[str, pd.DataFrame]:
-    """The five tables of several frames' results, each concatenated."""
-    return {kind: _concat(kind, [r.table(kind) for r in results])
-            for kind in ("frames", "peaks", "crystals", "reflections", "profile")}
+def frame_tables(results) -> dict[str, pd.DataFrame]:
+    """The five tables of several frames' :class:`FrameResult` s, each concatenated.
+
+    The frames table is made at once from the frames' rows (not a one-row table per
+    frame). Returns a dict: frames, peaks, crystals, reflections, profile.
+
+    Examples
+    --------
+    >>> res = failed_result(3, "no data")
+    >>> frame_tables([res])["frames"][["frame", "status"]].values.tolist()
+    [[3, 'failed']]
+    """
+    results = list(results)
+    out = {"frames": tables.FRAMES.make(
+        {c: [r.frame[c] for r in results] for c in tables.FRAMES.names})
+        if results else _empty("frames")}
+    for kind in ("peaks", "crystals", "reflections", "profile"):
+        out[kind] = _concat(kind, [getattr(r, kind) for r in results])
+    return out
 
 
 # ---------------------------------------------------------------------------- context
@@ -382,7 +398,7 @@ def process_run(run, params: Params | None = None, *, executor="local",
     try:
         for results in _iter_results(run, params, todo, executor, n_workers, chunk_size):
             if writer is not None:
-                writer.write(**_tables_of(results))
+                writer.write(**frame_tables(results))
             else:
                 collected.extend(results)
             for r in results:
@@ -398,5 +414,5 @@ def process_run(run, params: Params | None = None, *, executor="local",
             bar.close()
     if writer is not None:
         return writer.finish(wall_s=time.perf_counter() - t0)
-    return Results.from_tables(_tables_of(collected), params,
+    return Results.from_tables(frame_tables(collected), params,
                                wall_s=time.perf_counter() - t0, geometry=run.geometry)
