@@ -81,6 +81,7 @@ _EXPORTS = {
     "Results": "results",
     "ResultsReader": "results",
     "ResultsWriter": "results",
+    "open_results": "results",
     "prepare": "pipeline",
     "process_frame": "pipeline",
     "process_run": "pipeline",
@@ -108,6 +109,9 @@ _EXPORTS = {
     "Simulator": "simulate",
     "Truth": "simulate",
     "simulate_frame": "simulate",
+    "simulate_powder": "simulate",
+    "calibrate_rings": "calibration",
+    "refine_geometry": "calibration",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,20 +99,30 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from sxlab.merging import merge
 
     source = args.dir
+    crystals = beam = None
     if source.is_dir():
-        if (source / "reflections.parquet").is_file():
+        from sxlab.results import Results
+
+        if args.model != "unity":
+            res = Results.load(source)
+            reflections, crystals = res.reflections, res.crystals
+            beam = res.geometry
+        elif (source / "reflections.parquet").is_file():
             reflections = pd.read_parquet(source / "reflections.parquet")
         else:
-            from sxlab.results import Results
-
             reflections = Results.load(source).reflections
     else:
+        if args.model != "unity":
+            print("error: --model needs an output directory (crystals and geometry)",
+                  file=sys.stderr)
+            return 2
         reflections = pd.read_parquet(source)
-    result = merge(reflections, args.symmetry, scale=not args.no_scale,
+    result = merge(reflections, args.symmetry, crystals=crystals, beam=beam,
+                   scale=not args.no_scale,
                    iterations=args.iterations, min_measurements=args.min_measurements,
                    partiality=args.partiality, anomalous=args.anomalous,
                    n_shells=args.shells, d_min=args.d_min, d_max=args.d_max,
-                   max_adu=args.max_adu)
+                   max_adu=args.max_adu, model=args.model)
     write_mtz(result.merged, args.output)
     written = [args.output]
     if args.hkl is not None:
@@ -204,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hkl", type=Path, metavar="HKL",
                    help="also write a CrystFEL reflection list and its half sets")
     p.add_argument("--no-scale", action="store_true", help="do not refine scales")
+    p.add_argument("--model", choices=("unity", "gaussian", "xsphere"), default="unity",
+                   help="partiality model: unity (Monte Carlo, default) or post-refinement "
+                        "with the gaussian or xsphere model (needs an output directory)")
     p.add_argument("--iterations", type=int, default=3, help="scaling cycles (default 3)")
     p.add_argument("--min-measurements", type=int, default=2, metavar="N",
                    help="observations a reflection needs to be output (default 2)")
@@ -217,11 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
 
+    from sxlab.calibration.cli import add_parser as add_calibration_parser
     from sxlab.experiment.cli import add_parser as add_experiment_parser
     from sxlab.report import add_parser as add_report_parser
 
     add_experiment_parser(sub, figure=_run_stats_figure)
     add_report_parser(sub)
+    add_calibration_parser(sub)
 
     from sxlab.live.cli import register as register_live
 

@@ -36,10 +36,12 @@ __all__ = [
     "effective_variance",
     "ewald_slope",
     "excitation_error",
+    "nearest_rotation",
     "partiality_gaussian",
     "partiality_xsphere",
     "peak_vectors",
     "profile_radius",
+    "rotation_matrix",
     "spot_wavenumber",
 ]
 
@@ -343,3 +345,41 @@ def d_spacing(hkl, astar) -> np.ndarray:
     q2 = np.einsum("ij,ij->i", q, q)
     with np.errstate(divide="ignore"):
         return 1.0 / np.sqrt(q2)
+
+
+# ========================================================================= orientations
+def rotation_matrix(omega) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``omega`` (axis × angle in radians; Rodrigues).
+
+    Examples
+    --------
+    >>> rotation_matrix([0.0, 0.0, np.pi / 2]).round(12) @ [1.0, 0.0, 0.0]
+    array([0., 1., 0.])
+    """
+    omega = np.asarray(omega, dtype=float)
+    theta = float(np.linalg.norm(omega))
+    if theta < 1e-15:
+        return np.eye(3)
+    k = omega / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
+
+
+def nearest_rotation(m) -> np.ndarray:
+    """The proper rotation nearest to ``m`` in the Frobenius norm (polar decomposition).
+
+    The orientation ``U`` of a crystal with reciprocal basis ``A`` and cell basis ``B``
+    (``A = B Uᵀ``) is ``nearest_rotation(solve(B, A).T)``.
+
+    Examples
+    --------
+    >>> r = nearest_rotation(rotation_matrix([0.1, -0.2, 0.3]) * 1.01)
+    >>> bool(np.allclose(r, rotation_matrix([0.1, -0.2, 0.3])))
+    True
+    """
+    u, _, vt = np.linalg.svd(np.asarray(m, dtype=float))
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    return r

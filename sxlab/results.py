@@ -67,7 +67,7 @@ import pandas as pd
 from . import tables
 from .params import Params
 
-__all__ = ["KINDS", "Results", "ResultsReader", "ResultsWriter"]
+__all__ = ["KINDS", "Results", "ResultsReader", "ResultsWriter", "open_results"]
 
 #: The per-frame tables of a results directory, in the order a part is written (the
 #: frames table, last, commits the part).
@@ -494,3 +494,27 @@ class ResultsWriter:
     def __repr__(self) -> str:
         tag = f" tag {self.tag!r}" if self.tag else ""
         return f"<ResultsWriter {self.out}{tag}: {len(self.done)} frames committed>"
+
+
+def open_results(out) -> Results:
+    """The results of a batch or live output directory, as committed so far.
+
+    A finished directory is read from its merged tables; a growing one (a run still being
+    processed, by ``sxlab process`` or live workers) from the parts committed up to now,
+    so calling it again shows the frames added since.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output directory.
+
+    Returns
+    -------
+    Results
+
+    Examples
+    --------
+    >>> res = sx.open_results("results/")  # doctest: +SKIP
+    >>> res.summary()  # doctest: +SKIP
+    """
+    return ResultsReader(out).read()

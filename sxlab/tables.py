@@ -60,7 +60,9 @@ __all__ = [
     "DATASETS",
     "DEMO_SUMMARY",
     "FRAMES",
+    "GEOMETRY_RESIDUALS",
     "HITS",
+    "INDEXING_SCORES",
     "MERGED",
     "PEAKS",
     "PREDICTIONS",
@@ -68,6 +70,7 @@ __all__ = [
     "PROFILE_BLOCKS",
     "REFLECTIONS",
     "RESOLUTION_SHELLS",
+    "RING_POINTS",
     "RUN_STATS_FRAMES",
     "RUN_STATS_RUNS",
     "RUN_SUMMARY",
@@ -436,6 +439,15 @@ CRYSTALS = Schema("crystals", "one row per lattice", [
     _c("residual_invA", "float64", "1/Å", "RMS distance |q - hkl·A| of the indexed peaks"),
 ])
 
+INDEXING_SCORES = Schema("indexing_scores", "one row per found lattice, against the truth", [
+    _FRAME, _CRYSTAL,
+    _c("true_crystal", "int64", "", "simulated crystal it matched best (-1: none)"),
+    _c("misorientation_deg", "float64", "deg",
+       "rotation to that crystal, up to the lattice symmetry (NaN: none)"),
+    _c("correct", "bool", "", "right cell and orientation, first solution for the crystal"),
+    _c("false", "bool", "", "not correct: blank frame, wrong lattice or a second solution"),
+])
+
 # ================================================================== integration
 PREDICTIONS = Schema("predictions", "one row per predicted reflection", [
     _FRAME, _CRYSTAL, *_hkl(),
@@ -559,6 +571,32 @@ SCALES = Schema("scales", "one row per crystal", [
     _c("cc", "float64", "", "CC of the crystal's scaled intensities with the merged ones"),
     _c("rejected", "bool", "", "left out of the merged data"),
     _c("reason", "str", "", "why it was rejected ('' when kept)"),
+])
+
+# ================================================================== calibration
+GEOMETRY_RESIDUALS = Schema("geometry_residuals", "one row per panel", [
+    _c("panel", "int64", "", "panel index in geometry.panels"),
+    _c("name", "str", "", "panel name"),
+    _c("group", "str", "", "rigid group the panel moved with"),
+    _c("n_peaks", "int64", "", "indexed peaks on the panel used in the refinement"),
+    _c("rms_before_px", "float64", "px",
+       "RMS observed - predicted spot in the given geometry (orientations refined)"),
+    _c("mean_dfs_before_px", "float64", "px", "mean fs residual before"),
+    _c("mean_dss_before_px", "float64", "px", "mean ss residual before"),
+    _c("rms_after_px", "float64", "px", "RMS residual in the refined geometry"),
+    _c("mean_dfs_after_px", "float64", "px", "mean fs residual after"),
+    _c("mean_dss_after_px", "float64", "px", "mean ss residual after"),
+])
+
+RING_POINTS = Schema("ring_points", "one row per control point on a powder ring", [
+    _c("ring", "int64", "", "ring index in the d-spacings given (0-based)"),
+    _c("d_A", "float64", "Å", "d-spacing of the ring"),
+    _c("sector", "int64", "", "azimuthal sector of the point"),
+    _PANEL, _FS, _SS,
+    _c("intensity", "float64", "ADU", "ring signal above background in the sector"),
+    _c("residual_before_deg", "float64", "deg", "2θ of the point - 2θ of the ring, given geometry"),
+    _c("residual_after_deg", "float64", "deg", "the same in the calibrated geometry"),
+    _c("used", "bool", "", "kept by the robust fit"),
 ])
 
 # ================================================================= ground truth
@@ -742,7 +780,7 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     PROFILE_BLOCKS, MERGED, STATISTICS, SCALES, TRUTH_FRAMES, TRUTH_CRYSTALS,
     TRUTH_REFLECTIONS, TRUTH_INTENSITIES, STREAM_FRAMES, STREAM_CRYSTALS, STREAM_HEADERS,
     RESOLUTION_SHELLS, RUN_STATS_FRAMES, RUN_STATS_RUNS, DATASETS, DEMO_SUMMARY,
-    BROKER_STATUS, WRITER_STATUS)}
+    BROKER_STATUS, WRITER_STATUS, GEOMETRY_RESIDUALS, RING_POINTS, INDEXING_SCORES)}
 
 
 def get(name: str) -> Schema:
@@ -790,3 +828,4 @@ def documented(obj):
         if new != doc:
             obj.__doc__ = new
     return obj
+
