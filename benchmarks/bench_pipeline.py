@@ -378,7 +378,7 @@ def main() -> None:
     if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
         args.out = Path(os.environ["SXLAB_BENCH_OUT"])
     load_start = _common.load_average()
-    bindir = None if args.no_crystfel else _common_crystfel_bindir()
+    bindir = None if args.no_crystfel else _common.crystfel_bindir()
 
     from sxlab.simulate import Truth
 
@@ -423,19 +423,6 @@ def main() -> None:
         paths = _common.write_report(args.out, "bench_pipeline", text, flat,
                                      {"rows": rows, "header": header})
         log("wrote " + ", ".join(map(str, paths)))
-
-
-def _common_crystfel_bindir():
-    """The CrystFEL build's bin folder (``_common.crystfel_bindir`` where it exists)."""
-    finder = getattr(_common, "crystfel_bindir", None)
-    if finder is not None:
-        return finder()
-    on_path = shutil.which("indexamajig")
-    for candidate in (os.environ.get("CRYSTFEL_BIN"), on_path and str(Path(on_path).parent),
-                      "/opt/crystfel/bin"):
-        if candidate and (Path(candidate) / "indexamajig").exists():
-            return Path(candidate)
-    return None
 
 
 if __name__ == "__main__":
