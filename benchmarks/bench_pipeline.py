@@ -6,10 +6,11 @@ bitshuffle-LZ4 NXmx; the recipes ``lysozyme-4m`` / ``lysozyme-16m`` of the data-
 registry with more frames), cached under ``$SXLAB_CACHE/bench_pipeline``. Then, for each
 mode (``normal``; ``fast`` = the fast peak search and fast asdf in both programs):
 
-* **start-up**: a fresh Python process imports ``sxlab.cli`` and ``sxlab.pipeline``,
-  opens the run and prepares a worker (mask, peak finder, indexer, integrator) up to its
-  first frame; CPU seconds of the whole process up to that point (interpreter start
-  included), median of three processes, after a warm-up run that fills the kernel caches.
+* **start-up**: a fresh Python process imports ``sxlab.cli``, builds the ``sxlab process``
+  parser, imports ``sxlab.pipeline``, opens the run and prepares a worker (mask, peak
+  finder, indexer, integrator) up to its first frame; CPU seconds of the whole process up
+  to that point (interpreter start included), median of three processes, after a warm-up
+  run that fills the kernel caches.
 * **per frame**: one worker process reads and processes every frame as the batch
   workers do (:func:`sxlab.pipeline.read_frame` + :func:`sxlab.process_frame`), CPU per
   frame, medians over the hit and non-hit frames of the simulation's truth;
@@ -135,7 +136,9 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
     import resource
 
     c_start = time.process_time()
-    import sxlab.cli  # noqa: F401  (what `sxlab process` imports)
+    import sxlab.cli
+
+    sxlab.cli.build_parser("process")  # what `sxlab process` does first
     from sxlab.io import open_run
     from sxlab.params import Params
     from sxlab.pipeline import prepare, process_frame, read_frame
