@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sxlab.io._read_kernels import convert_flagged
+from sxlab.io._read_kernels import convert_flagged, flag_in_place
 from sxlab.io.compression import BlobError, bslz4_decode_into, compress, decompress
 from sxlab.io.hdf5 import open_run, value_flags
 from tests.test_io_hdf5 import expected_image, flat_detector, make_frames, write_run
@@ -55,6 +55,12 @@ def test_convert_flagged_matches_numpy(rng, dtype, eiger, with_mask):
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(bad, flags | pm if with_mask else flags)
     assert n == flags.sum()
+    in_place, bad2 = raw.copy(), np.zeros(raw.size, bool)
+    n2 = flag_in_place(in_place, threshold, pm if with_mask else np.zeros(0, bool),
+                       with_mask, bad2, True)
+    np.testing.assert_array_equal(in_place, np.where(flags, 0, raw))
+    np.testing.assert_array_equal(bad2, bad)
+    assert n2 == n
 
 
 @pytest.mark.parametrize("compression", ["bslz4", "gzip", None])

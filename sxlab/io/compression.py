@@ -98,7 +98,12 @@ def bslz4_problem(blob, nbytes: int, elem: int) -> str | None:
     tail = (n_elem % 8) * elem
     bound = _lz4_bound(block) + 48
     pos = _HEADER.size
-    for k in range(n_blocks):
+    from sxlab.io._read_kernels import bslz4_blocks_end  # the walk, compiled
+
+    end = bslz4_blocks_end(np.frombuffer(view, dtype=np.uint8), pos, n_blocks, bound)
+    if end >= 0 and end + tail == n:
+        return None
+    for k in range(n_blocks):  # again in Python, to say what is wrong
         if pos + 4 > n:
             return f"blob ends inside block {k} of {n_blocks}"
         (length,) = _U32BE.unpack_from(view, pos)

@@ -479,14 +479,18 @@ class Run:
             if buf.dtype.kind == "u" and out.flags.c_contiguous and (
                     mask_out is None or mask_out.flags.c_contiguous):
                 # flags are the top values: convert, flag and mask in one pass
-                from sxlab.io._read_kernels import convert_flagged
+                from sxlab.io._read_kernels import convert_flagged, flag_in_place
 
                 top = np.iinfo(buf.dtype).max
                 threshold = buf.dtype.type(top - 1 if meta.eiger_flags else top)
                 flat_bad = _NO_BOOL if mask_out is None else mask_out.reshape(-1)
-                convert_flagged(buf.reshape(-1), threshold,
-                                _NO_BOOL if pm is None else pm.reshape(-1), pm is not None,
-                                out.reshape(-1), flat_bad, mask_out is not None)
+                flat_pm = _NO_BOOL if pm is None else pm.reshape(-1)
+                if stored:
+                    flag_in_place(buf.reshape(-1), threshold, flat_pm, pm is not None,
+                                  flat_bad, mask_out is not None)
+                else:
+                    convert_flagged(buf.reshape(-1), threshold, flat_pm, pm is not None,
+                                    out.reshape(-1), flat_bad, mask_out is not None)
             else:
                 flags = value_flags(buf, meta.eiger_flags)
                 if not stored:
