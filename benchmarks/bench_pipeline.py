@@ -6,13 +6,14 @@ bitshuffle-LZ4 NXmx; the recipes ``lysozyme-4m`` / ``lysozyme-16m`` of the data-
 registry with more frames), cached under ``$SXLAB_CACHE/bench_pipeline``. Then, for each
 mode (``normal``; ``fast`` = the fast peak search and fast asdf in both programs):
 
-* **start-up**: a fresh Python process imports ``sxlab.cli`` and ``sxlab.pipeline``,
-  opens the run and prepares a worker (mask, peak finder, indexer, integrator) up to its
-  first frame; CPU seconds of the whole process up to that point (interpreter start
-  included), median of three processes, after a warm-up run that fills the kernel caches.
-* **per frame**: one worker process reads and processes every frame
-  (``Run.read`` + :func:`sxlab.process_frame`), CPU per frame, medians over the hit and
-  non-hit frames of the simulation's truth;
+* **start-up**: a fresh Python process imports ``sxlab.cli``, builds the ``sxlab process``
+  parser, imports ``sxlab.pipeline``, opens the run and prepares a worker (mask, peak
+  finder, indexer, integrator) up to its first frame; CPU seconds of the whole process up
+  to that point (interpreter start included), median of three processes, after a warm-up
+  run that fills the kernel caches.
+* **per frame**: one worker process reads and processes every frame as the batch
+  workers do (:func:`sxlab.pipeline.read_frame` + :func:`sxlab.process_frame`), CPU per
+  frame, medians over the hit and non-hit frames of the simulation's truth;
 * **whole process**: ``sxlab process RUN --params P -j 1 --out DIR`` as a user runs it
   (outputs written), CPU user + sys of the process for all frames, and its peak RSS
   (``wait4``'s ``ru_maxrss``).
@@ -135,10 +136,12 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
     import resource
 
     c_start = time.process_time()
-    import sxlab.cli  # noqa: F401  (what `sxlab process` imports)
+    import sxlab.cli
+
+    sxlab.cli.build_parser("process")  # what `sxlab process` does first
     from sxlab.io import open_run
     from sxlab.params import Params
-    from sxlab.pipeline import prepare, process_frame
+    from sxlab.pipeline import prepare, process_frame, read_frame
     c_import = time.process_time()
     params = Params.load(params_file)
     run = open_run(master)
@@ -148,8 +151,8 @@ def worker_main(master: str, params_file: str, n_frames: int) -> None:
     cpu, hits, indexed = [], [], []
     for i in range(min(n_frames, len(run))):
         c0 = time.process_time()
-        image, bad = run.read(i)
-        res = process_frame(image, bad, ctx, frame=i)
+        image, bad, attrs = read_frame(run, i, ctx)
+        res = process_frame(image, bad, ctx, frame=i, attrs=attrs)
         cpu.append(time.process_time() - c0)
         hits.append(bool(res.frame["hit"]))
         indexed.append(bool(res.frame["indexed"]))
@@ -378,7 +381,7 @@ def main() -> None:
     if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
         args.out = Path(os.environ["SXLAB_BENCH_OUT"])
     load_start = _common.load_average()
-    bindir = None if args.no_crystfel else _common_crystfel_bindir()
+    bindir = None if args.no_crystfel else _common.crystfel_bindir()
 
     from sxlab.simulate import Truth
 
@@ -423,19 +426,6 @@ def main() -> None:
         paths = _common.write_report(args.out, "bench_pipeline", text, flat,
                                      {"rows": rows, "header": header})
         log("wrote " + ", ".join(map(str, paths)))
-
-
-def _common_crystfel_bindir():
-    """The CrystFEL build's bin folder (``_common.crystfel_bindir`` where it exists)."""
-    finder = getattr(_common, "crystfel_bindir", None)
-    if finder is not None:
-        return finder()
-    on_path = shutil.which("indexamajig")
-    for candidate in (os.environ.get("CRYSTFEL_BIN"), on_path and str(Path(on_path).parent),
-                      "/opt/crystfel/bin"):
-        if candidate and (Path(candidate) / "indexamajig").exists():
-            return Path(candidate)
-    return None
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 One worker (this process, one thread) prepares once (:func:`sxlab.prepare`) and then
 loops ``N`` times over the frames of a simulated run (lysozyme, 50 % hits,
 bitshuffle-LZ4 NXmx; 20 frames cached under ``$SXLAB_CACHE/bench_soak``), each time
-doing what the batch worker does per frame: :meth:`~sxlab.io.Run.read_into` the worker's
-reused arrays, :func:`sxlab.process_frame` (peaks, hit, index, integrate, the frame's
+doing what the batch worker does per frame: :func:`sxlab.pipeline.read_frame` (into the
+worker's reused arrays), :func:`sxlab.process_frame` (peaks, hit, index, integrate, the frame's
 tables and profile), results dropped as a worker drops them once shipped. Recorded per
 frame: CPU time (``time.process_time``); every 100 frames: the resident set size
 (``/proc/self/statm``, current, not peak).
@@ -63,19 +63,18 @@ def dataset(key: str) -> Path:
 def soak(master: Path, n_frames: int, progress: bool) -> dict:
     from sxlab.demo import demo_params
     from sxlab.io import open_run
-    from sxlab.pipeline import prepare, process_frame
+    from sxlab.pipeline import prepare, process_frame, read_frame
     from sxlab.simulate import Truth
 
     run = open_run(master)
     ctx = prepare(run.geometry, demo_params(Truth.load(master)))
-    image, bad = ctx.frame_buffers(tuple(run.frame_shape))
     n_data = len(run)
     cpu, hit, rss = [], [], []
     t_start = time.perf_counter()
     for k in range(n_frames):
         i = k % n_data
         c0 = time.process_time()
-        attrs = run.read_into(i, image, bad)
+        image, bad, attrs = read_frame(run, i, ctx)
         res = process_frame(image, bad, ctx, frame=k, attrs=attrs)
         cpu.append(time.process_time() - c0)
         hit.append(bool(res.frame["hit"]))

@@ -154,8 +154,16 @@ stream (results.stream), the parameters with their hash and the software version
 DIR. Rerunning into the same DIR skips finished frames."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``sxlab`` command."""
+#: Subcommands defined in this module; the others are registered by their own modules.
+CORE_COMMANDS = ("demo", "version", "process", "stats", "profile", "merge")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``sxlab`` command.
+
+    For a ``command`` of :data:`CORE_COMMANDS` the subcommands of other modules are left
+    out (their imports stay off the start-up path of ``sxlab process``).
+    """
     parser = argparse.ArgumentParser(
         prog="sxlab", description="Serial crystallography processing, notebook-first."
     )
@@ -230,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-adu", type=float, metavar="ADU",
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
+    if command in CORE_COMMANDS:
+        return parser
 
     from sxlab.calibration.cli import add_parser as add_calibration_parser
     from sxlab.experiment.cli import add_parser as add_experiment_parser
@@ -267,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         Exit status, 0 on success.
     """
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return args.func(args)
 
 

@@ -325,10 +325,37 @@ class DetectorMaps:
         out = np.full(det.data_shape, np.nan, dtype=np.float32)
         k = 1.0 / det.beam.wavelength_A if kind >= 6 else 0.0
         for i, p in enumerate(det.panels):
-            buf = np.empty((p.height, p.width), dtype=np.float32)
+            view = out[det.panel_slice(i)]
+            direct = view.flags.c_contiguous and view.shape == (p.height, p.width)
+            buf = view if direct else np.empty((p.height, p.width), dtype=np.float32)
             panel_map(buf, kind, p.corner_m(), p.fs_m(), p.ss_m(), p.res, k)
-            out[det.panel_slice(i)] = buf
+            if not direct:
+                view[...] = buf
         return out
+
+    def computed(self) -> frozenset:
+        """Names of the maps computed (and cached) so far.
+
+        Examples
+        --------
+        >>> from sxlab.geometry import builtin_geometry
+        >>> maps = builtin_geometry("eiger1m").maps
+        >>> _ = maps.r_px
+        >>> sorted(maps.computed())
+        ['r_px']
+        >>> maps.release()
+        >>> sorted(maps.computed())
+        []
+        """
+        return frozenset(k for k in vars(self) if not k.startswith("_"))
+
+    def release(self, names=None) -> None:
+        """Drop cached maps (all, or those in ``names``) to free their memory.
+
+        A released map is computed again on its next use.
+        """
+        for name in list(self.computed() if names is None else names):
+            self.__dict__.pop(name, None)
 
     @cached_property
     def x_m(self) -> np.ndarray:

@@ -565,12 +565,13 @@ class SolventRatio:
         if static_bad is not None:
             ok &= ~static_bad.reshape(-1)
         half = 0.5 * self.width_deg
+        def band(angle, dev):
+            np.subtract(tt, angle, out=dev)  # |2θ - angle| into ``dev``
+            np.abs(dev, out=dev)
+            return np.flatnonzero(ok & (dev <= half))
 
-        def band(angle):
-            return np.flatnonzero(ok & (np.abs(tt - angle) <= half))
-
-        self._high = band(self.two_theta_high_deg)
-        self._low = band(self.two_theta_low_deg)
+        self._high = band(self.two_theta_high_deg, np.empty_like(tt))
+        self._low = band(self.two_theta_low_deg, tt)  # the last use of tt: overwritten
         self.n_high, self.n_low = int(self._high.size), int(self._low.size)
         self._shape = shape
 

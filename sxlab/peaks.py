@@ -300,16 +300,17 @@ class PeakFinder:
         self.good = good
 
         flat_good = good.reshape(-1)
-        ann_good = np.floor(r.reshape(-1)[flat_good]).astype(np.int64)
-        n_ann = int(ann_good.max()) + 1 if ann_good.size else 0
+        ann_good = np.floor(r.reshape(-1)[flat_good])  # whole numbers, float32
+        n_used = ann_good.size
+        n_ann = int(ann_good.max()) + 1 if n_used else 0
         self.n_annuli = n_ann
         self._sentinel = n_ann
         ann_dtype = np.int16 if n_ann < np.iinfo(np.int16).max else np.int32
         ann = np.full(self._n, n_ann, dtype=ann_dtype)
         ann[flat_good] = ann_good
+        del ann_good
         self._ann = ann
         self._panel = np.ascontiguousarray(maps.panel.reshape(-1))
-        self._static_count = np.bincount(ann_good, minlength=n_ann).astype(np.int64)
         self._flag = np.zeros(self._n, dtype=np.uint8)
         self._no_bad = np.zeros(1, dtype=np.bool_)
 
@@ -317,8 +318,9 @@ class PeakFinder:
         self._cand_idx = np.empty(cap, np.int64)
         self._cand_val = np.empty(cap, np.float64)
         if p.method == "peakfinder8":
-            self._prepare_annuli(n_ann, ann_good.size)
+            self._prepare_annuli(n_ann, n_used)  # also counts the pixels per annulus
         else:
+            self._static_count = np.bincount(ann, minlength=n_ann + 1)[:n_ann]
             self._rects = self._panel_rects()
 
     # ----------------------------------------------------------------- set-up
@@ -328,6 +330,7 @@ class PeakFinder:
         order = np.empty(n_used, dtype=idx_dtype)
         offsets = _k.annulus_order(self._ann, n_ann, order)
         counts = np.diff(offsets)
+        self._static_count = counts
         rng = np.random.default_rng(p.seed)
         take = np.minimum(counts, p.fast_n_pixels)
         s_off = np.zeros(n_ann + 1, np.int64)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables
+from ._frames import NATIVE_DTYPES
 from .executors import map_unordered
 from .hits import SolventRatio, hit_rule
 from .indexing import Indexer
@@ -38,9 +39,11 @@ __all__ = [
     "Context",
     "FrameResult",
     "failed_result",
+    "frame_tables",
     "prepare",
     "process_frame",
     "process_run",
+    "read_frame",
 ]
 
 
@@ -52,10 +55,25 @@ def _concat(kind: str, parts) -> pd.DataFrame:
     return tables.get(kind).concat(parts)
 
 
-def _tables_of(results: list[FrameResult]) -> dict[str, pd.DataFrame]:
-    """The five tables of several frames' results, each concatenated."""
-    return {kind: _concat(kind, [r.table(kind) for r in results])
-            for kind in ("frames", "peaks", "crystals", "reflections", "profile")}
+def frame_tables(results) -> dict[str, pd.DataFrame]:
+    """The five tables of several frames' :class:`FrameResult` s, each concatenated.
+
+    The frames table is made at once from the frames' rows (not a one-row table per
+    frame). Returns a dict: frames, peaks, crystals, reflections, profile.
+
+    Examples
+    --------
+    >>> res = failed_result(3, "no data")
+    >>> frame_tables([res])["frames"][["frame", "status"]].values.tolist()
+    [[3, 'failed']]
+    """
+    results = list(results)
+    out = {"frames": tables.FRAMES.make(
+        {c: [r.frame[c] for r in results] for c in tables.FRAMES.names})
+        if results else _empty("frames")}
+    for kind in ("peaks", "crystals", "reflections", "profile"):
+        out[kind] = _concat(kind, [getattr(r, kind) for r in results])
+    return out
 
 
 # ---------------------------------------------------------------------------- context
@@ -76,8 +94,8 @@ class Context:
     profiler : Profiler
     worker : int
     buffers : dict
-        The frame and bad-pixel arrays the batch loop reads every frame into (by shape),
-        reused from frame to frame.
+        The frame and bad-pixel arrays the batch loop reads every frame into (by shape
+        and dtype), reused from frame to frame.
     """
 
     geometry: object
@@ -91,12 +109,12 @@ class Context:
     worker: int = 0
     buffers: dict = field(default_factory=dict, repr=False)
 
-    def frame_buffers(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """This worker's (float32 image, bool bad) arrays of ``shape``, made once."""
-        bufs = self.buffers.get(shape)
+    def frame_buffers(self, shape: tuple, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's (image, bool bad) arrays of ``shape`` and ``dtype``, made once."""
+        key = (tuple(shape), np.dtype(dtype).str)
+        bufs = self.buffers.get(key)
         if bufs is None:
-            bufs = self.buffers[shape] = (np.empty(shape, np.float32),
-                                          np.empty(shape, bool))
+            bufs = self.buffers[key] = (np.empty(shape, dtype), np.empty(shape, bool))
         return bufs
 
 
@@ -111,6 +129,7 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
     >>> result = process_frame(*run.read(0), ctx)  # doctest: +SKIP
     """
     params = params or Params()
+    maps_before = geometry.maps.computed()
     mask = build_mask(geometry, params.mask)
     st = params.stages
     finder = indexer = integrator = None
@@ -123,6 +142,8 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
     hp = params.hits
     solvent = SolventRatio(geometry, mask, d_high_A=hp.solvent_d_high_A,
                            d_low_A=hp.solvent_d_low_A)
+    # the per-pixel maps the set-up computed are not used per frame: free them
+    geometry.maps.release(geometry.maps.computed() - maps_before)
     return Context(geometry, params, mask, finder, indexer, integrator, solvent,
                    Profiler(worker=worker, enabled=st.profile), worker)
 
@@ -166,7 +187,9 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     Parameters
     ----------
     image : xarray.DataArray or ndarray
-        The frame (float32, flagged pixels zero), as :meth:`Run.read` returns it.
+        The frame, flagged pixels zero: float32 as :meth:`Run.read` returns it, or the
+        stored dtype as :func:`read_frame` reads it (uint16, uint32, int32 are taken as
+        they are).
     bad : array_like of bool, optional
         Per-frame bad pixels (True = bad).
     context : Context
@@ -245,16 +268,44 @@ def failed_result(frame: int, error, worker: int = 0, run_name: str = "",
                        _empty("profile"))
 
 
+def read_frame(run, i: int, context: Context):
+    """Read frame ``i`` of ``run`` the way the batch workers do: (image, bad, attrs).
+
+    A :class:`~sxlab.io.Run` is read with :meth:`~sxlab.io.Run.read_into` into the
+    context's reused arrays (:meth:`Context.frame_buffers`), in the stored dtype when
+    every stage takes it as it is (no conversion to float32), else as float32; the arrays
+    are overwritten by the next call. Other runs are read with ``run.read(i)`` (attrs
+    None: they are the image's).
+
+    Examples
+    --------
+    >>> import sxlab as sx
+    >>> run = sx.datasets.load("lysozyme-sample", progress=False)
+    >>> ctx = prepare(run.geometry, sx.Params())
+    >>> image, bad, attrs = read_frame(run, 0, ctx)
+    >>> image.dtype.name, attrs["event"]
+    ('uint16', '//0')
+    """
+    if not hasattr(run, "read_into"):
+        image, bad = run.read(i)
+        return image, bad, None
+    shape = tuple(run.frame_shape)
+    dtype = run.dtype if np.dtype(run.dtype).name in NATIVE_DTYPES else np.float32
+    image, bad = context.frame_buffers(shape, dtype)
+    try:
+        return image, bad, run.read_into(i, image, bad)
+    except ValueError:  # a file of the run stored in another dtype
+        if image.dtype == np.float32:
+            raise
+    image, bad = context.frame_buffers(shape)
+    return image, bad, run.read_into(i, image, bad)
+
+
 def _process_index(run, i: int, ctx: Context) -> FrameResult:
     """Read frame ``i`` of ``run`` and process it; any failure becomes a failed row."""
     t0 = time.perf_counter()
-    attrs = None
     try:
-        if hasattr(run, "read_into"):  # into this worker's reused arrays
-            image, bad = ctx.frame_buffers(tuple(run.frame_shape))
-            attrs = run.read_into(i, image, bad)
-        else:
-            image, bad = run.read(i)
+        image, bad, attrs = read_frame(run, i, ctx)
     except Exception as exc:  # noqa: BLE001 - recorded per frame, processing goes on
         return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
     read_s = time.perf_counter() - t0
@@ -347,7 +398,7 @@ def process_run(run, params: Params | None = None, *, executor="local",
     try:
         for results in _iter_results(run, params, todo, executor, n_workers, chunk_size):
             if writer is not None:
-                writer.write(**_tables_of(results))
+                writer.write(**frame_tables(results))
             else:
                 collected.extend(results)
             for r in results:
@@ -363,5 +414,5 @@ def process_run(run, params: Params | None = None, *, executor="local",
             bar.close()
     if writer is not None:
         return writer.finish(wall_s=time.perf_counter() - t0)
-    return Results.from_tables(_tables_of(collected), params,
+    return Results.from_tables(frame_tables(collected), params,
                                wall_s=time.perf_counter() - t0, geometry=run.geometry)

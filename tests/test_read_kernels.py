@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sxlab.io._read_kernels import convert_flagged
+from sxlab.io._read_kernels import convert_flagged, flag_in_place
 from sxlab.io.compression import BlobError, bslz4_decode_into, compress, decompress
 from sxlab.io.hdf5 import open_run, value_flags
 from tests.test_io_hdf5 import expected_image, flat_detector, make_frames, write_run
@@ -55,6 +55,12 @@ def test_convert_flagged_matches_numpy(rng, dtype, eiger, with_mask):
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(bad, flags | pm if with_mask else flags)
     assert n == flags.sum()
+    in_place, bad2 = raw.copy(), np.zeros(raw.size, bool)
+    n2 = flag_in_place(in_place, threshold, pm if with_mask else np.zeros(0, bool),
+                       with_mask, bad2, True)
+    np.testing.assert_array_equal(in_place, np.where(flags, 0, raw))
+    np.testing.assert_array_equal(bad2, bad)
+    assert n2 == n
 
 
 @pytest.mark.parametrize("compression", ["bslz4", "gzip", None])
@@ -80,40 +86,62 @@ def test_read_into_equals_read(tmp_path, rng, compression, dtype):
         np.testing.assert_array_equal(img, expected_image(frames[i], eiger=True))
         flags = value_flags(frames[i], eiger=True)
         np.testing.assert_array_equal(bad, flags | (pixel_mask != 0))
-    with pytest.raises(ValueError, match="float32 of shape"):
+    with pytest.raises(ValueError, match=r"image must be float32( or \w+)? of shape"):
         run.read_into(0, np.empty(run.frame_shape, np.float64))
 
 
-def _walk_reference(blob: bytes, n_blocks: int, bound: int):
-    """The block-length walk in plain Python (struct)."""
-    import struct
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "float32"])
+def test_read_into_stored_dtype(tmp_path, rng, dtype):
+    """In the stored dtype the frame is read unconverted, flagged pixels zero."""
+    frames = make_frames(rng, 4, dtype)
+    if dtype.startswith("u"):
+        frames[:, 3, 4] = np.iinfo(dtype).max
+    pixel_mask = np.zeros(frames.shape[1:], np.uint32)
+    pixel_mask[2, :] = 1
+    master = write_run(tmp_path / "s_master.h5", flat_detector(), frames,
+                       compression="bslz4", pixel_mask=pixel_mask)
+    run = open_run(master)
+    img = np.empty(run.frame_shape, run.dtype)
+    bad = np.empty(run.frame_shape, bool)
+    for i in range(len(run)):
+        run.read_into(i, img, bad)
+        image, mask = run.read(i)
+        np.testing.assert_array_equal(img.astype(np.float32), image.values)
+        np.testing.assert_array_equal(bad, mask.values)
 
-    pos = 12
-    for k in range(n_blocks):
-        if pos + 4 > len(blob):
-            return pos, k, 1, 0
-        (length,) = struct.unpack_from(">I", blob, pos)
-        if length > bound:
-            return pos, k, 2, length
-        pos += 4 + length
-    return pos, -1, 0, 0
+
+def test_read_into_other_stored_dtype_is_an_error(tmp_path, rng):
+    a = write_run(tmp_path / "a_master.h5", flat_detector(), make_frames(rng, 2, "uint16"),
+                  frames_per_file=2)
+    b = write_run(tmp_path / "b_master.h5", flat_detector(), make_frames(rng, 2, "uint32"),
+                  frames_per_file=2)
+    run = open_run([a, b])
+    img = np.empty(run.frame_shape, np.uint16)
+    run.read_into(0, img)
+    with pytest.raises(ValueError, match="stored as uint32, not uint16"):
+        run.read_into(2, img)
 
 
-def test_bslz4_walk_matches_python(rng):
-    from sxlab.io._read_kernels import bslz4_walk
+def test_pipeline_same_results_from_stored_dtype_and_float32():
+    """read_frame gives the stored uint16 frame; every stage gives what float32 gives."""
+    import pandas as pd
 
-    a = (rng.poisson(2.0, 50_000) * rng.integers(1, 9, 50_000)).astype("<u2")
-    blob = compress(a, "bslz4")
-    n_blocks = 50_000 * 2 // 8192
-    for trial in range(40):
-        b = bytearray(blob)
-        if trial:
-            cut = int(rng.integers(12, len(b)))
-            b = b[:cut] if trial % 2 else b
-            if trial % 3 == 0:        # damage a length field somewhere
-                k = int(rng.integers(12, len(b) - 4))
-                b[k] ^= int(rng.integers(1, 256))
-        data = np.frombuffer(bytes(b), np.uint8)
-        for bound in (8300, 10**9):
-            assert tuple(int(v) for v in bslz4_walk(data, 12, n_blocks, bound)) == \
-                _walk_reference(bytes(b), n_blocks, bound)
+    import sxlab as sx
+    from sxlab.demo import demo_params
+    from sxlab.pipeline import prepare, process_frame, read_frame
+
+    run = sx.datasets.load("lysozyme-sample", progress=False)
+    ctx = prepare(run.geometry, demo_params(sx.datasets.truth("lysozyme-sample")))
+    n_indexed = 0
+    for i in range(len(run)):
+        image, bad, attrs = read_frame(run, i, ctx)
+        assert image.dtype == run.dtype == np.uint16
+        a = process_frame(image, bad, ctx, frame=i, attrs=attrs)
+        b = process_frame(image.astype(np.float32), bad, ctx, frame=i, attrs=attrs)
+        for kind in ("peaks", "crystals", "reflections"):
+            pd.testing.assert_frame_equal(getattr(a, kind), getattr(b, kind))
+        timing = [k for k in a.frame if k.endswith("_s")]
+        assert {k: v for k, v in a.frame.items() if k not in timing} == \
+            pytest.approx({k: v for k, v in b.frame.items() if k not in timing}, nan_ok=True)
+        n_indexed += a.frame["indexed"]
+    assert n_indexed > 0

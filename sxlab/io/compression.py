@@ -97,14 +97,19 @@ def bslz4_problem(blob, nbytes: int, elem: int) -> str | None:
     n_blocks = n_full + (1 if rest >= 8 else 0)
     tail = (n_elem % 8) * elem
     bound = _lz4_bound(block) + 48
-    from ._read_kernels import bslz4_walk
+    pos = _HEADER.size
+    from sxlab.io._read_kernels import bslz4_blocks_end  # the walk, compiled
 
-    pos, k, why, length = bslz4_walk(np.frombuffer(view, np.uint8), _HEADER.size,
-                                     n_blocks, bound)
-    if why == 1:
-        return f"blob ends inside block {k} of {n_blocks}"
-    if why == 2:
-        return f"block {k} claims {length} compressed bytes (block size {block})"
+    end = bslz4_blocks_end(np.frombuffer(view, dtype=np.uint8), pos, n_blocks, bound)
+    if end >= 0 and end + tail == n:
+        return None
+    for k in range(n_blocks):  # again in Python, to say what is wrong
+        if pos + 4 > n:
+            return f"blob ends inside block {k} of {n_blocks}"
+        (length,) = _U32BE.unpack_from(view, pos)
+        if length > bound:
+            return f"block {k} claims {length} compressed bytes (block size {block})"
+        pos += 4 + length
     if pos + tail != n:
         return f"block lengths add up to {pos + tail} bytes, the blob has {n}"
     return None

@@ -234,12 +234,14 @@ def value_flags(raw: np.ndarray, eiger: bool) -> np.ndarray:
 
 def convert_frame(raw: np.ndarray, eiger: bool, pixel_mask: np.ndarray | None,
                   out: np.ndarray, bad: np.ndarray | None = None) -> None:
-    """A stored frame into float32 ``out`` (and its bad pixels into ``bad``), in place.
+    """A stored frame into ``out`` (and its bad pixels into ``bad``), in place.
 
     Pixels flagged by value (:func:`value_flags`) become 0 in ``out``; ``bad`` receives
-    the flags or'ed with ``pixel_mask``. Unsigned frames take one pass of a numba kernel;
-    other types go through NumPy. This is what :meth:`Run.read` and the live workers
-    (:mod:`sxlab.live.worker`) do to every frame.
+    the flags or'ed with ``pixel_mask``. ``out`` is float32, or ``raw`` itself (the frame
+    kept in its stored dtype: only the flagged pixels are written). Unsigned frames take
+    one pass of a numba kernel; other types go through NumPy. This is what
+    :meth:`Run.read_into` and the live workers (:mod:`sxlab.live.worker`) do to every
+    frame.
 
     Parameters
     ----------
@@ -249,7 +251,7 @@ def convert_frame(raw: np.ndarray, eiger: bool, pixel_mask: np.ndarray | None,
         EIGER/NXmx flag convention (see :func:`value_flags`).
     pixel_mask : ndarray of bool, optional
         Static bad pixels of the frame's shape.
-    out : ndarray of float32
+    out : ndarray of float32, or ``raw``
     bad : ndarray of bool, optional
 
     Examples
@@ -259,22 +261,31 @@ def convert_frame(raw: np.ndarray, eiger: bool, pixel_mask: np.ndarray | None,
     >>> convert_frame(raw, True, np.array([[0, 0], [1, 0]], bool), out, bad)
     >>> out.tolist(), bad.tolist()
     ([[1.0, 0.0], [3.0, 4.0]], [[False, True], [True, False]])
+    >>> convert_frame(raw, True, None, raw)          # in the stored dtype
+    >>> raw.tolist()
+    [[1, 0], [3, 4]]
     """
+    in_place = out is raw
     if raw.dtype.kind == "u" and raw.flags.c_contiguous and out.flags.c_contiguous and (
             bad is None or bad.flags.c_contiguous) and (
             pixel_mask is None or pixel_mask.flags.c_contiguous):
         # flags are the top values: convert, flag and mask in one pass
-        from sxlab.io._read_kernels import convert_flagged
+        from sxlab.io._read_kernels import convert_flagged, flag_in_place
 
         top = np.iinfo(raw.dtype).max
         threshold = raw.dtype.type(top - 1 if eiger else top)
-        convert_flagged(raw.reshape(-1), threshold,
-                        _NO_BOOL if pixel_mask is None else pixel_mask.reshape(-1),
-                        pixel_mask is not None, out.reshape(-1),
-                        _NO_BOOL if bad is None else bad.reshape(-1), bad is not None)
+        flat_pm = _NO_BOOL if pixel_mask is None else pixel_mask.reshape(-1)
+        flat_bad = _NO_BOOL if bad is None else bad.reshape(-1)
+        if in_place:
+            flag_in_place(raw.reshape(-1), threshold, flat_pm, pixel_mask is not None,
+                          flat_bad, bad is not None)
+        else:
+            convert_flagged(raw.reshape(-1), threshold, flat_pm, pixel_mask is not None,
+                            out.reshape(-1), flat_bad, bad is not None)
         return
     flags = value_flags(raw, eiger)
-    np.copyto(out, raw, casting="unsafe")
+    if not in_place:
+        np.copyto(out, raw, casting="unsafe")
     if flags.any():
         np.copyto(out, 0, where=flags)
     if bad is not None:
@@ -282,7 +293,6 @@ def convert_frame(raw: np.ndarray, eiger: bool, pixel_mask: np.ndarray | None,
             np.copyto(bad, flags)
         else:
             np.logical_or(flags, pixel_mask, out=bad)
-
 
 # ============================================================================= Run
 class _GeometryRef:
@@ -438,8 +448,13 @@ class Run:
             yield self[i]
 
     # --------------------------------------------------------------- reading
-    def _read_into_buffer(self, g: int) -> tuple[np.ndarray, _Segment, int]:
-        """Read frame ``g`` into the shared buffer (caller holds the lock)."""
+    def _read_into_buffer(self, g: int, target: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, _Segment, int]:
+        """Read frame ``g`` into the shared buffer (caller holds the lock).
+
+        With ``target`` (C-contiguous, the frame's shape), the frame is read into it
+        instead when its dtype is the stored one.
+        """
         seg, local = self._locate(g)
         info = err = None
         try:
@@ -454,7 +469,11 @@ class Run:
             elif not seg.single and local >= info.shape[0]:
                 err = f"the dataset holds only {info.shape[0]} frames (truncated file?)"
         if err is None:
-            buf = self._handles.buffer(info.dtype, self.frame_shape)
+            if (target is not None and target.dtype == info.dtype
+                    and target.flags.c_contiguous):
+                buf = target
+            else:
+                buf = self._handles.buffer(info.dtype, self.frame_shape)
             try:
                 if seg.single:
                     offset, sel = (0,) * len(shape), np.s_[...]
@@ -507,9 +526,16 @@ class Run:
                 "dataset": seg.dataset}
 
     def _convert(self, g: int, out: np.ndarray, mask_out: np.ndarray | None):
-        """Read frame ``g`` into float32 ``out`` (and its bad mask into ``mask_out``)."""
+        """Read frame ``g`` into ``out`` (and its bad mask into ``mask_out``).
+
+        ``out`` is float32, or of the frame's stored dtype (then read in place).
+        """
         with self._handles.lock:
-            buf, seg, local = self._read_into_buffer(g)
+            stored = out.dtype != np.float32
+            buf, seg, local = self._read_into_buffer(g, out if stored else None)
+            if stored and buf is not out:
+                raise ValueError(f"frame {g} of run {self.name!r} is stored as "
+                                 f"{buf.dtype}, not {out.dtype} (read it as float32)")
             meta = self._metas[seg.meta]
             pm = self._pixel_mask(seg.meta) if mask_out is not None else None
             convert_frame(buf, meta.eiger_flags, pm, out, mask_out)
@@ -531,8 +557,10 @@ class Run:
         ----------
         i : int
             Frame index.
-        image : ndarray of float32
+        image : ndarray of float32 or of the run's stored ``dtype``
             Of the run's ``frame_shape``; receives the frame, pixels flagged by value 0.
+            In the stored dtype the frame is decoded straight into it, unconverted
+            (a frame of a file stored in another dtype is then a ``ValueError``).
         bad : ndarray of bool, optional
             Of ``frame_shape``; receives the bad-pixel mask (see :meth:`read`).
 
@@ -550,10 +578,13 @@ class Run:
         >>> run.read_into(0, img, bad)["event"]
         '//0'
         """
-        for name, arr, dtype in (("image", image, np.float32), ("bad", bad, np.bool_)):
-            if arr is not None and (arr.shape != self.frame_shape or arr.dtype != dtype):
-                raise ValueError(f"{name} must be {np.dtype(dtype).name} of shape "
-                                 f"{self.frame_shape}, got {arr.dtype} {arr.shape}")
+        for name, arr, dtypes in (("image", image, (np.float32, self.dtype)),
+                                  ("bad", bad, (np.bool_,))):
+            if arr is not None and (arr.shape != self.frame_shape
+                                    or arr.dtype not in dtypes):
+                kinds = " or ".join(sorted({np.dtype(d).name for d in dtypes}))
+                raise ValueError(f"{name} must be {kinds} of shape {self.frame_shape}, "
+                                 f"got {arr.dtype} {arr.shape}")
         g = self._global(i)
         seg, local = self._convert(g, image, bad)
         return self._attrs(g, seg, local)

@@ -199,11 +199,9 @@ class LiveOutput:
 
     def commit(self, results) -> str:
         """Write the :class:`~sxlab.pipeline.FrameResult` s of some frames as one part."""
-        from sxlab import tables
-        from sxlab.results import KINDS
+        from sxlab.pipeline import frame_tables
 
-        return self.writer.write(**{kind: tables.get(kind).concat(
-            [r.table(kind) for r in results]) for kind in KINDS})
+        return self.writer.write(**frame_tables(results))
 
     def follow(self) -> int:
         """Append chunks of newly committed frames to ``results.stream``; returns how many."""
