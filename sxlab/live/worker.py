@@ -68,12 +68,14 @@ def geometry_from_header(header: dict):
 class FrameDecoder:
     """Stream entries into float32 images and bad-pixel masks, in reused arrays.
 
-    The conversion is :meth:`Run.read <sxlab.io.hdf5.Run.read>`'s
-    (:func:`~sxlab.io.hdf5.convert_frame`): pixels flagged by value (EIGER convention:
+    The conversion is the batch workers' (:func:`sxlab.pipeline.read_frame`,
+    :func:`~sxlab.io.hdf5.convert_frame`): pixels flagged by value (EIGER convention:
     ``2**bits - 1`` and ``2**bits - 2``) are set to 0 and marked bad, as are the header's
-    ``pixel_mask`` pixels. Bitshuffle-LZ4 blobs are decoded straight into a buffer kept
-    from frame to frame; the image and mask arrays are reused too, so the arrays returned
-    by :meth:`decode` hold only the latest frame.
+    ``pixel_mask`` pixels; frames of the dtypes the processing takes as they are
+    (uint16, uint32, int32, float32) stay in that dtype, others become float32.
+    Bitshuffle-LZ4 blobs are decoded straight into a buffer kept from frame to frame; the
+    mask (and image) arrays are reused too, so the arrays returned by :meth:`decode` hold
+    only the latest frame.
 
     Parameters
     ----------
@@ -104,7 +106,7 @@ class FrameDecoder:
         return buf
 
     def decode(self, entry: Entry) -> tuple[np.ndarray, np.ndarray]:
-        """Image (float32) and bad mask (bool) of an image entry, in this decoder's arrays.
+        """Image and bad mask (bool) of an image entry, in this decoder's arrays.
 
         Raises
         ------
@@ -112,6 +114,7 @@ class FrameDecoder:
             A blob that does not decode or a frame of the wrong shape (names the series
             and frame).
         """
+        from sxlab._frames import NATIVE_DTYPES
         from sxlab.io.compression import BlobError, bslz4_decode_into, decompress
         from sxlab.io.hdf5 import convert_frame
 
@@ -146,8 +149,12 @@ class FrameDecoder:
             raise StreamMessageError(f"image of shape {raw.shape}, the header's pixel mask "
                                      f"has {self.pixel_mask.shape}", series=series,
                                      frame=frame)
-        image, bad = self._buffer(self._out, raw.shape, lambda: (
-            np.empty(raw.shape, np.float32), np.empty(raw.shape, bool)))
+        if raw.dtype.name in NATIVE_DTYPES:   # processed as stored: flagged pixels zeroed
+            image = raw
+            bad = self._buffer(self._out, (raw.shape, "bad"), lambda: np.empty(raw.shape, bool))
+        else:
+            image, bad = self._buffer(self._out, raw.shape, lambda: (
+                np.empty(raw.shape, np.float32), np.empty(raw.shape, bool)))
         convert_frame(raw, True, self.pixel_mask, image, bad)
         return image, bad
 
@@ -166,6 +173,7 @@ def decode_frame(entry: Entry, pixel_mask=None, *, attrs: dict | None = None):
     import xarray as xr
 
     image, bad = FrameDecoder(pixel_mask).decode(entry)
+    image = image.astype(np.float32, copy=False)
     attrs = {"frame": entry.frame, **(attrs or {})}
     return (xr.DataArray(image, dims=("ss", "fs"), attrs=attrs),
             xr.DataArray(bad, dims=("ss", "fs"), attrs=dict(attrs)))
