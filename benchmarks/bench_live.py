@@ -568,17 +568,21 @@ def _agreement(res, ref, cell, truth_crystals) -> dict:
            "median_error_deg": float(scores.misorientation_deg.median())}
     if ref is None:
         return out
-    a = ref.crystals.groupby("frame").first()
-    b = res.crystals.groupby("frame").first()
-    common = a.index.intersection(b.index)
+    # every lattice of the reference run matched to the closest of the same frame here
     rots = lattice_rotations(cell)
     cols = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
-    errs = [misorientation_deg(b.loc[i, cols].to_numpy(float).reshape(3, 3),
-                               a.loc[i, cols].to_numpy(float).reshape(3, 3), cell, rots)
-            for i in common]
-    out.update(same_frames_indexed=bool(set(a.index) == set(b.index)),
-               frames_both=len(common), frames_ref=len(a),
-               max_misorientation_deg=float(max(errs)) if errs else float("nan"))
+    mine = {f: [r[cols].to_numpy(float).reshape(3, 3) for _, r in g.iterrows()]
+            for f, g in res.crystals.groupby("frame")}
+    best = []
+    for _, r in ref.crystals.iterrows():
+        a = r[cols].to_numpy(float).reshape(3, 3)
+        best.append(min((misorientation_deg(b, a, cell, rots)
+                         for b in mine.get(r["frame"], [])), default=np.inf))
+    best = np.asarray(best)
+    found = best <= 0.05
+    out.update(same_crystals=f"{int(found.sum())}/{len(best)}",
+               max_misorientation_deg=float(best[found].max()) if found.any()
+               else float("nan"))
     return out
 
 
@@ -629,7 +633,7 @@ def stages_report(args, workdir: Path) -> tuple[list[str], list[dict]]:
             "index_ms", "integrate_ms", "rest_ms", "worker_ms", "redis_out_cpu_ms",
             "ingest_cpu_ms", "redis_in_cpu_ms", "total_ms", "cores_for_133Hz", "hit_rate",
             "indexing_rate", "n_crystals", "correct", "median_error_deg",
-            "same_frames_indexed", "max_misorientation_deg"]
+            "same_crystals", "max_misorientation_deg"]
     lines = ["# Where the CPU of a live frame goes (CPU ms per frame)", "",
              "One live worker (default batch: 4 frames per commit) in this process on "
              "frames published as the ingest leaves them (50 % hits, bitshuffle-LZ4 blobs "
@@ -641,10 +645,11 @@ def stages_report(args, workdir: Path) -> tuple[list[str], list[dict]]:
              _md(t[[c for c in cols if c in t.columns]]), "",
              "indexing_rate: indexed / hits; correct: lattices within 0.5 deg of a "
              "simulated crystal (cell within 5 %), median_error_deg: their median "
-             "misorientation to the truth; same_frames_indexed, max_misorientation_deg: "
-             "against the unbinned run of the same setting (first lattice of each frame, "
-             "up to the lattice symmetry). Ingest: 200 frames of a stream v1 replay as fast "
-             "as the ingest takes them (its per-series cost, the header, spread over them).",
+             "misorientation to the truth; same_crystals: lattices of the unbinned "
+             "run of the same setting found again within 0.05 deg (same frame, up to the "
+             "lattice symmetry), max_misorientation_deg: the largest of those matches. "
+             "Ingest: 200 frames of a stream v1 replay as fast as the ingest takes them "
+             "(its per-series cost, the header, spread over them).",
              ""]
     for r in rows:
         if r["detector"] == "16m":
