@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -126,30 +127,54 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         broker = Broker(server.url, beamtime=beamtime)
         common = ["--broker", server.url, "--beamtime", beamtime]
         py = [sys.executable, "-m", "sxlab", "live"]
-        devnull = subprocess.DEVNULL
+        logs = [open(workdir / f"{beamtime}-{n}.log", "wb")  # noqa: SIM115
+                for n in ("ingest", "w0", "w1")]
         ingest = subprocess.Popen(py + ["ingest", "--source", endpoint, *common,
-                                        "--series-count", "3"], stdout=devnull,
-                                  stderr=devnull)
+                                        "--series-count", "3"], stdout=logs[0],
+                                  stderr=subprocess.STDOUT)
         workers = [subprocess.Popen(py + ["worker", *common, "--out", str(out),
                                           "--params", str(params_path), "--since",
                                           repr(t_start), "--worker", str(k), "--name",
                                           f"w{k}", "--follow",
                                           *(["--bin", str(factor)] if factor else [])],
-                                    stdout=devnull, stderr=devnull) for k in range(2)]
+                                    stdout=logs[k + 1], stderr=subprocess.STDOUT)
+                   for k in range(2)]
+
+        def alive():
+            for proc, log in zip([ingest, *workers], logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{log.name} exited ({proc.returncode}): "
+                                       f"{Path(log.name).read_text()[-2000:]}")
         warm = Replay(run, endpoint=endpoint, frames=n_warm, loop=True, preload=True,
                       run_name="warmup", series=1)
         warm.serve()
         key = broker.wait_run(since=t_start, run="warmup", timeout_s=60)
+        t_warm = time.time()
         while not broker.finished(key, "process"):
+            alive()
+            if time.time() - t_warm > 600:
+                raise TimeoutError("the warm-up series was not processed in 10 min")
             time.sleep(0.1)
         rep = Replay(run, endpoint=endpoint, rate=rate, frames=n_frames, loop=True,
                      preload=True, run_name="bench", series=2)
         redis_cpu0 = cpu_seconds(server.process.pid)
         ingest_cpu0 = cpu_seconds(ingest.pid)
-        workers_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
-        result = {"s": rep.serve()}
-        t_sent = time.time()
+        result = {}
+        sender = threading.Thread(target=lambda: result.update(s=rep.serve()))
+        sender.start()
+        # the workers' CPU from their first committed frame of the series on (each
+        # prepares its processing for the new run first; that set-up is not per frame)
         key = broker.wait_run(since=t_start, run="bench", timeout_s=30)
+        rkey = derived_key(key, "results")
+        while sender.is_alive():
+            seen = {f[b"worker"] for _, f in broker.client.xrange(rkey, "-", "+")}
+            if len(seen) == len(workers):
+                break
+            time.sleep(0.02)
+        n0 = broker.client.xlen(rkey)
+        workers_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+        sender.join()
+        t_sent = time.time()
         finished = False
         while time.time() - t_sent < 120:
             if key is not None and broker.finished(key, "process"):
@@ -165,6 +190,8 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         for w in [ingest, *workers]:
             w.terminate()
             w.wait(60)
+        for log in logs:
+            log.close()
         broker.close()
     send = np.asarray(result["s"].send_times)
     res = res.astype({"frame": int, "t_committed": float, "total_s": float})
@@ -181,7 +208,7 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
         "latency_p99_s": float(np.percentile(lat, 99)),
         "redis_cpu_ms": 1e3 * redis_cpu / n_frames,
         "ingest_cpu_ms": 1e3 * ingest_cpu / n_frames,
-        "workers_cpu_ms": 1e3 * workers_cpu / n_frames,
+        "workers_cpu_ms": 1e3 * workers_cpu / max(len(res) - n0, 1),
         "worker_ms": 1e3 * float(res.total_s.mean()),
     }
 

@@ -30,7 +30,8 @@ import numpy as np
 from .broker import HEADER_ID, Broker, Entry, derived_key, frame_id
 from .sequential import SequentialConsumer
 
-__all__ = ["BinnerSummary", "LiveBinner", "binned_header_fields", "binned_params"]
+__all__ = ["BinnerSummary", "LiveBinner", "binned_header_fields", "binned_params",
+           "header_mask"]
 
 log = logging.getLogger("sxlab.live")
 
@@ -71,6 +72,18 @@ def binned_params(params, factor: int):
                "min_res": pk.min_res / f, "max_res": pk.max_res / f},
         integrate={"radii": tuple(r / f for r in ig.radii)},
     )
+
+
+def header_mask(header: dict, geometry):
+    """The static :class:`~sxlab.masks.Mask` of a run header's pixel mask (non-zero = bad),
+    or None when the header has none of the geometry's size."""
+    from sxlab.masks import Mask
+
+    pm = header.get("pixel_mask")
+    shape = tuple(geometry.data_shape)
+    if pm is None or pm.size != int(np.prod(shape)):
+        return None
+    return Mask.from_bad(np.asarray(pm).reshape(shape) != 0)
 
 
 @dataclass
@@ -145,7 +158,6 @@ class LiveBinner:
                  threads: int = 1, consumer: str = "binner", batch: int = 8,
                  header_timeout_s: float | None = 60.0):
         from sxlab.binning import Binner
-        from sxlab.masks import Mask
 
         from .worker import geometry_from_header
 
@@ -156,10 +168,8 @@ class LiveBinner:
         self.header = broker.wait_header(key, timeout_s=header_timeout_s)
         geometry = geometry_from_header(self.header)
         shape = tuple(geometry.data_shape)
-        mask = self.header.get("pixel_mask")
-        mask = (Mask.from_bad(np.asarray(mask).reshape(shape) != 0)
-                if mask is not None and mask.size == np.prod(shape) else None)
-        self.binner = Binner(geometry, mask, self.factor, bad_fraction=bad_fraction)
+        self.binner = Binner(geometry, header_mask(self.header, geometry), self.factor,
+                             bad_fraction=bad_fraction)
         self.source_shape = shape
         self.group = SequentialConsumer(broker.client, key, f"bin{self.factor}", consumer,
                                         batch=batch)

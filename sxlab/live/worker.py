@@ -66,7 +66,7 @@ def geometry_from_header(header: dict):
 
 
 class FrameDecoder:
-    """Stream entries into float32 images and bad-pixel masks, in reused arrays.
+    """Stream entries into images and bad-pixel masks, in reused arrays.
 
     The conversion is the batch workers' (:func:`sxlab.pipeline.read_frame`,
     :func:`~sxlab.io.hdf5.convert_frame`): pixels flagged by value (EIGER convention:
@@ -328,7 +328,7 @@ class LiveWorker:
         from sxlab.params import Params
         from sxlab.pipeline import prepare
 
-        from .binner import binned_params
+        from .binner import binned_params, header_mask
 
         self.broker = broker
         self.key = key
@@ -347,13 +347,9 @@ class LiveWorker:
         process_geometry = self.geometry
         if bin_factor and bin_factor > 1:
             from sxlab.binning import Binner
-            from sxlab.masks import Mask
 
-            pm = self.header.get("pixel_mask")
-            shape = tuple(self.geometry.data_shape)
-            mask = (Mask.from_bad(np.asarray(pm).reshape(shape) != 0)
-                    if pm is not None and pm.size == np.prod(shape) else None)
-            self.binner = Binner(self.geometry, mask, int(bin_factor))
+            self.binner = Binner(self.geometry, header_mask(self.header, self.geometry),
+                                 int(bin_factor))
             self.params = binned_params(self.params, int(bin_factor))
             process_geometry = self.binner.geometry
         self.decoder = FrameDecoder(self.header.get("pixel_mask"), binner=self.binner)
