@@ -254,8 +254,8 @@ def main() -> None:
             trial_s = 5.0 if args.quick else 10.0
             best = None
             trials = []
-            for factor in (0.6, 0.4, 0.25, 0.15):
-                rate = round(capacity * factor, 2)
+            for share in (0.6, 0.4, 0.25, 0.15):
+                rate = round(capacity * share, 2)
                 n = max(12, int(rate * trial_s))
                 t = live_trial(run, ppath, rate, n, workdir, factor)
                 trials.append(t)
