@@ -581,21 +581,11 @@ def worker_costs(run, params, setting: str, factor: int, broker, key: str, serve
     return row, res
 
 
-def _agreement(res, ref, cell, truth_crystals) -> dict:
-    """Indexing of ``res`` against the simulated truth and against ``ref`` (same frames
-    indexed, orientations)."""
-    from sxlab.indexing.scoring import lattice_rotations, misorientation_deg, score_indexing
+def _same_crystals(res, ref, cell) -> tuple[str, float]:
+    """Lattices of ``ref`` found again in ``res`` within 0.05 deg (same frame, up to the
+    lattice symmetry): ``"k/n"`` and the largest misorientation of those matches."""
+    from sxlab.indexing.scoring import lattice_rotations, misorientation_deg
 
-    f = res.frames
-    hits = f[f.hit]
-    scores = score_indexing(res.crystals, truth_crystals, cell, max_deg=0.5)
-    out = {"hit_rate": float(f.hit.mean()),
-           "indexing_rate": float(hits.indexed.mean()) if len(hits) else float("nan"),
-           "n_crystals": int(len(res.crystals)), "correct": int(scores.correct.sum()),
-           "median_error_deg": float(scores.misorientation_deg.median())}
-    if ref is None:
-        return out
-    # every lattice of the reference run matched to the closest of the same frame here
     rots = lattice_rotations(cell)
     cols = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
     mine = {f: [r[cols].to_numpy(float).reshape(3, 3) for _, r in g.iterrows()]
@@ -607,9 +597,27 @@ def _agreement(res, ref, cell, truth_crystals) -> dict:
                          for b in mine.get(r["frame"], [])), default=np.inf))
     best = np.asarray(best)
     found = best <= 0.05
-    out.update(same_crystals=f"{int(found.sum())}/{len(best)}",
-               max_misorientation_deg=float(best[found].max()) if found.any()
-               else float("nan"))
+    return (f"{int(found.sum())}/{len(best)}",
+            float(best[found].max()) if found.any() else float("nan"))
+
+
+def _agreement(res, refs: dict, mode: str, cell, truth_crystals) -> dict:
+    """Indexing of ``res`` against the simulated truth and against the unbinned runs
+    (``refs``: mode -> Results) of the same setting and of full processing."""
+    from sxlab.indexing.scoring import score_indexing
+
+    f = res.frames
+    hits = f[f.hit]
+    scores = score_indexing(res.crystals, truth_crystals, cell, max_deg=0.5)
+    out = {"hit_rate": float(f.hit.mean()),
+           "indexing_rate": float(hits.indexed.mean()) if len(hits) else float("nan"),
+           "n_crystals": int(len(res.crystals)), "correct": int(scores.correct.sum()),
+           "median_error_deg": float(scores.misorientation_deg.median())}
+    if mode in refs:
+        out["same_crystals"], out["max_misorientation_deg"] = _same_crystals(
+            res, refs[mode], cell)
+    if "full" in refs and mode != "full":
+        out["same_as_full"] = _same_crystals(res, refs["full"], cell)[0]
     return out
 
 
@@ -636,7 +644,7 @@ def stage_costs(det: str, workdir: Path, repeats: int, fmt: str = "stream1"):
             params = settings(base, mode)
             row, res = worker_costs(run, params, mode, factor, broker, key, server, workdir)
             row = {"detector": det, **row,
-                   **_agreement(res, refs.get(mode), params.cell, truth)}
+                   **_agreement(res, refs, mode, params.cell, truth)}
             if not factor:
                 refs[mode] = res
             row.update(ing)
@@ -660,7 +668,7 @@ def stages_report(args, workdir: Path) -> tuple[list[str], list[dict]]:
             "index_ms", "integrate_ms", "rest_ms", "worker_ms", "redis_out_cpu_ms",
             "ingest_cpu_ms", "redis_in_cpu_ms", "total_ms", "cores_for_133Hz", "hit_rate",
             "indexing_rate", "n_crystals", "correct", "median_error_deg",
-            "same_crystals", "max_misorientation_deg"]
+            "same_crystals", "max_misorientation_deg", "same_as_full"]
     lines = ["# Where the CPU of a live frame goes (CPU ms per frame)", "",
              "One live worker (default batch: 4 frames per commit) in this process on "
              "frames published as the ingest leaves them (50 % hits, bitshuffle-LZ4 blobs "
@@ -674,7 +682,8 @@ def stages_report(args, workdir: Path) -> tuple[list[str], list[dict]]:
              "simulated crystal (cell within 5 %), median_error_deg: their median "
              "misorientation to the truth; same_crystals: lattices of the unbinned "
              "run of the same setting found again within 0.05 deg (same frame, up to the "
-             "lattice symmetry), max_misorientation_deg: the largest of those matches. "
+             "lattice symmetry), max_misorientation_deg: the largest of those matches; "
+             "same_as_full: the same against the unbinned full-processing run. "
              "Ingest: 200 frames of a stream v1 replay as fast as the ingest takes them "
              "(its per-series cost, the header, spread over them).",
              ""]
