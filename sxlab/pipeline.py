@@ -129,21 +129,29 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
     >>> result = process_frame(*run.read(0), ctx)  # doctest: +SKIP
     """
     params = params or Params()
-    maps_before = geometry.maps.computed()
+    maps = geometry.maps
+    maps_before = maps.computed()
+
+    def release_maps():
+        # the per-pixel maps a stage's set-up computed are not used per frame: free
+        # them before the next stage (a later stage that needs one computes it again)
+        maps.release(maps.computed() - maps_before)
+
     mask = build_mask(geometry, params.mask)
     st = params.stages
     finder = indexer = integrator = None
     if st.peaks:
         finder = PeakFinder(geometry, mask, params.peaks)
+        release_maps()
     if st.index:
         indexer = Indexer(geometry, params.cell, params.index)
     if st.integrate:
         integrator = Integrator(geometry, mask, params.integrate)
+        release_maps()
     hp = params.hits
     solvent = SolventRatio(geometry, mask, d_high_A=hp.solvent_d_high_A,
                            d_low_A=hp.solvent_d_low_A)
-    # the per-pixel maps the set-up computed are not used per frame: free them
-    geometry.maps.release(geometry.maps.computed() - maps_before)
+    release_maps()
     return Context(geometry, params, mask, finder, indexer, integrator, solvent,
                    Profiler(worker=worker, enabled=st.profile), worker)
 
