@@ -2,7 +2,7 @@
 
 One worker (this process, one thread) prepares once (:func:`sxlab.prepare`) and then
 loops ``N`` times over the frames of a simulated run (lysozyme, 50 % hits,
-bitshuffle-LZ4 NXmx; 20 frames cached under ``$SXLAB_CACHE/bench_soak``), each time
+bitshuffle-LZ4 NXmx; 20 frames cached under ``$SXLAB_CACHE/bench_runs``), each time
 doing what the batch worker does per frame: :func:`sxlab.pipeline.read_frame` (into the
 worker's reused arrays), :func:`sxlab.process_frame` (peaks, hit, index, integrate, the frame's
 tables and profile), results dropped as a worker drops them once shipped. Recorded per
@@ -28,7 +28,6 @@ _common.single_threaded()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -43,21 +42,6 @@ def rss_mb() -> float:
     """Current resident set size (MB)."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def dataset(key: str) -> Path:
-    import sxlab as sx
-
-    info = sx.datasets.info(DETECTORS[key])
-    folder = sx.datasets.cache_dir() / "bench_soak" / f"{key}-{N_DATA}-{info.recipe_hash}"
-    master = folder / f"{key}_master.h5"
-    if not (folder / "complete").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        sx.datasets.simulator(info).write(master, N_DATA, frames_per_file=N_DATA,
-                                          progress=False)
-        (folder / "complete").write_text("ok\n")
-    return master
 
 
 def soak(master: Path, n_frames: int, progress: bool) -> dict:
@@ -118,7 +102,7 @@ def main() -> None:
     if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
         args.out = Path(os.environ["SXLAB_BENCH_OUT"])
     load_start = _common.load_average()
-    master = dataset(args.detector)
+    master = _common.simulated_run(DETECTORS[args.detector], N_DATA)
     r = soak(master, n, progress=True)
     lines = [f"# Soak: {n} frames through one worker ({args.detector} detector, "
              f"{N_DATA} frames looped, {r['hits']} hits)", ""]
