@@ -33,6 +33,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 DETECTORS = {"1m": "lysozyme-demo", "4m": "lysozyme-4m"}
 N_DATA = 20
 TARGETS = {"slowdown": 0.05, "growth_mb": 10.0}
@@ -53,19 +55,22 @@ def soak(master: Path, n_frames: int, progress: bool) -> dict:
     run = open_run(master)
     ctx = prepare(run.geometry, demo_params(Truth.load(master)))
     n_data = len(run)
-    cpu, hit, rss = [], [], []
+    # preallocated, so that the bookkeeping does not grow the process as it goes
+    cpu = np.zeros(n_frames)
+    hit = np.zeros(n_frames, bool)
+    rss = []
     t_start = time.perf_counter()
     for k in range(n_frames):
         i = k % n_data
         c0 = time.process_time()
         image, bad, attrs = read_frame(run, i, ctx)
         res = process_frame(image, bad, ctx, frame=k, attrs=attrs)
-        cpu.append(time.process_time() - c0)
-        hit.append(bool(res.frame["hit"]))
+        cpu[k] = time.process_time() - c0
+        hit[k] = res.frame["hit"]
         if k % 100 == 0:
             rss.append((k, rss_mb()))
             if progress and k % 5000 == 0:
-                recent = 1e3 * statistics.median(cpu[-5000:])
+                recent = 1e3 * statistics.median(cpu[max(k - 5000, 0):k + 1])
                 print(f"[bench_soak] {k} frames, {rss[-1][1]:.1f} MB, median of the last "
                       f"5000: {recent:.2f} ms CPU", file=sys.stderr, flush=True)
     rss.append((n_frames, rss_mb()))
@@ -76,8 +81,8 @@ def soak(master: Path, n_frames: int, progress: bool) -> dict:
     rss_first = next(v for k, v in rss if k >= min(n_data + tenth, n_frames))
     med = statistics.median
     return {
-        "frames": n_frames, "hits": int(sum(hit)), "wall_s": wall,
-        "cpu_s": sum(cpu),
+        "frames": n_frames, "hits": int(hit.sum()), "wall_s": wall,
+        "cpu_s": float(cpu.sum()),
         "first_ms": 1e3 * med(first), "last_ms": 1e3 * med(last),
         "slowdown": med(last) / med(first) - 1,
         "rss_first_mb": rss_first, "rss_end_mb": rss[-1][1],
