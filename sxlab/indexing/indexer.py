@@ -21,6 +21,7 @@ from .._frozen import FrozenParams
 from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
+from ..lattice import bravais_setting
 from ..reciprocal import (
     apparent_resolution,
     assign_indices,
@@ -217,13 +218,15 @@ class Indexing(NamedTuple):
 class _Found:
     """A verified lattice: refined reciprocal basis, cell and peak statistics."""
 
-    __slots__ = ("astar", "cell", "indexed", "residual")
+    __slots__ = ("astar", "cell", "centering", "indexed", "lattice", "residual")
 
-    def __init__(self, astar, cell, indexed, residual):
+    def __init__(self, astar, cell, indexed, residual, lattice, centering):
         self.astar = astar
         self.cell = cell
         self.indexed = indexed
         self.residual = residual
+        self.lattice = lattice
+        self.centering = centering
 
 
 class Indexer:
@@ -235,7 +238,9 @@ class Indexer:
         Detector geometry; its beam's wavelength is the nominal wavelength.
     cell : UnitCell or None
         Reference cell with its lattice type and centering (e.g. from a space group).
-        Without one, lattices are reported as their Niggli cell, triclinic P.
+        Without one, each lattice is reported in its conventional setting: the Bravais
+        lattice of its reduced cell (:func:`sxlab.lattice.bravais_setting`, twofold axes
+        within ``angle_tolerance_deg``), refined with that lattice's constraints.
     params : IndexParams, optional
         Parameters; keyword arguments override single fields
         (``Indexer(det, cell, fast=True)``).
@@ -294,11 +299,17 @@ class Indexer:
     """
 
     def __init__(self, geometry: Detector, cell: UnitCell | None = None,
-                 params: IndexParams | None = None, **overrides):
+                 params: IndexParams | None = None, *, symmetry: str | None = None,
+                 **overrides):
         if cell is not None and not isinstance(cell, UnitCell):
             raise TypeError(f"cell must be a UnitCell or None, got {type(cell).__name__}")
         self.geometry = geometry
         self.cell = cell
+        # Without a reference cell, a space group restricts the lattices accepted.
+        self._wanted = None
+        if symmetry is not None and cell is None:
+            hint = UnitCell(1.0, 1.0, 1.0, space_group=symmetry)
+            self._wanted = (hint.lattice_type, hint.centering)
         self.params = (params or IndexParams()).replace(**overrides)
         p = self.params
         self.last_stats: list = []
@@ -356,8 +367,16 @@ class Indexer:
                     return None  # a dense lattice that explains any point
                 if np.linalg.det(start) < 0:
                     start = -start
+                setting = bravais_setting(start, max_obliquity_deg=p.angle_tolerance_deg)
+                lattice, unique, centering = (setting.lattice_type, setting.unique_axis,
+                                              setting.centering)
+                if self._wanted is not None and self._wanted != (lattice, centering):
+                    return None  # not a lattice of the crystal form asked for
+                start = setting.basis
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             return None  # a degenerate candidate: not a lattice
+        if self._matcher is not None:
+            lattice, unique, centering = self._lattice, self._unique, self._centering
         astar0 = np.linalg.inv(start).T
         _, ok0, _ = assign_indices(q_play, astar0, p.index_tolerance)
         astar = astar0
@@ -369,8 +388,8 @@ class Indexer:
                 m = np.linalg.solve(bref, astar0).T
                 u, _, vt = np.linalg.svd(m)
                 astar0 = bref @ (u @ vt).T
-            res = refine_basis(q_play, astar0, k, mode=mode, lattice=self._lattice,
-                               unique_axis=self._unique, tol=p.index_tolerance,
+            res = refine_basis(q_play, astar0, k, mode=mode, lattice=lattice,
+                               unique_axis=unique, tol=p.index_tolerance,
                                excitation_weight=p.excitation_weight)
             if res.indexed.sum() >= 0.9 * ok0.sum() and self._cell_ok(res.astar):
                 astar, parameters = res.astar, res.parameters
@@ -383,7 +402,7 @@ class Indexer:
         cell = UnitCell.from_reciprocal_basis(astar)
         if parameters is not None and np.allclose(parameters, cell.parameters, rtol=1e-6):
             cell = UnitCell(*parameters)  # the model's exact values (a == b, right angles)
-        return _Found(astar, cell, ok_all, residual)
+        return _Found(astar, cell, ok_all, residual, lattice, centering)
 
     def _cell_ok(self, astar) -> bool:
         if self.cell is None:
@@ -506,7 +525,7 @@ class Indexer:
         n_ind = int(found.indexed.sum())
         row = {"frame": frame, "crystal": crystal, "a": c.a, "b": c.b, "c": c.c,
                "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
-               "lattice": self._lattice, "centering": self._centering,
+               "lattice": found.lattice, "centering": found.centering,
                "n_peaks_indexed": n_ind, "n_peaks": n_peaks,
                "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
                "tries": tries, "profile_radius_invA": radius,
