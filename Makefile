@@ -50,6 +50,7 @@ services:
 
 test: venv services
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(STAMP)

@@ -143,6 +143,23 @@ def machine_description(load_start: str, *, pinned: str | None = None,
     return lines
 
 
+# ============================================================================ peers
+def crystfel_bindir(program: str = "indexamajig") -> Path | None:
+    """Folder of a CrystFEL build holding ``program``, or None.
+
+    Looked for in ``$CRYSTFEL_BIN``, the folder of ``indexamajig`` on the PATH and
+    ``/opt/crystfel/bin`` (where ``/work/shared/peers/build_crystfel.sh`` installs it).
+    """
+    import shutil
+
+    on_path = shutil.which("indexamajig")
+    for candidate in (os.environ.get("CRYSTFEL_BIN"), on_path and str(Path(on_path).parent),
+                      "/opt/crystfel/bin"):
+        if candidate and (Path(candidate) / program).exists():
+            return Path(candidate)
+    return None
+
+
 # ============================================================================== timing
 def time_runs(fn, runs: int, *, warmup: int = 1, setup=None):
     """Call ``fn()`` ``warmup`` times untimed, then ``runs`` times timed.

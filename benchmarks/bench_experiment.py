@@ -53,6 +53,8 @@ def write_parts(job_dir: Path, run: str, n_frames: int, part: int, rng) -> None:
     import numpy as np
     import pandas as pd
 
+    from sxlab import tables
+
     parts = job_dir / "results" / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     for first in range(0, n_frames, part):
@@ -60,27 +62,28 @@ def write_parts(job_dir: Path, run: str, n_frames: int, part: int, rng) -> None:
         n = len(frame)
         n_peaks = rng.poisson(25, n) * (rng.random(n) < 0.6)
         n_cryst = np.where(n_peaks > 16, rng.choice([0, 1, 1, 2], n), 0)
-        frames = pd.DataFrame({
+        frames = tables.FRAMES.make(pd.DataFrame({
             "frame": frame, "run": run, "event": [f"//{i}" for i in frame],
             "filename": f"/data/{run}_data_000001.h5", "status": "ok", "error": "",
             "n_peaks": n_peaks, "hit": n_peaks >= 16, "indexed": n_cryst > 0,
             "n_crystals": n_cryst, "n_reflections": n_cryst * 150,
             "resolution_A": np.where(n_cryst > 0, rng.uniform(1.6, 4.0, n), np.nan),
             "solvent_ratio": rng.uniform(0.7, 1.3, n), "worker": 0, "read_s": 0.01,
-            "peaks_s": 0.05, "index_s": 0.1, "integrate_s": 0.03, "total_s": 0.2})
+            "peaks_s": 0.05, "index_s": 0.1, "integrate_s": 0.03, "total_s": 0.2}))
         rows = np.repeat(frame, n_cryst)
         k = len(rows)
-        crystals = pd.DataFrame({
+        crystals = tables.CRYSTALS.make(pd.DataFrame({
             "frame": rows, "crystal": np.concatenate([np.arange(c) for c in n_cryst]) if k
             else np.zeros(0, int), "a": rng.normal(79.1, 0.3, k), "b": rng.normal(79.1, 0.3, k),
             "c": rng.normal(37.9, 0.2, k), "alpha": 90.0, "beta": 90.0, "gamma": 90.0,
-            "lattice": "tetragonal", "centering": "P", "n_peaks_indexed": 20})
-        reflections = pd.DataFrame({"frame": np.zeros(0, int), "d_A": np.zeros(0),
-                                    "I": np.zeros(0), "sigma": np.zeros(0)})
+            "lattice": "tetragonal", "centering": "P", "n_peaks_indexed": 20}),
+            fill_missing=True)
         stem = f"{frame[0]:09d}-{frame[-1]:09d}"
-        crystals.to_parquet(parts / f"crystals-{stem}.parquet", index=False)
-        reflections.to_parquet(parts / f"reflections-{stem}.parquet", index=False)
-        frames.to_parquet(parts / f"frames-{stem}.parquet", index=False)
+        # A committed part as sxlab.results writes it: every table, the frames one last.
+        for kind, table in (("peaks", None), ("crystals", crystals), ("reflections", None),
+                            ("profile", None), ("frames", frames)):
+            table = tables.get(kind).empty() if table is None else table
+            table.to_parquet(parts / f"{kind}-{stem}.parquet", index=False)
 
 
 def bench_backend(label: str, url: str, root: Path, n_runs: int, n_frames: int,

@@ -94,7 +94,7 @@ def main() -> None:
     setup_s = time.perf_counter() - t0
     rows.append((f"radial profile, {prof.n_bins} q bins (set-up {setup_s:.1f} s, maps cached)",
                  "per frame", _median_ms(lambda _: prof(frame, bad))))
-    sr = SolventRatio(det, static)
+    sr = SolventRatio(det, static, two_theta_high_deg=22.8, two_theta_low_deg=12.5)
     rows.append(("solvent ratio 22.8° / 12.5° ± 0.25°", "per frame",
                  _median_ms(lambda _: sr(frame, bad))))
 

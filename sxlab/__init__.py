@@ -108,6 +108,9 @@ _EXPORTS = {
     "Simulator": "simulate",
     "Truth": "simulate",
     "simulate_frame": "simulate",
+    "simulate_powder": "simulate",
+    "calibrate_rings": "calibration",
+    "refine_geometry": "calibration",
 }
 
 

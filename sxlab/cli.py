@@ -206,7 +206,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         table = read_crystfel_profile(source)
     if args.block is not None and args.block < 1:
         raise CommandError(f"--block must be at least 1, got {args.block}")
-    ax = plots.profile(table, block=args.block, top=args.top,
+    ax = plots.profile(table, block=args.block, top=args.top, level=args.level,
                        include_wait=not args.no_wait)
     ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
     print(f"wrote {args.output}")
@@ -220,28 +220,34 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from sxlab.merging import merge
 
     source = args.dir
-    crystals = None
+    crystals = beam = None
     symmetry = args.symmetry
     if not source.exists():
         raise CommandError(f"{source}: no such results directory or reflections file")
     if source.is_dir():
         res = _load_results(source)
         reflections, crystals = res.reflections, res.crystals
+        if args.model != "unity":
+            beam = res.geometry
         if symmetry is None:
             symmetry = res.params.symmetry or (res.params.cell.space_group
                                                if res.params.cell is not None else None)
             if symmetry:
                 print(f"symmetry {symmetry} (from {source / 'params.toml'})")
     else:
+        if args.model != "unity":
+            raise CommandError(f"--model {args.model} needs an output directory (crystals "
+                               f"and geometry), not the reflections file {source}")
         reflections = pd.read_parquet(source)
     if symmetry is None:
         raise CommandError(f"{source} records no symmetry; give the space group with "
                            "--symmetry, e.g. -y P43212")
-    result = merge(reflections, symmetry, crystals=crystals, scale=not args.no_scale,
+    result = merge(reflections, symmetry, crystals=crystals, beam=beam,
+                   scale=not args.no_scale,
                    iterations=args.iterations, min_measurements=args.min_measurements,
                    partiality=args.partiality, anomalous=args.anomalous,
                    n_shells=args.shells, d_min=args.d_min, d_max=args.d_max,
-                   max_adu=args.max_adu)
+                   max_adu=args.max_adu, model=args.model)
     for line in result.notes:
         print(line)
     write_mtz(result.merged, args.output)
@@ -380,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "frames each)")
     p.add_argument("--top", type=int, default=10, help="categories kept before 'other'")
     p.add_argument("--no-wait", action="store_true", help="leave out the wait time")
+    p.add_argument("--level", type=int, default=1,
+                   help="depth of the categories (2: pf8-rstats, asdf-search, ...)")
     p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("merge", help="scale and merge reflections into MTZ / CrystFEL .hkl",
@@ -394,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hkl", type=Path, metavar="HKL",
                    help="also write a CrystFEL reflection list and its half sets")
     p.add_argument("--no-scale", action="store_true", help="do not refine scales")
+    p.add_argument("--model", choices=("unity", "gaussian", "xsphere"), default="unity",
+                   help="partiality model: unity (Monte Carlo, default) or post-refinement "
+                        "with the gaussian or xsphere model (needs an output directory)")
     p.add_argument("--iterations", type=int, default=3, help="scaling cycles (default 3)")
     p.add_argument("--min-measurements", type=int, default=2, metavar="N",
                    help="observations a reflection needs to be output (default 2)")
@@ -407,11 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out reflections with a brighter peak pixel")
     p.set_defaults(func=_cmd_merge)
 
+    from sxlab.calibration.cli import add_parser as add_calibration_parser
     from sxlab.experiment.cli import add_parser as add_experiment_parser
     from sxlab.report import add_parser as add_report_parser
 
     add_experiment_parser(sub, figure=_run_stats_figure)
     add_report_parser(sub)
+    add_calibration_parser(sub)
 
     from sxlab.live.cli import register as register_live
 

@@ -21,7 +21,11 @@ from . import tables
 
 
 def demo_params(truth):
-    """Processing parameters for a simulated data set: its cell, beam stop and detector."""
+    """Processing parameters for a simulated data set: its cell, beam stop and detector.
+
+    Merging post-refines with the ``gaussian`` partiality model (the crystals and the
+    geometry of the results are passed to :func:`sxlab.merging.merge`).
+    """
     from .cell import UnitCell
     from .params import Params
 
@@ -29,6 +33,7 @@ def demo_params(truth):
     cell = UnitCell(**meta["cell"], space_group=meta["space_group"])
     bs = meta["beamstop"]
     return Params(cell=cell).replace(
+        merge={"model": "gaussian"},
         peaks={"adc_threshold": 3.0, "min_snr": 6.0},
         mask={"beamstop_radius_px": bs["radius_px"] + 3,
               "beamstop_rod_width_px": bs["rod_width_px"] + 6,
@@ -132,11 +137,14 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
     t_merge = time.perf_counter()
     result = merge(res.reflections, UnitCell(**true_cell,
                                               space_group=truth.metadata["space_group"]),
-                   params=res.params.merge)
+                   crystals=res.crystals, beam=geom, params=res.params.merge)
     t_merge = time.perf_counter() - t_merge
     overall = result.stats[result.stats.shell == -1]
     o = overall.iloc[0] if len(overall) else None
     m_cc, n_m_cc = _merged_cc(result.merged, truth.intensities)
+    by_d = result.merged.sort_values("d_A", ascending=False, kind="stable")
+    thirds = [by_d.iloc[i * len(by_d) // 3:(i + 1) * len(by_d) // 3] for i in range(3)]
+    cc_thirds = " / ".join(f"{_merged_cc(t, truth.intensities)[0]:.3f}" for t in thirds)
     n_merged = int((~result.scales.rejected).sum())
 
     def ms(col, rows):
@@ -169,6 +177,8 @@ def summarize(name: str = "lysozyme-demo", *, progress: bool = True,
         ("CC*", f"{o.cc_star:.3f}" if o is not None else "–"),
         ("resolution where CC* < 0.5 (Å)", f"{result.cc_star_resolution_A:.2f}"),
         ("CC(merged I, true I)", f"{m_cc:.3f} (n = {n_m_cc})"),
+        ("CC(merged I, true I), low / middle / high resolution thirds", cc_thirds),
+        ("partiality model (merging)", res.params.merge.model),
         ("read + decompress (ms/frame)", ms("read_s", ok)),
         ("peak search (ms/frame)", ms("peaks_s", ok)),
         ("indexing (ms/hit)", ms("index_s", hits)),

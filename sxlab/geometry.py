@@ -724,6 +724,9 @@ class Detector:
         """Flat fs, ss and panel ids of broadcast inputs, and the shape to give results."""
         fs = np.asarray(fs, dtype=float)
         ss = np.asarray(ss, dtype=float)
+        if fs.ndim == 1 and ss.shape == fs.shape and isinstance(panel, np.ndarray) \
+                and panel.shape == fs.shape and panel.dtype.kind in "iu":
+            return fs, ss, panel.astype(np.int64, copy=False), fs.shape  # one point per row
         pshape = () if panel is None or isinstance(panel, str) else np.shape(panel)
         shape = np.broadcast_shapes(fs.shape, ss.shape, pshape)
         fs = np.broadcast_to(fs, shape).ravel()

@@ -281,7 +281,7 @@ class _Predictor:
             q_max = self._q_limit(limits[row])
             if not q_max > 0:
                 continue
-            g_max = q_max * q_max / (2.0 * k0 * k0)
+            g_max = ewald_slope(q_max * q_max, k0)
             hkl = self._candidates(amat, q_max, radius + g_max * self.half_band)
             if centerings[row] not in _CENTERINGS:
                 raise ValueError(f"unknown centering {centerings[row]!r}")
@@ -742,6 +742,7 @@ def _shell_resolution(shells: pd.DataFrame, min_i_over_sigma: float,
     return shells["d_min_A"].where(ok).groupby(shells["frame"], sort=True).min()
 
 
+@tables.documented
 def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.DataFrame:
     """Per-frame resolution shells and their mean I/σ(I) (the input of per-image resolution).
 
@@ -761,16 +762,10 @@ def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.Data
     Returns
     -------
     DataFrame
-        One row per non-empty shell, by frame and shell:
+        One row per non-empty shell, by frame and shell
+        (:data:`sxlab.tables.RESOLUTION_SHELLS`):
 
-        ============  =======  ===========================================
-        frame         int64    frame index
-        shell         int64    shell index, 0 = lowest resolution
-        d_max_A       float64  low-resolution edge (Å)
-        d_min_A       float64  high-resolution edge (Å)
-        n             int64    reflections in the shell
-        mean_i_sigma  float64  mean I/σ(I) of those reflections
-        ============  =======  ===========================================
+        [columns: resolution_shells]
 
     Examples
     --------
@@ -788,12 +783,7 @@ def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.Data
     ok = np.isfinite(d) & (d > 0) & np.isfinite(i) & np.isfinite(sig) & (sig > 0)
     frames, code = np.unique(reflections["frame"].to_numpy(np.int64)[ok], return_inverse=True)
     if not len(frames):
-        return pd.DataFrame({"frame": pd.Series(dtype="int64"),
-                             "shell": pd.Series(dtype="int64"),
-                             "d_max_A": pd.Series(dtype="float64"),
-                             "d_min_A": pd.Series(dtype="float64"),
-                             "n": pd.Series(dtype="int64"),
-                             "mean_i_sigma": pd.Series(dtype="float64")})
+        return tables.RESOLUTION_SHELLS.empty()
     x = d[ok] ** -3.0
     ios = i[ok] / sig[ok]
     lo = np.full(len(frames), np.inf)
@@ -807,9 +797,9 @@ def resolution_shells(reflections: pd.DataFrame, *, n_bins: int = 10) -> pd.Data
     total = np.bincount(key, weights=ios, minlength=len(frames) * nb)
     keep = np.flatnonzero(count)
     fk, sk = np.divmod(keep, nb)
-    return pd.DataFrame({
+    return tables.RESOLUTION_SHELLS.make({
         "frame": frames[fk],
-        "shell": sk.astype(np.int64),
+        "shell": sk,
         "d_max_A": edges[fk, sk] ** (-1.0 / 3.0),
         "d_min_A": edges[fk, sk + 1] ** (-1.0 / 3.0),
         "n": count[keep].astype(np.int64),

@@ -113,6 +113,16 @@ class MergeParams(FrozenParams):
     min_crystal_reflections : int
         Crystals with fewer observations of reference reflections are rejected.
         Default 10.
+    model : {"unity", "gaussian", "xsphere"}
+        Partiality model. ``unity``: partialator's unity model, Monte Carlo averaging of
+        the partial intensities. ``gaussian`` and ``xsphere``: post-refinement
+        (:mod:`sxlab.postrefinement`) of every crystal's scale, B, orientation (about
+        the two axes across the beam) and profile width, and of the data set's size,
+        mosaic and spectral widths, against the merged full intensities; the merge
+        divides the modelled partialities out. Needs the crystals (their reciprocal
+        bases) and the beam (:func:`merge`'s ``crystals`` and ``beam``). Default "unity".
+    postrefine_cycles : int
+        Merge-and-refine cycles of post-refinement. Default 6.
 
     Examples
     --------
@@ -136,15 +146,21 @@ class MergeParams(FrozenParams):
     outlier_sigma: float | None = None
     max_b_A2: float = 100.0
     min_crystal_reflections: int = 10
+    model: str = "unity"
+    postrefine_cycles: int = 6
 
     def __post_init__(self):
+        from .postrefinement import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.resolve_ambiguity not in ("auto", True, False):
             raise ValueError("resolve_ambiguity must be 'auto', True or False, got "
                              f"{self.resolve_ambiguity!r}")
         for name in ("scale", "partiality", "anomalous", "reject_flags"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         for name, low in (("iterations", 0), ("min_measurements", 1), ("n_shells", 1),
-                          ("min_crystal_reflections", 0)):
+                          ("min_crystal_reflections", 0), ("postrefine_cycles", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -1104,7 +1120,7 @@ def _crystal_cc(cidx, n_cryst, use, x, y) -> np.ndarray:
 
 
 @tables.documented
-def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
+def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam=None,
           params: MergeParams | None = None, **overrides) -> MergeResult:
     """Scale and merge a reflection table into unique intensities with statistics.
 
@@ -1126,7 +1142,10 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
         The crystals table (:data:`sxlab.tables.CRYSTALS`) the reflections were
         integrated with: each crystal's cell is checked against the space group's
         lattice and the others' (step 0 of the module notes), crystals in another
-        setting are reindexed, the others rejected.
+        setting are reindexed, the others rejected. Post-refinement (``model`` other
+        than ``unity``) needs it with the reciprocal basis ``astar_x`` ... ``cstar_z``.
+    beam : Beam or Detector, optional
+        Wavelength and bandwidth (a geometry gives its beam); needed by post-refinement.
     params : MergeParams, optional
         The merging parameters (default :class:`MergeParams` (), the ``[merge]`` section
         of a trial).
@@ -1134,7 +1153,8 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
         Single fields of :class:`MergeParams`: ``scale``, ``iterations``,
         ``min_measurements``, ``partiality``, ``min_partiality``, ``anomalous``,
         ``resolve_ambiguity``, ``n_shells``, ``d_min``, ``d_max``, ``max_adu``,
-        ``reject_flags``, ``outlier_sigma``, ``max_b_A2``, ``min_crystal_reflections``
+        ``reject_flags``, ``outlier_sigma``, ``max_b_A2``, ``min_crystal_reflections``,
+        ``model``, ``postrefine_cycles``
         (``sx.merge(refl, "P43212", d_min=2.0, scale=False)``).
 
     Returns
@@ -1183,6 +1203,13 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
     take every crystal out of the merged set and put it back in its best setting, until
     nothing changes (at most 5 passes). Finally the setting most crystals agree on is
     made the identity, so ``n_reindexed`` counts the minority.
+
+    Post-refinement (``model="gaussian"`` or ``"xsphere"``) starts from the unity
+    scales and the indexed orientations and runs ``postrefine_cycles`` cycles of a
+    weighted least-squares merge of full intensities and Gauss–Newton steps of the
+    parameters (:class:`sxlab.postrefinement.PostRefinement`); the output, its halves
+    and the statistics come from the same partiality-corrected merge, and the result
+    carries the refinement as ``.postrefinement``.
 
     Examples
     --------
@@ -1284,10 +1311,22 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
         counts["outliers"] = int(np.count_nonzero(outlier))
         use &= ~outlier
     counts["used"] = int(np.count_nonzero(use))
-    n, mean, sig = _group_means(np.where(use, g, n_groups), i_corr, s_corr, n_groups + 1)
     half = frame_half(obs.frame)
-    halves = [_group_means(np.where(use & (half == h), g, n_groups), i_corr, s_corr,
-                           n_groups + 1) for h in (0, 1)]
+    refinement = None
+    if p.model == "unity":
+        n, mean, sig = _group_means(np.where(use, g, n_groups), i_corr, s_corr,
+                                    n_groups + 1)
+        halves = [_group_means(np.where(use & (half == h), g, n_groups), i_corr, s_corr,
+                               n_groups + 1) for h in (0, 1)]
+    else:
+        refinement = _postrefine(obs, g, s2, n_groups, active, gscale, bscale, crystals,
+                                 beam, p)
+        gscale, bscale = np.exp(refinement.log_g), refinement.b
+        n, mean, sig = refinement.merge(use, refinement.reference, p.min_partiality)
+        halves = [refinement.merge(use & (half == h), refinement.reference, p.min_partiality)
+                  for h in (0, 1)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            i_corr = obs.intensity / refinement.factor()
 
     group_hkl = table.group_hkl(p.anomalous)
     group_d = np.repeat(table.d, 2) if p.anomalous else table.d
@@ -1331,5 +1370,44 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None,
         cc_star_resolution_A=float(stats.attrs.get("d_cc_star_A", np.nan)),
         n_reindexed=int(np.count_nonzero(assign != 0)), ambiguity_operators=op_names[1:],
         ambiguity_changes=[int(c) for c in changes if c >= 0], counts=counts, notes=notes,
+        postrefinement=refinement,
     )
+
+
+def _postrefine(obs, g, s2, n_groups, active, gscale, bscale, crystals, beam, p):
+    """Post-refinement of the selected observations (see :func:`merge`, Notes)."""
+    from .postrefinement import PostRefinement
+
+    if crystals is None or beam is None:
+        raise ValueError(f"model={p.model!r} needs crystals= (the crystals table) and "
+                         "beam= (the geometry or its Beam)")
+    beam = getattr(beam, "beam", beam)
+    k0 = 1.0 / float(beam.wavelength_A)
+    names = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
+    missing = [c for c in ("frame", "crystal", *names) if c not in crystals.columns]
+    if missing:
+        raise KeyError(f"the crystals table lacks the columns {missing}")
+    key = pd.MultiIndex.from_frame(crystals[["frame", "crystal"]].astype(np.int64))
+    pos = key.get_indexer(pd.MultiIndex.from_arrays([obs.c_frame, obs.c_crystal]))
+    if np.any(pos < 0):
+        lost = [(int(f), int(c)) for f, c, q in zip(obs.c_frame, obs.c_crystal, pos,
+                                                     strict=True) if q < 0][:5]
+        raise ValueError(f"reflections of crystals missing from the crystals table: {lost}")
+    astar = crystals[names].to_numpy(np.float64).reshape(-1, 3, 3)[pos]
+    lattice = np.einsum("ni,nij->nj", obs.hkl.astype(np.float64), astar[obs.cidx])
+    group = np.where(g >= 0, g, n_groups)
+    pr = PostRefinement(obs.cidx, lattice, s2, obs.intensity, obs.sigma, group, n_groups,
+                        k0, float(beam.bandwidth) * k0, model=p.model)
+    pr.log_g = np.log(np.where(gscale > 0, gscale, 1.0))
+    pr.b = np.where(np.isfinite(bscale), bscale, 0.0)
+    use = active[obs.cidx] & (g >= 0)
+    ref_min = max(int(p.min_measurements), 2)
+    reference = None
+    for _ in range(int(p.postrefine_cycles)):
+        n, reference, _ = pr.merge(use, reference, p.min_partiality)
+        reference = np.where(n >= ref_min, reference, np.nan)[:-1]
+        pr.refine(reference, active, max_b=p.max_b_A2)
+    n, reference, _ = pr.merge(use, reference, p.min_partiality)
+    pr.reference = np.where(n >= ref_min, reference, np.nan)[:-1]
+    return pr
 

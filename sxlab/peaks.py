@@ -26,6 +26,7 @@ from ._frozen import FrozenParams
 from ._prepared import PreparedCache
 from .geometry import Detector
 from .masks import good_pixels
+from .profiling import DISPERSION_SEARCH, PF8_RSTATS, PF8_SEARCH, section
 
 __all__ = [
     "PeakFinder",
@@ -249,6 +250,10 @@ class PeakFinder:
     in one pass that compares blocks of 64 pixels at once with the lowest threshold they
     touch. Results do not depend on earlier frames.
 
+    Inside an open frame of a :class:`~sxlab.profiling.Profiler` a search records its
+    two phases, ``pf8-rstats`` (annulus statistics) and ``pf8-search`` (candidates and
+    peaks; ``dispersion-search`` for the dispersion method).
+
     Per-frame bad pixels (``bad``) and non-finite values of float frames are excluded
     like masked pixels. A PeakFinder reuses its buffers between frames: it is not
     thread-safe; give each worker its own.
@@ -463,13 +468,13 @@ class PeakFinder:
         self._n_good = n_good
 
     def _candidates(self, img, bad, has_bad):
+        """Candidate pixels (the annulus statistics already computed for peakfinder8)."""
         p = self.params
         if p.method == "dispersion":
             return self._grow(lambda idx, val: _k.dispersion_candidates(
                 img, bad, has_bad, self._ann, self._sentinel, self._rects, self._cols,
                 p.kernel_size, p.gain, p.sigma_background, p.sigma_strong,
                 p.global_threshold, p.min_local, idx, val))
-        self._peakfinder8_stats(img, bad, has_bad)
         if p.fast:
             _k.chunk_thresholds(self._cthr, self._chunk_lo, self._chunk_hi, self._chunk_level,
                                 self._chunk_thr)
@@ -522,12 +527,17 @@ class PeakFinder:
         if frame is None:
             frame = getattr(image, "attrs", {}).get("frame", -1)
         img, bad_flat, has_bad = self._frame_arrays(image, bad)
-        idx, val = self._candidates(img, bad_flat, has_bad)
         p = self.params
-        min_snr = p.min_snr if p.method == "peakfinder8" else -np.inf
-        out = _k.measure_peaks(img, bad_flat, has_bad, self._ann, self._sentinel, self._panel,
-                               self._flag, idx, val, self._cols, self._rows_per_module,
-                               p.min_pix_count, p.max_pix_count, p.local_bg_radius, min_snr)
+        if p.method == "peakfinder8":
+            with section(PF8_RSTATS):
+                self._peakfinder8_stats(img, bad_flat, has_bad)
+        with section(PF8_SEARCH if p.method == "peakfinder8" else DISPERSION_SEARCH):
+            idx, val = self._candidates(img, bad_flat, has_bad)
+            min_snr = p.min_snr if p.method == "peakfinder8" else -np.inf
+            out = _k.measure_peaks(img, bad_flat, has_bad, self._ann, self._sentinel,
+                                   self._panel, self._flag, idx, val, self._cols,
+                                   self._rows_per_module, p.min_pix_count, p.max_pix_count,
+                                   p.local_bg_radius, min_snr)
         return self._table(int(frame), *out)
 
     def _table(self, frame, panel, fs, ss, inten, snr, npix, bg, vmax, first) -> pd.DataFrame:

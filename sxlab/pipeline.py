@@ -37,18 +37,18 @@ from .integration import Integrator, resolution_estimate
 from .masks import build_mask
 from .params import Params
 from .peaks import PeakFinder
-from .profiling import Profiler
+from .profiling import INDEX, INTEGRATION, LOAD_IMAGE_DATA, PEAK_SEARCH, WAIT, Profiler
 from .results import Results, ResultsWriter
 
 __all__ = [
     "Context",
     "FrameResult",
-    "Results",
     "failed_result",
     "prepare",
     "process_frame",
     "process_run",
 ]
+
 
 def _empty(kind: str) -> pd.DataFrame:
     return tables.get(kind).empty()
@@ -190,36 +190,32 @@ def process_frame(image, bad=None, context: Context | None = None, *,
     row = _frame_row(frame, attrs, ctx.worker)
     row["read_s"] = read_s
     peaks = crystals = reflections = None
-    t_start = time.perf_counter()
-    with prof.frame(frame):
+    with prof.frame(frame) as whole:
         if wait_s:
-            prof.add("wait", wait_s)
+            prof.add(WAIT, wait_s)
         if read_s:
-            prof.add("load-image-data", read_s)
+            prof.add(LOAD_IMAGE_DATA, read_s)
         if ctx.finder is not None:
-            t0 = time.perf_counter()
-            with prof.section("peak-search"):
+            with prof.section(PEAK_SEARCH) as stage:
                 peaks = ctx.finder(image, bad, frame=frame)
-            row["peaks_s"] = time.perf_counter() - t0
+            row["peaks_s"] = stage.seconds
             row["n_peaks"] = len(peaks)
             hp = ctx.params.hits
             row["hit"] = hit_rule(len(peaks), hp.min_peaks, hp.max_peaks)
         row["solvent_ratio"] = float(ctx.solvent(image, bad=bad))
         if ctx.indexer is not None and row["hit"]:
-            t0 = time.perf_counter()
-            with prof.section("index"):
+            with prof.section(INDEX) as stage:
                 crystals, peaks = ctx.indexer.index(peaks, frame=frame)
-            row["index_s"] = time.perf_counter() - t0
+            row["index_s"] = stage.seconds
             row["n_crystals"] = len(crystals)
             row["indexed"] = len(crystals) > 0
         if ctx.integrator is not None and crystals is not None and len(crystals):
-            t0 = time.perf_counter()
-            with prof.section("integration"):
+            with prof.section(INTEGRATION) as stage:
                 reflections = ctx.integrator(image, crystals, bad)
-            row["integrate_s"] = time.perf_counter() - t0
+            row["integrate_s"] = stage.seconds
             row["n_reflections"] = len(reflections)
             row["resolution_A"] = float(resolution_estimate(reflections))
-    row["total_s"] = time.perf_counter() - t_start + read_s
+    row["total_s"] = whole.seconds + read_s
     return FrameResult(row, _concat("peaks", [peaks]), _concat("crystals", [crystals]),
                        _concat("reflections", [reflections]),
                        _concat("profile", [prof.table(clear=True)]))

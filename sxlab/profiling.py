@@ -15,9 +15,11 @@ CrystFEL's ``--profile`` output::
 
 Functions decorated with :func:`profiled`, and :func:`section` blocks, time themselves
 into the profiler whose frame is open in the current thread (or do nothing when there is
-none), so library code needs no profiler argument. Times come from
-:func:`time.perf_counter_ns` (monotonic). A disabled profiler hands out one shared no-op
-context object.
+none), so library code needs no profiler argument; :func:`record` adds the summed time of
+a phase that alternates with others (asdf's per-batch phases). Times come from
+:func:`time.perf_counter_ns` (monotonic). The objects :meth:`Profiler.frame` and
+:meth:`Profiler.section` return give the block's ``seconds`` afterwards, also when the
+profiler is disabled (it then records nothing), so a caller times each stage once.
 
 :func:`read_crystfel_profile` and :func:`to_crystfel_profile` convert from and to
 CrystFEL's one-line S-expressions; :func:`profile_blocks` averages records in blocks and
@@ -45,8 +47,10 @@ __all__ = [
     "Profiler",
     "combine_profiles",
     "profile_blocks",
+    "active",
     "profiled",
     "read_crystfel_profile",
+    "record",
     "section",
     "to_crystfel_profile",
 ]
@@ -65,6 +69,8 @@ PF8_RMAPS = "pf8-rmaps"
 PF8_MASK = "pf8-mask"
 PF8_RSTATS = "pf8-rstats"
 PF8_SEARCH = "pf8-search"
+#: Candidates and peaks of the dispersion spot finder (sxlab's own name).
+DISPERSION_SEARCH = "dispersion-search"
 INDEX = "index"
 ASDF_TRIPLETS = "asdf-triplets"
 ASDF_SEARCH = "asdf-search"
@@ -78,8 +84,8 @@ WRITE_STREAM = "write-stream"
 #: Every stage name above.
 STAGES = (
     ROOT, WAIT, ZMQ_FETCH, ASAPO_FETCH, PROCESS_IMAGE, LOAD_IMAGE_DATA, FLAG_VALUES,
-    ZERO_MASK, PEAK_SEARCH, PF8_RMAPS, PF8_MASK, PF8_RSTATS, PF8_SEARCH, INDEX,
-    ASDF_TRIPLETS, ASDF_SEARCH, ASDF_FINDCELL, PREREFINE_CELL_CHECK, REFINE,
+    ZERO_MASK, PEAK_SEARCH, PF8_RMAPS, PF8_MASK, PF8_RSTATS, PF8_SEARCH, DISPERSION_SEARCH,
+    INDEX, ASDF_TRIPLETS, ASDF_SEARCH, ASDF_FINDCELL, PREREFINE_CELL_CHECK, REFINE,
     POSTREFINE_CELL_CHECK, INTEGRATION, WRITE_STREAM,
 )
 #: First-level stages that are time spent waiting for data, not processing it.
@@ -104,8 +110,25 @@ class _Null:
 _NULL = _Null()
 
 
+class _Stopwatch:
+    """The section of a disabled profiler: measures ``seconds``, records nothing.
+
+    ``seconds`` holds the start (ns) inside the block and the duration (s) after it.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __enter__(self):
+        self.seconds = perf_counter_ns()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = (perf_counter_ns() - self.seconds) / 1e9
+        return False
+
+
 class _Section:
-    __slots__ = ("_prof", "_name")
+    __slots__ = ("_prof", "_name", "seconds")
 
     def __init__(self, prof: Profiler, name: str):
         self._prof = prof
@@ -119,18 +142,19 @@ class _Section:
                                "profiler.frame(i) first")
         stack.append((stack[-1][0] + "/" + self._name, prof._seq, perf_counter_ns()))
         prof._seq += 1
-        return None
+        return self
 
     def __exit__(self, *exc):
         end = perf_counter_ns()
         prof = self._prof
         path, seq, start = prof._stack.pop()
         prof._open.append((seq, path, len(prof._stack), start, end))
+        self.seconds = (end - start) / 1e9
         return False
 
 
 class _Frame:
-    __slots__ = ("_prof", "_frame", "_token")
+    __slots__ = ("_prof", "_frame", "_token", "_entered", "seconds")
 
     def __init__(self, prof: Profiler, frame: int):
         self._prof = prof
@@ -146,11 +170,13 @@ class _Frame:
         prof._open = []
         prof._seq = 1
         self._token = _ACTIVE.set(prof)
-        prof._stack.append((ROOT, 0, perf_counter_ns()))
-        return prof
+        self._entered = perf_counter_ns()
+        prof._stack.append((ROOT, 0, self._entered))
+        return self
 
     def __exit__(self, *exc):
         end = perf_counter_ns()
+        self.seconds = (end - self._entered) / 1e9
         prof = self._prof
         _, seq, start = prof._stack.pop()
         _ACTIVE.reset(self._token)
@@ -227,16 +253,28 @@ class Profiler:
         """Context manager timing one frame (the ``root`` segment).
 
         While it is open, :func:`profiled` functions and :func:`section` blocks in the
-        same thread record into this profiler.
+        same thread record into this profiler. Like :meth:`section` it returns itself,
+        with the block's ``seconds`` after it (measured when disabled too).
         """
         if not self.enabled:
-            return _NULL
+            return _Stopwatch()
         return _Frame(self, int(frame_index))
 
     def section(self, name: str):
-        """Context manager timing a named segment inside the innermost open one."""
+        """Context manager timing a named segment inside the innermost open one.
+
+        It returns itself on entry; after the block its ``seconds`` is the segment's
+        duration, measured by a disabled profiler too (which records nothing), so a
+        caller needs no timer of its own:
+
+        >>> prof = Profiler(enabled=False)
+        >>> with prof.section("index") as seg:
+        ...     pass
+        >>> seg.seconds >= 0
+        True
+        """
         if not self.enabled:
-            return _NULL
+            return _Stopwatch()
         return _Section(self, name)
 
     def add(self, name: str, seconds: float) -> None:
@@ -327,6 +365,39 @@ def section(name: str):
     if prof is None:
         return _NULL
     return _Section(prof, name)
+
+
+def record(name: str, seconds: float) -> None:
+    """Add a segment of known duration to the profiler whose frame is open, if any.
+
+    For a phase that alternates with others many times (the per-batch phases of a
+    search): its summed duration becomes one segment, ending now, in the innermost open
+    segment (see :meth:`Profiler.add`).
+
+    Examples
+    --------
+    >>> prof = Profiler()
+    >>> with prof.frame(0):
+    ...     with prof.section("index"):
+    ...         record("asdf-search", 0.002)
+    >>> prof.table()["path"].tolist()
+    ['root', 'root/index', 'root/index/asdf-search']
+    >>> record("asdf-search", 0.002)  # no frame open: nothing is recorded
+    """
+    prof = _ACTIVE.get()
+    if prof is not None:
+        prof.add(name, seconds)
+
+
+def active() -> bool:
+    """Whether a profiler's frame is open in this thread (so that sections are recorded).
+
+    Examples
+    --------
+    >>> active()
+    False
+    """
+    return _ACTIVE.get() is not None
 
 
 def profiled(name: str):

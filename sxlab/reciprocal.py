@@ -36,10 +36,12 @@ __all__ = [
     "effective_variance",
     "ewald_slope",
     "excitation_error",
+    "nearest_rotation",
     "partiality_gaussian",
     "partiality_xsphere",
     "peak_vectors",
     "profile_radius",
+    "rotation_matrix",
     "spot_wavenumber",
 ]
 
@@ -84,10 +86,11 @@ def ewald_slope(q2, k) -> np.ndarray:
     return np.asarray(q2, dtype=float) / (2.0 * k * k)
 
 
-def bragg_wavenumber(q) -> np.ndarray:
+def bragg_wavenumber(q, *, q2=None) -> np.ndarray:
     """Wavenumber ``k_B = -|q|² / (2 q_z)`` (1/Å) putting ``q`` on the Ewald sphere.
 
-    NaN where ``q_z >= 0`` (no wavelength brings such a point into diffraction).
+    NaN where ``q_z >= 0`` (no wavelength brings such a point into diffraction);
+    ``q2``: ``|q|²`` when already known.
 
     Examples
     --------
@@ -98,7 +101,8 @@ def bragg_wavenumber(q) -> np.ndarray:
     """
     q = np.asarray(q, dtype=float)
     qz = q[..., 2]
-    q2 = np.sum(q * q, axis=-1)
+    if q2 is None:
+        q2 = np.sum(q * q, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
 
@@ -135,11 +139,10 @@ def spot_wavenumber(q, k0: float, var_r, sigma_k: float, *, q2=None) -> np.ndarr
         return np.full(q.shape[0], float(k0))
     if q2 is None:
         q2 = np.sum(q * q, axis=-1)
-    qz = q[:, 2]
+    kb = bragg_wavenumber(q, q2=q2)
     wr = np.broadcast_to(np.asarray(var_r, dtype=float), q2.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        kb = np.where(qz < 0, -q2 / (2.0 * qz), np.nan)
-        wb = (q2 / (2.0 * kb * kb) * sigma_k) ** 2
+        wb = (ewald_slope(q2, kb) * sigma_k) ** 2
         ks = (k0 * wr + kb * wb) / (wr + wb)
     return np.where(np.isfinite(ks), ks, k0)
 
@@ -342,3 +345,41 @@ def d_spacing(hkl, astar) -> np.ndarray:
     q2 = np.einsum("ij,ij->i", q, q)
     with np.errstate(divide="ignore"):
         return 1.0 / np.sqrt(q2)
+
+
+# ========================================================================= orientations
+def rotation_matrix(omega) -> np.ndarray:
+    """Rotation matrix of the rotation vector ``omega`` (axis × angle in radians; Rodrigues).
+
+    Examples
+    --------
+    >>> rotation_matrix([0.0, 0.0, np.pi / 2]).round(12) @ [1.0, 0.0, 0.0]
+    array([0., 1., 0.])
+    """
+    omega = np.asarray(omega, dtype=float)
+    theta = float(np.linalg.norm(omega))
+    if theta < 1e-15:
+        return np.eye(3)
+    k = omega / theta
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
+
+
+def nearest_rotation(m) -> np.ndarray:
+    """The proper rotation nearest to ``m`` in the Frobenius norm (polar decomposition).
+
+    The orientation ``U`` of a crystal with reciprocal basis ``A`` and cell basis ``B``
+    (``A = B Uᵀ``) is ``nearest_rotation(solve(B, A).T)``.
+
+    Examples
+    --------
+    >>> r = nearest_rotation(rotation_matrix([0.1, -0.2, 0.3]) * 1.01)
+    >>> bool(np.allclose(r, rotation_matrix([0.1, -0.2, 0.3])))
+    True
+    """
+    u, _, vt = np.linalg.svd(np.asarray(m, dtype=float))
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    return r

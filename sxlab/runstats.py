@@ -30,9 +30,9 @@ Definitions (cctbx ``xfel/ui/components/run_stats_plotter.py``):
 
 Tables
 ------
-Per frame (:data:`FRAME_STATS_SCHEMA`) and per run (:data:`RUN_STATS_SCHEMA`); columns
-with units carry them as suffixes (``resolution_A``), rates are fractions 0–1 and
-``*_pct`` columns percentages.
+Per frame (:data:`sxlab.tables.RUN_STATS_FRAMES`) and per run
+(:data:`sxlab.tables.RUN_STATS_RUNS`); columns with units carry them as suffixes
+(``resolution_A``), rates are fractions 0–1 and ``*_pct`` columns percentages.
 """
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import tables
+
 __all__ = [
-    "CELL_CLUSTER_SCHEMA",
-    "FRAME_STATS_SCHEMA",
-    "RUN_STATS_SCHEMA",
-    "SHELL_SCHEMA",
+    "CLUSTER_COLUMN",
     "CellClusters",
     "RunStats",
     "cell_clusters",
@@ -57,70 +56,11 @@ __all__ = [
     "strongest",
 ]
 
-#: Per-frame columns of :attr:`RunStats.frames`: name -> (dtype, meaning).
-FRAME_STATS_SCHEMA: dict[str, tuple[str, str]] = {
-    "run": ("object", "run name"),
-    "frame": ("int64", "frame index within the run"),
-    "shot": ("int64", "position among the shots of the selection (the plots' x axis)"),
-    "n_peaks": ("int64", "strong spots found on the image"),
-    "hit": ("bool", "n_peaks >= min_spots"),
-    "indexed": ("bool", "at least one lattice indexed"),
-    "n_crystals": ("int64", "lattices indexed"),
-    "multi_lattice": ("bool", "n_crystals >= n_multiples"),
-    "solvent_ratio": ("float64", "water-ring over low-angle intensity"),
-    "solvent": ("bool", "solvent_ratio >= solvent_cutoff"),
-    "resolution_A": ("float64", "per-image resolution at mean I/σ >= i_sigma (Å; NaN: none)"),
-    "high_quality": ("bool", "indexed and resolution_A <= hq_resolution"),
-    "indexing_rate": ("float64", "moving average of indexed (0-1)"),
-    "solvent_rate": ("float64", "moving average of solvent (0-1)"),
-    "multi_lattice_rate": ("float64", "moving average of multi_lattice (0-1)"),
-    "high_quality_rate": ("float64", "high-quality fraction of the indexed shots in the "
-                                     "±hq_window window (0-1)"),
-}
-
-#: Per-run columns of :attr:`RunStats.runs` (the statistics bar): name -> (dtype, meaning).
-RUN_STATS_SCHEMA: dict[str, tuple[str, str]] = {
-    "run": ("object", "run name"),
-    "first_shot": ("int64", "shot index of the run's first shot in the selection"),
-    "last_shot": ("int64", "shot index of the run's last shot"),
-    "shots": ("int64", "images processed without error"),
-    "failed": ("int64", "images that failed (not counted as shots)"),
-    "hits": ("int64", "shots with n_peaks >= min_spots"),
-    "indexed": ("int64", "indexed shots"),
-    "lattices": ("int64", "lattices indexed in all"),
-    "multi_lattice": ("int64", "shots with n_crystals >= n_multiples"),
-    "high_quality": ("int64", "indexed shots with resolution_A <= hq_resolution"),
-    "solvent": ("int64", "shots with solvent"),
-    "hit_pct": ("float64", "100 hits / shots"),
-    "indexed_pct": ("float64", "100 indexed / shots"),
-    "high_quality_pct": ("float64", "100 high_quality / shots"),
-    "solvent_pct": ("float64", "100 solvent / shots"),
-    "multi_lattice_pct": ("float64", "100 multi_lattice / shots"),
-    "indexed_of_hits_pct": ("float64", "100 indexed / hits"),
-    "median_resolution_A": ("float64", "median per-image resolution of indexed shots (Å)"),
-}
-
-#: Per-frame resolution shells (input of :func:`frame_resolution`), as
-#: :func:`sxlab.integration.resolution_shells` returns them (plus ``run`` for several runs).
-SHELL_SCHEMA: dict[str, tuple[str, str]] = {
-    "frame": ("int64", "frame index"),
-    "shell": ("int64", "shell index, 0 = lowest resolution"),
-    "d_max_A": ("float64", "low-resolution edge (Å)"),
-    "d_min_A": ("float64", "high-resolution edge (Å)"),
-    "n": ("int64", "reflections in the shell"),
-    "mean_i_sigma": ("float64", "mean I/σ(I) of the shell's reflections"),
-}
-
-#: Per-crystal columns of :attr:`CellClusters.crystals` added to the input columns.
-CELL_CLUSTER_SCHEMA: dict[str, tuple[str, str]] = {
-    "cluster": ("int64", "cluster number, 0 = most populated; -1: cell not finite"),
-}
+#: The column :func:`cell_clusters` adds to the crystals it is given.
+CLUSTER_COLUMN = tables.Column("cluster", "int64", "",
+                               "cluster number, 0 = most populated; -1: cell not finite")
 
 _CELL = ["a", "b", "c", "alpha", "beta", "gamma"]
-
-
-def _empty(schema: dict) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, (t, _) in schema.items()})
 
 
 # ------------------------------------------------------------------- moving averages
@@ -179,7 +119,7 @@ def frame_resolution(shells: pd.DataFrame, i_sigma: float = 1.0) -> pd.Series:
     Parameters
     ----------
     shells : DataFrame
-        :data:`SHELL_SCHEMA` columns (``run`` too for several runs).
+        :data:`sxlab.tables.RESOLUTION_SHELLS` columns (``run`` too for several runs).
     i_sigma : float
         Cutoff on the shell's mean I/σ(I).
 
@@ -218,10 +158,10 @@ class RunStats:
     Attributes
     ----------
     frames : DataFrame
-        One row per shot, :data:`FRAME_STATS_SCHEMA` plus ``event``/``filename`` when the
-        input had them (to open an image).
+        One row per shot, :data:`sxlab.tables.RUN_STATS_FRAMES` plus
+        ``event``/``filename`` when the input had them (to open an image).
     runs : DataFrame
-        The statistics bar, one row per run (:data:`RUN_STATS_SCHEMA`).
+        The statistics bar, one row per run (:data:`sxlab.tables.RUN_STATS_RUNS`).
     params : dict
         Cutoffs and windows used (``min_spots``, ``solvent_cutoff``, ``n_multiples``,
         ``i_sigma``, ``hq_resolution``, ``half_window``, ``hq_half_window``).
@@ -283,13 +223,14 @@ def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=
     Parameters
     ----------
     frames : DataFrame
-        A frames table (:data:`sxlab.pipeline.FRAME_SCHEMA`): ``frame``, ``n_peaks``,
+        A frames table (:data:`sxlab.tables.FRAMES`): ``frame``, ``n_peaks``,
         ``n_crystals`` (or ``indexed``), ``resolution_A``, ``solvent_ratio``; ``run``
         (one unnamed run without it), ``status`` (failed frames are counted apart),
         ``hit`` (used when ``min_spots`` is None); ``event`` and ``filename`` are kept.
         Runs are taken in order of first appearance, frames in ascending order.
     shells : DataFrame, optional
-        Per-frame resolution shells (:data:`SHELL_SCHEMA`); needed for an ``i_sigma``
+        Per-frame resolution shells (:data:`sxlab.tables.RESOLUTION_SHELLS`); needed for an
+        ``i_sigma``
         other than 1.0, the cutoff of the frames table's ``resolution_A``.
     runs : sequence of str, optional
         Keep these runs (in this order).
@@ -314,7 +255,8 @@ def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=
     Returns
     -------
     RunStats
-        ``.frames`` (:data:`FRAME_STATS_SCHEMA`) and ``.runs`` (:data:`RUN_STATS_SCHEMA`).
+        ``.frames`` (:data:`sxlab.tables.RUN_STATS_FRAMES`) and ``.runs``
+        (:data:`sxlab.tables.RUN_STATS_RUNS`).
 
     Examples
     --------
@@ -363,8 +305,8 @@ def run_stats(frames: pd.DataFrame, *, shells: pd.DataFrame | None = None, runs=
     hq = indexed & (res <= float(hq_resolution))
 
     h = int(window) if window is not None else min(50, max(n // 20, 1))
-    out = pd.DataFrame({
-        "run": pd.Series(run_col, dtype=object),
+    out = tables.RUN_STATS_FRAMES.make({
+        "run": run_col,
         "frame": frame,
         "shot": np.arange(n, dtype=np.int64),
         "n_peaks": n_peaks,
@@ -450,7 +392,7 @@ def _run_table(out: pd.DataFrame, hq_resolution: float, run_order=None) -> pd.Da
     if run_order is None:
         run_order = list(pd.unique(out["run"]))
     if not run_order:
-        return _empty(RUN_STATS_SCHEMA)
+        return tables.RUN_STATS_RUNS.empty()
     g = out.groupby("run", sort=False)
     agg = pd.DataFrame({
         "first_shot": g["shot"].min(),
@@ -477,8 +419,7 @@ def _run_table(out: pd.DataFrame, hq_resolution: float, run_order=None) -> pd.Da
                                       / agg["hits"].to_numpy(np.float64))
     agg["failed"] = 0
     agg = agg.rename_axis("run").reset_index()
-    agg["run"] = agg["run"].astype(object)
-    return agg[list(RUN_STATS_SCHEMA)].astype({c: t for c, (t, _) in RUN_STATS_SCHEMA.items()})
+    return tables.RUN_STATS_RUNS.make(agg[list(tables.RUN_STATS_RUNS.names)])
 
 
 # ---------------------------------------------------------------------- strongest

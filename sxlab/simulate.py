@@ -43,7 +43,8 @@ Physics
   Poisson noise, gain (``adu_per_photon`` or ``adu_per_eV`` × photon energy), rounding,
   saturation at the panel's ``max_adu`` or the dtype maximum − 1, and bad pixels (geometry
   bad pixels and a random fraction of dead/hot pixels) set to the flag value
-  (``2**bits - 1``).
+  (``2**bits - 1``); optionally hot pixels that nothing flags (``unflagged_hot_fraction``),
+  bright in every frame.
 
 Not modelled: beam divergence, variation of the cell between crystals, absorption,
 sensor parallax, charge sharing and point spread (the spot width does not follow the
@@ -85,6 +86,7 @@ from .symmetry import point_group_rotations
 __all__ = [
     "powder_ring_intensities",
     "write_powder",
+    "simulate_powder",
     "FrameTruth",
     "SimulationParams",
     "code_digest",
@@ -99,6 +101,7 @@ _STREAM_INTENSITIES = 1
 _STREAM_BAD_PIXELS = 2
 _STREAM_FRAME = 3
 _STREAM_NOISE = 4
+_STREAM_HOT = 5
 
 _SPOT_WINDOW_SIGMA = 4.0
 #: Start time written into simulated NXmx files, fixed so that the same seed gives
@@ -170,6 +173,14 @@ class SimulationParams(FrozenParams):
         Pixel type of the frames. Default "uint16".
     bad_pixel_fraction : float
         Fraction of the good pixels made dead or hot (flagged). Default 1e-4.
+    unflagged_hot_fraction : float
+        Fraction of the good pixels that seed a hot spot without being flagged or in the
+        pixel mask (a detector whose bad-pixel map is out of date): a block of 1 × 1,
+        1 × 2, 2 × 1 or 2 × 2 pixels (equally likely) that adds the same expected photons
+        to each of its pixels in every frame, drawn once log-uniformly in
+        ``hot_pixel_photons``. Default 0.
+    hot_pixel_photons : tuple of 2 floats
+        Range of the expected photons of an unflagged hot pixel. Default (20, 2000).
     beamstop_radius_px : float
         Radius of the beam-stop disc around the beam (pixels); 0: no beam stop.
         Default 30.
@@ -218,6 +229,8 @@ class SimulationParams(FrozenParams):
     poisson: bool = True
     dtype: str = "uint16"
     bad_pixel_fraction: float = 1e-4
+    unflagged_hot_fraction: float = 0.0
+    hot_pixel_photons: tuple = (20.0, 2000.0)
     beamstop_radius_px: float = 30.0
     beamstop_rod_width_px: float = 12.0
     beamstop_rod_angle_deg: float = 30.0
@@ -244,10 +257,16 @@ class SimulationParams(FrozenParams):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         fractions = ("partiality_min", "solvent_probability", "bad_pixel_fraction",
+                     "unflagged_hot_fraction",
                      "beamstop_transmission", "hit_fraction", "multi_lattice_probability")
         for name in fractions:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        lo, hi = (float(v) for v in self.hot_pixel_photons)
+        if not 0 < lo <= hi:
+            raise ValueError(f"hot_pixel_photons must be (low, high) with 0 < low <= high, "
+                             f"got {self.hot_pixel_photons}")
+        object.__setattr__(self, "hot_pixel_photons", (lo, hi))
         if self.bandwidth is not None and not self.bandwidth >= 0:
             raise ValueError(f"bandwidth must be >= 0, got {self.bandwidth}")
         if self.d_min_A is not None and not self.d_min_A > 0:
@@ -680,6 +699,26 @@ class Simulator:
         self.pixel_mask = mask
         self.bad_pixels = mask != 0
         self._bad_flat = np.flatnonzero(self.bad_pixels.reshape(-1))
+        hot_rng = np.random.default_rng([self.seed, _STREAM_HOT])
+        free = np.flatnonzero(~self.bad_pixels.reshape(-1))
+        n_hot = int(round(p.unflagged_hot_fraction * free.size))
+        self.unflagged_hot = np.sort(free[hot_rng.choice(free.size, size=n_hot,
+                                                         replace=False)])
+        lo, hi = np.log(p.hot_pixel_photons)
+        level = np.exp(hot_rng.uniform(lo, hi, n_hot)).astype(np.float32)
+        # blocks of 1x1, 1x2, 2x1 or 2x2 pixels from each seed (kept inside the array)
+        shape = int(np.prod(self._shape2d[:-1])), self._shape2d[-1]
+        row, col = np.divmod(self.unflagged_hot, shape[1])
+        kind = hot_rng.integers(0, 4, n_hot)
+        dr = np.stack([np.zeros(n_hot), np.zeros(n_hot), kind >= 2, kind >= 2], axis=1)
+        dc = np.stack([np.zeros(n_hot), kind % 2 == 1, np.zeros(n_hot), kind % 2 == 1],
+                      axis=1)
+        rr = np.minimum(row[:, None] + dr.astype(np.int64), shape[0] - 1)
+        cc = np.minimum(col[:, None] + dc.astype(np.int64), shape[1] - 1)
+        flat, first = np.unique((rr * shape[1] + cc).ravel(), return_index=True)
+        keep = ~self.bad_pixels.reshape(-1)[flat]
+        self.unflagged_hot = flat[keep]
+        self._hot_photons = np.repeat(level, 4)[first][keep]
 
         base = factor * trans
         base[self.bad_pixels] = 0.0
@@ -721,6 +760,7 @@ class Simulator:
             "transmission": p.beamstop_transmission,
             "beam_center_fs_ss_panel0": [fs, ss],
             "shadowed_pixels": int(np.count_nonzero(self.transmission < 1)),
+            "unflagged_hot_pixels": int(self.unflagged_hot.size),
         }
 
     # ------------------------------------------------------------------- truth
@@ -847,6 +887,8 @@ class Simulator:
                 bnd[:, 3].copy(), r["photons"].to_numpy(np.float64),
                 float(self.params.spot_sigma_px), _SPOT_WINDOW_SIGMA,
             )
+        if self.unflagged_hot.size:
+            lam.reshape(-1)[self.unflagged_hot] += self._hot_photons
         return lam
 
     def expected_photons(self, frame: int) -> tuple[np.ndarray, FrameTruth]:
@@ -1025,26 +1067,10 @@ def powder_ring_intensities(n_orders: int, decay: float = 0.35) -> np.ndarray:
     return np.exp(-decay * (n - 1.0))
 
 
-def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacing_A: float,
-                 n_frames: int, seed: int = 0, n_orders: int = 12,
-                 ring_photons: float = 400.0, ring_width_invA: float = 2e-4,
-                 frames_per_file: int = 1000, progress: bool = False,
-                 params: SimulationParams | None = None) -> Truth:
-    """Write powder-ring frames of a lamellar calibrant (e.g. silver behenate, d = 58.38 Å).
-
-    The rings sit at ``|q| = n / d`` for the orders ``n = 1 .. n_orders`` (those that fall on
-    the detector), each a Gaussian in ``|q|`` of width ``ring_width_invA`` with peak
-    ``ring_photons · powder_ring_intensities(n)`` photons per µsr, on the simulator's usual
-    background, beam stop, noise, gain, saturation and bad pixels (no crystals, no water
-    ring). The truth metadata lists the rings (``powder_rings``: order, d_A, q_invA,
-    two_theta_deg).
-
-    Examples
-    --------
-    >>> from sxlab.geometry import builtin_geometry
-    >>> truth = write_powder("agbeh_master.h5", builtin_geometry("eiger4m", clen=0.3),
-    ...                      d_spacing_A=58.38, n_frames=2)  # doctest: +SKIP
-    """
+def _powder_simulator(detector: Detector, d_spacing_A: float, seed: int, n_orders: int,
+                      ring_photons: float, ring_width_invA: float,
+                      params: SimulationParams | None):
+    """A Simulator whose frames show the rings of a lamellar powder, and the ring table."""
     p = (params or SimulationParams()).replace(hit_fraction=0.0, solvent_probability=1.0,
                                                water_ring=float(ring_photons))
     sim = Simulator(detector, UnitCell(10, 10, 10, space_group="P 1"), seed=seed, params=p)
@@ -1065,6 +1091,56 @@ def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacin
     # The water-ring slot of the background carries the rings instead.
     base = sim._bg_const
     sim._bg_water = (base * rings.reshape(base.shape)).astype(np.float32)
+    return sim, table
+
+
+def simulate_powder(detector: Detector, *, d_spacing_A: float, frame: int = 0, seed: int = 0,
+                    n_orders: int = 12, ring_photons: float = 400.0,
+                    ring_width_invA: float = 2e-4,
+                    params: SimulationParams | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """One frame of powder rings of a lamellar calibrant, and its rings.
+
+    The frame of :func:`write_powder` (same model, same numbers for the same ``seed`` and
+    ``frame``), in memory: detector data (``params.dtype``, data shape, flagged pixels at
+    the flag value) and a table with one row per ring on the detector (``order``,
+    ``d_A``, ``q_invA``, ``two_theta_deg``).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> data, rings = simulate_powder(builtin_geometry("eiger1m", clen=0.2),
+    ...                               d_spacing_A=58.38, n_orders=3)
+    >>> data.shape, rings.order.tolist()
+    ((1065, 1030), [1, 2, 3])
+    """
+    sim, table = _powder_simulator(detector, d_spacing_A, seed, n_orders, ring_photons,
+                                   ring_width_invA, params)
+    data, _ = sim.frame(frame)
+    return data, pd.DataFrame(table, columns=["order", "d_A", "q_invA", "two_theta_deg"])
+
+
+def write_powder(master_path: str | os.PathLike, detector: Detector, *, d_spacing_A: float,
+                 n_frames: int, seed: int = 0, n_orders: int = 12,
+                 ring_photons: float = 400.0, ring_width_invA: float = 2e-4,
+                 frames_per_file: int = 1000, progress: bool = False,
+                 params: SimulationParams | None = None) -> Truth:
+    """Write powder-ring frames of a lamellar calibrant (e.g. silver behenate, d = 58.38 Å).
+
+    The rings sit at ``|q| = n / d`` for the orders ``n = 1 .. n_orders`` (those that fall on
+    the detector), each a Gaussian in ``|q|`` of width ``ring_width_invA`` with peak
+    ``ring_photons · powder_ring_intensities(n)`` photons per µsr, on the simulator's usual
+    background, beam stop, noise, gain, saturation and bad pixels (no crystals, no water
+    ring). The truth metadata lists the rings (``powder_rings``: order, d_A, q_invA,
+    two_theta_deg).
+
+    Examples
+    --------
+    >>> from sxlab.geometry import builtin_geometry
+    >>> truth = write_powder("agbeh_master.h5", builtin_geometry("eiger4m", clen=0.3),
+    ...                      d_spacing_A=58.38, n_frames=2)  # doctest: +SKIP
+    """
+    sim, table = _powder_simulator(detector, d_spacing_A, seed, n_orders, ring_photons,
+                                   ring_width_invA, params)
     truth = sim.write(master_path, n_frames, frames_per_file=frames_per_file,
                       progress=progress)
     truth.metadata.update({"powder_d_A": float(d_spacing_A), "powder_rings": table})

@@ -60,13 +60,19 @@ __all__ = [
     "DATASETS",
     "DEMO_SUMMARY",
     "FRAMES",
+    "GEOMETRY_RESIDUALS",
     "HITS",
+    "INDEXING_SCORES",
     "MERGED",
     "PEAKS",
     "PREDICTIONS",
     "PROFILE",
     "PROFILE_BLOCKS",
     "REFLECTIONS",
+    "RESOLUTION_SHELLS",
+    "RING_POINTS",
+    "RUN_STATS_FRAMES",
+    "RUN_STATS_RUNS",
     "RUN_SUMMARY",
     "SCALES",
     "SCHEMAS",
@@ -123,6 +129,8 @@ class Column:
             raise ValueError(f"column {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
         if self.fill is _NO_FILL:
             object.__setattr__(self, "fill", _default_fill(self.dtype))
+        if self.dtype not in ("str", "category"):
+            object.__setattr__(self, "_np_dtype", np.dtype(self.dtype))
 
     def __repr__(self) -> str:
         return (f"Column(name={self.name!r}, dtype={self.dtype!r}, unit={self.unit!r}, "
@@ -136,6 +144,8 @@ class Column:
             if self.dtype == "category":
                 return pd.Categorical([None] * n)
             return np.full(n, self.fill, dtype=self.dtype)
+        if n is not None and np.ndim(data) == 0:  # a scalar: the same value in every row
+            data = [data] * n if self.dtype in ("str", "category") else np.full(n, data)
         if self.dtype == "str":
             if isinstance(data, pd.api.extensions.ExtensionArray | pd.Series) and str(
                     data.dtype) == "str":
@@ -143,8 +153,13 @@ class Column:
             return pd.array(np.asarray(data, dtype=object), dtype="str")
         if self.dtype == "category":
             return data if isinstance(data, pd.Categorical) else pd.Categorical(data)
-        with np.errstate(invalid="ignore"):
-            return np.asarray(data).astype(self.dtype, copy=False)
+        arr = np.asarray(data)
+        if arr.dtype == self._np_dtype:
+            return arr
+        if arr.dtype.kind == "f" and self._np_dtype.kind in "iub":
+            with np.errstate(invalid="ignore"):  # NaN to an integer: the caller's fill
+                return arr.astype(self._np_dtype)
+        return arr.astype(self._np_dtype)
 
 
 def _default_fill(dtype: str):
@@ -246,7 +261,8 @@ class Schema:
             data = {k: data[k].array for k in keys}
         else:
             n = next((len(data[k]) for k in keys if np.ndim(data[k]) > 0), 1)
-        return pd.DataFrame({c.name: c.values(data.get(c.name), n) for c in self.columns})
+        return pd.DataFrame({c.name: c.values(data.get(c.name), n) for c in self.columns},
+                            index=pd.RangeIndex(n))
 
     def empty(self) -> pd.DataFrame:
         """The table without rows, every column typed."""
@@ -421,6 +437,15 @@ CRYSTALS = Schema("crystals", "one row per lattice", [
     _c("residual_invA", "float64", "1/Å", "RMS distance |q - hkl·A| of the indexed peaks"),
 ])
 
+INDEXING_SCORES = Schema("indexing_scores", "one row per found lattice, against the truth", [
+    _FRAME, _CRYSTAL,
+    _c("true_crystal", "int64", "", "simulated crystal it matched best (-1: none)"),
+    _c("misorientation_deg", "float64", "deg",
+       "rotation to that crystal, up to the lattice symmetry (NaN: none)"),
+    _c("correct", "bool", "", "right cell and orientation, first solution for the crystal"),
+    _c("false", "bool", "", "not correct: blank frame, wrong lattice or a second solution"),
+])
+
 # ================================================================== integration
 PREDICTIONS = Schema("predictions", "one row per predicted reflection", [
     _FRAME, _CRYSTAL, *_hkl(),
@@ -546,6 +571,32 @@ SCALES = Schema("scales", "one row per crystal", [
     _c("reason", "str", "", "why it was rejected ('' when kept)"),
 ])
 
+# ================================================================== calibration
+GEOMETRY_RESIDUALS = Schema("geometry_residuals", "one row per panel", [
+    _c("panel", "int64", "", "panel index in geometry.panels"),
+    _c("name", "str", "", "panel name"),
+    _c("group", "str", "", "rigid group the panel moved with"),
+    _c("n_peaks", "int64", "", "indexed peaks on the panel used in the refinement"),
+    _c("rms_before_px", "float64", "px",
+       "RMS observed - predicted spot in the given geometry (orientations refined)"),
+    _c("mean_dfs_before_px", "float64", "px", "mean fs residual before"),
+    _c("mean_dss_before_px", "float64", "px", "mean ss residual before"),
+    _c("rms_after_px", "float64", "px", "RMS residual in the refined geometry"),
+    _c("mean_dfs_after_px", "float64", "px", "mean fs residual after"),
+    _c("mean_dss_after_px", "float64", "px", "mean ss residual after"),
+])
+
+RING_POINTS = Schema("ring_points", "one row per control point on a powder ring", [
+    _c("ring", "int64", "", "ring index in the d-spacings given (0-based)"),
+    _c("d_A", "float64", "Å", "d-spacing of the ring"),
+    _c("sector", "int64", "", "azimuthal sector of the point"),
+    _PANEL, _FS, _SS,
+    _c("intensity", "float64", "ADU", "ring signal above background in the sector"),
+    _c("residual_before_deg", "float64", "deg", "2θ of the point - 2θ of the ring, given geometry"),
+    _c("residual_after_deg", "float64", "deg", "the same in the calibrated geometry"),
+    _c("used", "bool", "", "kept by the robust fit"),
+])
+
 # ================================================================= ground truth
 TRUTH_FRAMES = Schema("truth_frames", "one row per simulated frame", [
     _FRAME,
@@ -628,6 +679,58 @@ STREAM_HEADERS = Schema("stream_headers", "one row per header value of a chunk",
     _c("text", "str", "", "value as written"),
 ])
 
+# ================================================================ run statistics
+RESOLUTION_SHELLS = Schema("resolution_shells", "one row per non-empty resolution shell of a "
+                           "frame", [
+    _FRAME,
+    _c("shell", "int64", "", "shell index, 0 = lowest resolution"),
+    _c("d_max_A", "float64", "Å", "low-resolution edge"),
+    _c("d_min_A", "float64", "Å", "high-resolution edge"),
+    _c("n", "int64", "", "reflections in the shell"),
+    _c("mean_i_sigma", "float64", "", "mean I/σ(I) of the shell's reflections"),
+])
+
+RUN_STATS_FRAMES = Schema("run_stats_frames", "one row per shot of the selected runs", [
+    _c("run", "str", "", "run name"),
+    _c("frame", "int64", "", "frame index within the run"),
+    _c("shot", "int64", "", "position among the shots of the selection (the plots' x axis)"),
+    _c("n_peaks", "int64", "", "strong spots found on the image"),
+    _c("hit", "bool", "", "n_peaks >= min_spots"),
+    _c("indexed", "bool", "", "at least one lattice indexed"),
+    _c("n_crystals", "int64", "", "lattices indexed"),
+    _c("multi_lattice", "bool", "", "n_crystals >= n_multiples"),
+    _c("solvent_ratio", "float64", "", "water-ring over low-angle intensity"),
+    _c("solvent", "bool", "", "solvent_ratio >= solvent_cutoff"),
+    _c("resolution_A", "float64", "Å", "per-image resolution at mean I/σ >= i_sigma (NaN: none)"),
+    _c("high_quality", "bool", "", "indexed and resolution_A <= hq_resolution"),
+    _c("indexing_rate", "float64", "", "moving average of indexed (0-1)"),
+    _c("solvent_rate", "float64", "", "moving average of solvent (0-1)"),
+    _c("multi_lattice_rate", "float64", "", "moving average of multi_lattice (0-1)"),
+    _c("high_quality_rate", "float64", "",
+       "high-quality fraction of the indexed shots in the ±hq_window window (0-1)"),
+])
+
+RUN_STATS_RUNS = Schema("run_stats_runs", "one row per run (the statistics bar)", [
+    _c("run", "str", "", "run name"),
+    _c("first_shot", "int64", "", "shot index of the run's first shot in the selection"),
+    _c("last_shot", "int64", "", "shot index of the run's last shot"),
+    _c("shots", "int64", "", "images processed without error"),
+    _c("failed", "int64", "", "images that failed (not counted as shots)"),
+    _c("hits", "int64", "", "shots with n_peaks >= min_spots"),
+    _c("indexed", "int64", "", "indexed shots"),
+    _c("lattices", "int64", "", "lattices indexed in all"),
+    _c("multi_lattice", "int64", "", "shots with n_crystals >= n_multiples"),
+    _c("high_quality", "int64", "", "indexed shots with resolution_A <= hq_resolution"),
+    _c("solvent", "int64", "", "shots with solvent"),
+    _c("hit_pct", "float64", "%", "100 hits / shots"),
+    _c("indexed_pct", "float64", "%", "100 indexed / shots"),
+    _c("high_quality_pct", "float64", "%", "100 high_quality / shots"),
+    _c("solvent_pct", "float64", "%", "100 solvent / shots"),
+    _c("multi_lattice_pct", "float64", "%", "100 multi_lattice / shots"),
+    _c("indexed_of_hits_pct", "float64", "%", "100 indexed / hits"),
+    _c("median_resolution_A", "float64", "Å", "median per-image resolution of indexed shots"),
+])
+
 # ======================================================================== other
 DATASETS = Schema("datasets", "one row per registered data set", [
     _c("name", "str", "", "registry name"),
@@ -674,7 +777,8 @@ SCHEMAS: dict[str, Schema] = {s.name: s for s in (
     PEAKS, ANNULI, HITS, CRYSTALS, PREDICTIONS, REFLECTIONS, FRAMES, RUN_SUMMARY, PROFILE,
     PROFILE_BLOCKS, MERGED, STATISTICS, SCALES, TRUTH_FRAMES, TRUTH_CRYSTALS,
     TRUTH_REFLECTIONS, TRUTH_INTENSITIES, STREAM_FRAMES, STREAM_CRYSTALS, STREAM_HEADERS,
-    DATASETS, DEMO_SUMMARY, BROKER_STATUS, WRITER_STATUS)}
+    RESOLUTION_SHELLS, RUN_STATS_FRAMES, RUN_STATS_RUNS, DATASETS, DEMO_SUMMARY,
+    BROKER_STATUS, WRITER_STATUS, GEOMETRY_RESIDUALS, RING_POINTS, INDEXING_SCORES)}
 
 
 def get(name: str) -> Schema:
@@ -722,3 +826,4 @@ def documented(obj):
         if new != doc:
             obj.__doc__ = new
     return obj
+

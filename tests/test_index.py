@@ -35,8 +35,7 @@ from sxlab.indexing.asdf import (
     reduce_supercell,
     triplet_indices,
 )
-from sxlab.indexing.refine import _rotation
-from sxlab.reciprocal import excitation_error, peak_vectors, profile_radius
+from sxlab.reciprocal import excitation_error, peak_vectors, profile_radius, rotation_matrix
 from sxlab.simulate import SimulationParams, Simulator
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
@@ -389,7 +388,7 @@ def test_asdf_search_finds_the_lattice(cell, volume, rng):
 ])
 def test_refinement_recovers_the_basis(mode, lattice, cell, rng):
     q, astar = lattice_points(rng, cell, 250, 0, noise=0.0, qmax=0.3)
-    rot = _rotation(np.array([2e-3, -5e-4, 1e-3]))
+    rot = rotation_matrix(np.array([2e-3, -5e-4, 1e-3]))
     start = astar @ rot.T
     if mode in ("lattice", "isotropic", "unconstrained"):
         start = start * 1.004

@@ -1,170 +1,171 @@
-"""The core never imports the view layer (plots, widgets) or GUI libraries at import time.
+"""The package's import structure.
 
-Rules, checked on the source of every module under ``sxlab/`` except the view modules
-(``sxlab/plots*``, ``sxlab/widgets*``) and the command line (``sxlab/cli.py``), which
-sits on top of both layers:
-
-* no module-level import of matplotlib, ipywidgets or anywidget (imports inside functions
-  are fine, and so are those under ``if TYPE_CHECKING:``);
-* no import of ``sxlab.plots`` or ``sxlab.widgets`` anywhere, in absolute or relative form.
-
-And at run time: importing ``sxlab`` and every core module leaves those libraries unloaded.
+The layers, the ban on GUI libraries in the core and the privacy of private modules are
+import-linter contracts in ``pyproject.toml``, checked by ``lint-imports`` in
+``make test``. Here: that those contracts catch what they should (run on a copy of the
+package's layout with violations planted), that every public module has its place in
+the layers, and what no tool checks: that no module imports another module's private
+names (``from .masks import _helper``).
 """
 
 from __future__ import annotations
 
 import ast
-import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "sxlab"
 REPO_ROOT = PACKAGE_DIR.parent
-GUI_LIBRARIES = ("matplotlib", "ipywidgets", "anywidget")
-VIEW_MODULES = ("sxlab.plots", "sxlab.widgets")
+CONFIG = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 
 
-def _is_view_path(path: Path) -> bool:
-    first = path.relative_to(PACKAGE_DIR).parts[0]
-    return first.startswith(("plots", "widgets")) or first == "cli.py"
+def _layer_names() -> tuple[set[str], set[str]]:
+    """Modules named in the layers contract: (all, optional ones)."""
+    layers = next(c for c in CONFIG["contracts"] if c["type"] == "layers")["layers"]
+    names, optional = set(), set()
+    for layer in layers:
+        for part in layer.replace(":", "|").split("|"):
+            name = part.strip()
+            if name.startswith("("):
+                name = name.strip("()")
+                optional.add(name)
+            names.add(name)
+    return names, optional
 
 
-def _core_files() -> list[Path]:
-    return sorted(p for p in PACKAGE_DIR.rglob("*.py") if not _is_view_path(p))
+def _top_level_modules(package: Path) -> set[str]:
+    return ({p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+            | {p.name for p in package.iterdir() if (p / "__init__.py").is_file()})
 
 
-def _module_name(path: Path, root: Path = REPO_ROOT) -> str:
+def test_every_public_module_has_its_place_in_the_layers():
+    names, _ = _layer_names()
+    public = {m for m in _top_level_modules(PACKAGE_DIR) if not m.startswith("_")}
+    unplaced = sorted(public - names - {"__main__"})
+    assert not unplaced, (f"modules not in the layers contract of pyproject.toml: "
+                          f"{unplaced}; give each its layer")
+
+
+def _fake_package(root: Path) -> Path:
+    """A package named sxlab with every layer module, importing only downwards."""
+    pkg = root / "sxlab"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    names, optional = _layer_names()
+    for name in sorted(names - optional):
+        (pkg / f"{name}.py").write_text("")
+    (pkg / "plots.py").write_text("import matplotlib\nfrom . import merging\n")
+    (pkg / "pipeline.py").write_text("from . import peaks, results\n")
+    (pkg / "indexing.py").unlink()  # a package, with a private module
+    (pkg / "indexing").mkdir()
+    (pkg / "indexing" / "__init__.py").write_text("from . import _kernels\n")
+    (pkg / "indexing" / "_kernels.py").write_text("")
+    for lib in ("matplotlib", "ipywidgets", "anywidget"):
+        (root / lib).mkdir()
+        (root / lib / "__init__.py").write_text("")
+    return pkg
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    config = root / "contracts.toml"
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    config.write_text(text[text.index("[tool.importlinter]"):])
+    exe = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(exe), "--no-cache", str(config)], cwd=root,
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.skipif(shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+                    is None, reason="import-linter is a test dependency of the project")
+def test_the_contracts_catch_violations(tmp_path):
+    pkg = _fake_package(tmp_path)
+    clean = _lint(tmp_path)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "3 kept, 0 broken" in clean.stdout
+    # An upward import, a GUI library in the core, another package's private module.
+    (pkg / "geometry.py").write_text("from . import pipeline\n")
+    (pkg / "masks.py").write_text("def f():\n    import ipywidgets\n")
+    (pkg / "peaks.py").write_text("from .indexing import _kernels\n")
+    broken = _lint(tmp_path)
+    assert broken.returncode != 0
+    out = broken.stdout
+    assert "0 kept, 3 broken" in out, out
+    assert "sxlab.geometry -> sxlab.pipeline" in out
+    assert "sxlab.masks -> ipywidgets" in out
+    assert "sxlab.peaks -> sxlab.indexing._kernels" in out
+
+
+# ------------------------------------------------------------------- private names
+def _module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _package_of(path: Path, root: Path) -> str:
-    name = _module_name(path, root)
-    return name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-
-def _resolve_from(node: ast.ImportFrom, path: Path, root: Path) -> str:
-    if not node.level:
-        return node.module or ""
-    base = _package_of(path, root).split(".")
-    if node.level > 1:
-        base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def _imported_modules(node: ast.Import | ast.ImportFrom, path: Path, root: Path) -> list[str]:
-    """Every module a statement may import: ``from a import b`` yields ``a`` and ``a.b``."""
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    base = _resolve_from(node, path, root)
-    return [base] + [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
-
-
-def _matches(module: str, targets: tuple[str, ...]) -> bool:
-    return any(module == t or module.startswith(t + ".") for t in targets)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _walk_imports(node: ast.AST, at_import_time: bool = True):
-    """Yield ``(import_node, runs_at_import_time)`` for every import below `node`."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.Import | ast.ImportFrom):
-            yield child, at_import_time
-        elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            yield from _walk_imports(child, False)
-        elif isinstance(child, ast.If) and _is_type_checking(child.test):
-            for stmt in child.body:
-                yield from _walk_imports(ast.Module(body=[stmt], type_ignores=[]), False)
-            for stmt in child.orelse:
-                yield from _walk_imports(ast.Module(body=[stmt], type_ignores=[]), at_import_time)
-        else:
-            yield from _walk_imports(child, at_import_time)
-
-
-def _violations(path: Path, root: Path = REPO_ROOT) -> list[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    where = path.relative_to(root)
+def _private_name_imports(path: Path, root: Path) -> list[str]:
+    """``from <other module> import _name`` statements of a module. A package's private
+    modules are its own: importing them (e.g. kernels) or names from them is allowed."""
+    module = _module_name(path, root.parent)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node, at_import_time in _walk_imports(tree):
-        modules = _imported_modules(node, path, root)
-        view = [m for m in modules if _matches(m, VIEW_MODULES)]
-        gui = [m for m in modules if _matches(m, GUI_LIBRARIES)]
-        if view:
-            found.append(f"{where}:{node.lineno}: imports the view layer {view[0]!r}")
-        elif gui and at_import_time:
-            found.append(
-                f"{where}:{node.lineno}: imports {gui[0]!r} at module level; "
-                "import it inside the function that needs it"
-            )
-    return found
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            target = ".".join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ""
+        if target.split(".")[0] != root.name:
+            continue
+        parent, _, last = target.rpartition(".")
+        if last.startswith("_") and parent == package:
+            continue  # names of a private module of one's own package
+        for alias in node.names:
+            name = alias.name
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            is_module = (root.parent / Path(*target.split("."), name)).with_suffix(
+                ".py").is_file() or (root.parent / Path(*target.split("."), name)).is_dir()
+            if is_module and target == package:
+                continue  # a private module of one's own package
+            found.append((node.lineno, f"{path.relative_to(root.parent)}:{node.lineno}: "
+                                       f"from {target} import {name}"))
+    return [text for _, text in sorted(found)]
 
 
-def test_core_files_found():
-    names = {p.name for p in _core_files()}
-    assert "__init__.py" in names
-    assert "geometry.py" in names and "pipeline.py" in names
+def test_no_module_imports_another_modules_private_names():
+    found = [v for p in sorted(PACKAGE_DIR.rglob("*.py"))
+             for v in _private_name_imports(p, PACKAGE_DIR)]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("path", _core_files(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
-def test_core_module_imports(path):
-    found = _violations(path)
-    assert not found, "layering violations:\n" + "\n".join(found)
-
-
-def test_checker_catches_violations(tmp_path):
+def test_private_name_check_catches_violations(tmp_path):
     pkg = tmp_path / "sxlab"
     (pkg / "io").mkdir(parents=True)
-    source = (
-        "import matplotlib.pyplot as plt\n"
-        "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n"
-        "    import ipywidgets\n"
-        "def f():\n"
-        "    import anywidget\n"
-        "    from .. import widgets\n"
-        "class C:\n"
-        "    from ipywidgets import Output\n"
-        "from ..plots import run_stats\n"
-        "import sxlab.widgets.viewer\n"
-    )
-    target = pkg / "io" / "bad.py"
-    target.write_text(source)
-    lines = [int(v.split(":")[1]) for v in _violations(target, tmp_path)]
-    assert lines == [1, 7, 9, 10, 11]
-
-    init = pkg / "__init__.py"
-    init.write_text("from . import plots\nfrom .geometry import Detector\n")
-    assert [int(v.split(":")[1]) for v in _violations(init, tmp_path)] == [1]
-
-
-def test_import_does_not_load_gui_libraries():
-    modules = ["sxlab"] + sorted(_module_name(p) for p in _core_files() if p.name != "__main__.py")
-    script = (
-        "import importlib, json, sys\n"
-        f"watched = {GUI_LIBRARIES + VIEW_MODULES!r}\n"
-        "culprits = {}\n"
-        f"for name in {modules!r}:\n"
-        "    importlib.import_module(name)\n"
-        "    for m in watched:\n"
-        "        if m in sys.modules and m not in culprits:\n"
-        "            culprits[m] = name\n"
-        "print(json.dumps(culprits))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    assert proc.returncode == 0, proc.stderr
-    culprits = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not culprits, "importing the core loaded: " + ", ".join(
-        f"{lib} (first loaded by 'import {name}')" for lib, name in culprits.items()
-    )
+    for f in ("__init__.py", "masks.py", "_kernels.py", "io/__init__.py", "io/_errors.py"):
+        (pkg / f).write_text("")
+    (pkg / "hits.py").write_text(
+        "from .masks import _as_bad_array, check_shape\n"
+        "from . import _kernels\n"
+        "def f():\n    from sxlab.masks import _helper\n")
+    (pkg / "io" / "mtz.py").write_text("from ._errors import SourceError\n"
+                                       "from . import _errors\n"
+                                       "from ..merging import _AsuTable\n")
+    found = _private_name_imports(pkg / "hits.py", pkg)
+    assert [v.split(": ", 1)[1] for v in found] == [
+        "from sxlab.masks import _as_bad_array", "from sxlab.masks import _helper"]
+    found = _private_name_imports(pkg / "io" / "mtz.py", pkg)
+    assert [v.split(": ", 1)[1] for v in found] == ["from sxlab.merging import _AsuTable"]

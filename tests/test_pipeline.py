@@ -13,7 +13,8 @@ import pytest
 
 import sxlab as sx
 from sxlab.params import Params
-from sxlab.pipeline import Results, prepare, process_frame, process_run
+from sxlab.pipeline import prepare, process_frame, process_run
+from sxlab.results import Results
 
 LYSO = sx.UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
 PARAMS = Params(cell=LYSO).replace(peaks={"adc_threshold": 3.0, "min_snr": 6.0},
@@ -65,6 +66,36 @@ def test_serial_results_against_truth(serial):
     s = serial.summary().iloc[0]
     assert s.frames == 8 and s.hits == 4 and s.indexed == 4
     assert "Results" in serial._repr_html_()
+
+
+def test_profile_records_the_papers_segments_and_draws_them(serial):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import sxlab.plots
+
+    prof = serial.profile
+    f = serial.frames.set_index("frame")
+    paths = prof.groupby("frame").path.apply(set)
+    stages = {"root/peak-search/pf8-rstats", "root/peak-search/pf8-search"}
+    index = {f"root/index/{name}" for name in (
+        "asdf-triplets", "asdf-search", "asdf-findcell", "prerefine-cell-check", "refine",
+        "postrefine-cell-check")}
+    for frame, found in paths.items():
+        assert stages <= found, frame
+        assert (index <= found) == bool(f.loc[frame, "indexed"]), frame
+    # Children fit in their parents; the frames table's stage times are the segments'.
+    dur = prof.set_index(["frame", "path"]).duration_s
+    for frame in f.index[f.indexed]:
+        d = dur.loc[frame]
+        assert d[list(index)].sum() <= d["root/index"] * (1 + 1e-9)
+        assert d[list(stages)].sum() <= d["root/peak-search"] * (1 + 1e-9)
+        assert f.loc[frame, "index_s"] == d["root/index"]
+        assert f.loc[frame, "peaks_s"] == d["root/peak-search"]
+    ax = sxlab.plots.profile(prof, block=2, top=20, level=2)
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"peak-search/pf8-rstats", "index/asdf-search", "index/refine"} <= set(labels)
+    matplotlib.pyplot.close("all")
 
 
 def test_two_workers_and_dask_give_identical_tables(sample, serial, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from reference import runstats as ref
 
 import sxlab as sx
-from sxlab import runstats
+from sxlab import runstats, tables
 from sxlab.integration import resolution_per_frame, resolution_shells
 from sxlab.runstats import cell_clusters, frame_resolution, run_stats, strongest
 
@@ -84,9 +84,8 @@ def test_run_table_counts(rng):
     total = st.total().iloc[0]
     assert total.shots == st.runs.shots.sum() and total.failed == st.runs.failed.sum()
     assert total.indexed == st.runs.indexed.sum()
-    assert list(st.runs.columns) == list(runstats.RUN_STATS_SCHEMA)
-    assert list(st.frames.columns[:len(runstats.FRAME_STATS_SCHEMA)]) == list(
-        runstats.FRAME_STATS_SCHEMA)
+    tables.RUN_STATS_RUNS.validate(st.runs)
+    tables.RUN_STATS_FRAMES.validate(st.frames, extra=True)
     assert "RunStats" in st._repr_html_() and "3 run(s)" in repr(st)
 
 

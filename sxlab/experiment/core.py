@@ -871,7 +871,7 @@ class Experiment:
         return self._results(S.crystals, cols, dtypes, trial, runs, tag, last)
 
     def shells(self, trial: int, runs=None, *, tag=None, last: int | None = None):
-        """Per-frame resolution shells (:data:`sxlab.runstats.SHELL_SCHEMA` plus run)."""
+        """Per-frame resolution shells (:data:`sxlab.tables.RESOLUTION_SHELLS` plus run)."""
         cols = ["frame", "shell", "d_max_A", "d_min_A", "n", "mean_i_sigma"]
         dtypes = {"frame": "int64", "shell": "int64", "n": "int64", "d_max_A": "float64",
                   "d_min_A": "float64", "mean_i_sigma": "float64"}
@@ -924,7 +924,7 @@ class Experiment:
         Returns
         -------
         DataFrame
-            :data:`sxlab.runstats.RUN_STATS_SCHEMA` rows with a leading ``trial`` column
+            :data:`sxlab.tables.RUN_STATS_RUNS` rows with a leading ``trial`` column
             (one row per trial × run plus a run ``all`` row per trial), and the median
             cell of each trial's crystals (``a`` … ``gamma``).
         """

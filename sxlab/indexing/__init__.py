@@ -13,10 +13,13 @@ True
 """
 
 from .asdf import AsdfSearch, AsdfStats
-from .indexer import Indexer, Indexing, IndexParams, index
+from .indexer import METHODS, Indexer, Indexing, IndexParams, index
 from .refine import REFINE_MODES, RefineResult, refine_basis
+from .scoring import lattice_rotations, misorientation_deg, score_indexing
+from .sweep import SweepSearch, SweepStats
 
 __all__ = [
+    "METHODS",
     "REFINE_MODES",
     "AsdfSearch",
     "AsdfStats",
@@ -24,6 +27,11 @@ __all__ = [
     "Indexer",
     "Indexing",
     "RefineResult",
+    "SweepSearch",
+    "SweepStats",
     "index",
+    "lattice_rotations",
+    "misorientation_deg",
     "refine_basis",
+    "score_indexing",
 ]

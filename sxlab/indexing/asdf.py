@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter_ns
 
 import numpy as np
 from scipy import fft as _fft
@@ -377,12 +378,26 @@ class AsdfStats:
         Distinct accepted vectors.
     n_cells_tried : int
         Cells handed to the verification callback.
+    triplets_s : float
+        Seconds in the triplets' projections, histograms and Fourier transforms
+        (``asdf-triplets``).
+    search_s : float
+        Seconds refining, correcting and merging the candidate vectors (``asdf-search``).
+    findcell_s : float
+        Seconds forming cells from the vectors (``asdf-findcell``), the verification
+        callback excluded.
+    verify_s : float
+        Seconds in the verification callback.
     """
 
     n_points: int = 0
     n_triplets: int = 0
     n_vectors: int = 0
     n_cells_tried: int = 0
+    triplets_s: float = 0.0
+    search_s: float = 0.0
+    findcell_s: float = 0.0
+    verify_s: float = 0.0
 
 
 class AsdfSearch:
@@ -477,6 +492,7 @@ class AsdfSearch:
         self.patience = int(patience)
         self.capacity = int(capacity)
         self.stats = AsdfStats()
+        self._verify_ns = 0
 
         b = self.batch
         self._hist = np.empty((b, self.n_bins), dtype=np.float32)
@@ -548,7 +564,9 @@ class AsdfSearch:
         if self._same_lattice(basis, rejected):
             return None
         self.stats.n_cells_tried += 1
+        t0 = perf_counter_ns()
         result = verify(basis)
+        self._verify_ns += perf_counter_ns() - t0
         if result is None:
             rejected.append(np.linalg.inv(basis).T)
         return result
@@ -645,7 +663,11 @@ class AsdfSearch:
         best = _Best()
         previous = deadline = None
         done = 0
+        # Phase times (ns): triplets, vector search, cell search with its verifications.
+        t_trip = t_search = t_cells = 0
+        self._verify_ns = 0
         while done < total:
+            t0 = perf_counter_ns()
             nb = min(self.batch, total - done)
             if all_trips is not None:
                 trip = all_trips[done : done + nb]
@@ -657,6 +679,7 @@ class AsdfSearch:
             spec = _rfft_rows(self._hist[:nb])
             _k.strongest_frequencies(spec, self._widths, self.min_len, self.max_len,
                                      self._freqs)
+            t1 = perf_counter_ns()
             n_new = _k.candidate_vectors(q, self._normals, self._widths, self._freqs[:nb],
                                          self.tol, self.n_iter, min_fit,
                                          self.pre_fit * min_fit, self.min_len,
@@ -667,11 +690,16 @@ class AsdfSearch:
             self.stats.n_triplets = done
             self.stats.n_vectors = n_store
             usable = self._usable(n_store) if n_added else previous
+            t2 = perf_counter_ns()
+            t_trip += t1 - t0
+            t_search += t2 - t1
             if usable is not previous and (previous is None
                                            or not np.array_equal(usable, previous)):
                 previous = usable
-                if self._search_cells(q, n_store, min_fit, usable, rejected, verify,
-                                      quality, best):
+                found = self._search_cells(q, n_store, min_fit, usable, rejected, verify,
+                                           quality, best)
+                t_cells += perf_counter_ns() - t2
+                if found:
                     if self.target_volume is not None:
                         break
                     if deadline is None:
@@ -679,4 +707,8 @@ class AsdfSearch:
                                        done + self.patience * self.batch)
             if deadline is not None and done >= deadline:
                 break
+        self.stats.triplets_s = t_trip / 1e9
+        self.stats.search_s = t_search / 1e9
+        self.stats.findcell_s = (t_cells - self._verify_ns) / 1e9
+        self.stats.verify_s = self._verify_ns / 1e9
         return best.result

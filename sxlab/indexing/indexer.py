@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .. import tables
+from .. import profiling, tables
 from .._frozen import FrozenParams
 from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
@@ -31,10 +32,18 @@ from ..reciprocal import (
 )
 from .asdf import AsdfSearch, expand_subcell, reduce_supercell
 from .refine import REFINE_MODES, refine_basis
+from .sweep import SweepSearch
 
-__all__ = ["IndexParams", "Indexer", "Indexing", "index"]
+__all__ = ["METHODS", "IndexParams", "Indexer", "Indexing", "index"]
 
-_METHODS = ("asdf",)
+#: The indexing methods (the registry): name -> (searches run in turn, the default
+#: acceptance rule).
+METHODS = {
+    "asdf": (("asdf",), "fraction"),
+    "sweep": (("sweep",), "significance"),
+    "asdf-sweep": (("asdf", "sweep"), "significance"),
+}
+_ACCEPTANCE = ("auto", "fraction", "significance")
 
 _ASTAR_COLUMNS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
 
@@ -45,8 +54,11 @@ class IndexParams(FrozenParams):
 
     Parameters
     ----------
-    method : {"asdf"}
-        Indexing method. Default "asdf".
+    method : {"asdf", "sweep", "asdf-sweep"}
+        Indexing method (:data:`METHODS`): ``asdf`` (the triplet-FFT search of the
+        source paper), ``sweep`` (the direction sweep with the reference cell's edge
+        lengths, :mod:`sxlab.indexing.sweep`; needs a reference cell) or ``asdf-sweep``
+        (asdf first; the sweep when asdf finds nothing). Default "asdf".
     fast : bool
         asdf fast mode: fewer reflections and triplets. Default False.
     n_reflections, n_triplets : int
@@ -86,6 +98,30 @@ class IndexParams(FrozenParams):
     index_tolerance : float
         A peak is explained by a lattice when its three fractional indices are within this
         of integers. Default 0.25.
+    acceptance : {"auto", "fraction", "significance"}
+        When a refined lattice is accepted. ``fraction`` (CrystFEL's peak check): it
+        explains at least ``min_fraction`` of the peaks in play. ``significance``: the
+        peaks it explains within ``tight_tolerance`` are too many to be chance (the
+        binomial tail of that count among the peaks in play, each point falling within
+        the tolerance with probability ``(2 tight_tolerance)³``, is below
+        ``10**-min_significance``), at least ``min_indexed`` of them, and they are at
+        least ``significance_fraction`` of the peaks the lattice explains within
+        ``index_tolerance`` (a wrong lattice close to the right one explains many peaks
+        loosely); with ``refine`` the lattice must also refine as the reference lattice
+        (a pseudo-symmetric lattice close to the right one does not). ``auto``: the
+        method's rule (:data:`METHODS`). Default "auto".
+    tight_tolerance : float
+        Default 0.12.
+    min_significance : float
+        Default 12 (a chance of 1e-12).
+    min_indexed : int
+        Default 7.
+    significance_fraction : float
+        Default 0.7.
+    sweep_spacing_deg : float
+        Spacing of the sweep's direction grid. Default 0.8.
+    sweep_points : int
+        Strongest peaks used in the sweep. Default 80.
     min_fraction : float
         Single-lattice mode: the lattice must explain at least this fraction of the peaks
         searched. Default 0.5.
@@ -142,6 +178,13 @@ class IndexParams(FrozenParams):
     refine_mode: str = "lattice"
     excitation_weight: float = 1.0
     index_tolerance: float = 0.25
+    acceptance: str = "auto"
+    tight_tolerance: float = 0.12
+    min_significance: float = 12.0
+    min_indexed: int = 7
+    significance_fraction: float = 0.7
+    sweep_spacing_deg: float = 0.8
+    sweep_points: int = 80
     min_fraction: float = 0.5
     multi_min_fraction: float = 0.3
     min_peaks: int = 10
@@ -155,15 +198,19 @@ class IndexParams(FrozenParams):
     batch: int = 256
 
     def __post_init__(self):
-        if self.method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        if self.acceptance not in _ACCEPTANCE:
+            raise ValueError(f"acceptance must be one of {_ACCEPTANCE}, "
+                             f"got {self.acceptance!r}")
         if self.refine_mode not in REFINE_MODES:
             raise ValueError(f"refine_mode must be one of {REFINE_MODES}, "
                              f"got {self.refine_mode!r}")
         for name in ("fast", "refine", "retry", "multi"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         for name in ("n_reflections", "n_triplets", "fast_n_reflections", "fast_n_triplets",
-                     "n_bins", "min_peaks", "max_tries", "max_lattices", "batch", "seed"):
+                     "n_bins", "min_peaks", "max_tries", "max_lattices", "batch", "seed",
+                     "min_indexed", "sweep_points"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -176,11 +223,11 @@ class IndexParams(FrozenParams):
             raise ValueError(f"n_bins must be >= 8, got {self.n_bins}")
         if self.seed < 0 or self.min_peaks < 0:
             raise ValueError("seed and min_peaks must be >= 0")
-        for name in ("vector_tolerance", "index_tolerance"):
+        for name in ("vector_tolerance", "index_tolerance", "tight_tolerance"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
         for name in ("min_fraction", "multi_min_fraction", "retry_drop_fraction",
-                     "excitation_weight", "volume_tolerance"):
+                     "excitation_weight", "volume_tolerance", "significance_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         if not 0 < self.length_tolerance < 0.5 or not 0 < self.angle_tolerance_deg < 30:
@@ -192,11 +239,21 @@ class IndexParams(FrozenParams):
             raise ValueError("profile_percentile must be within [0, 100]")
         if not 0 < self.min_angle_deg < 90:
             raise ValueError("min_angle_deg must be in (0, 90)")
+        if not self.min_significance >= 0 or not 0 < self.sweep_spacing_deg <= 5:
+            raise ValueError("min_significance must be >= 0 and sweep_spacing_deg in (0, 5]")
 
     @property
     def method_name(self) -> str:
-        """Name written to the ``method`` column (``asdf`` or ``asdf-fast``)."""
-        return f"{self.method}-fast" if self.fast else self.method
+        """Name written to the ``method`` column (``asdf``, ``asdf-fast``, ``sweep``,
+        ``asdf-sweep``, ``asdf-fast-sweep``)."""
+        if "asdf" not in METHODS[self.method][0] or not self.fast:
+            return self.method
+        return self.method.replace("asdf", "asdf-fast")
+
+    @property
+    def acceptance_rule(self) -> str:
+        """The acceptance rule in force (``acceptance``, or the method's for ``auto``)."""
+        return METHODS[self.method][1] if self.acceptance == "auto" else self.acceptance
 
 
 class Indexing(NamedTuple):
@@ -278,6 +335,14 @@ class Indexer:
     attempts. In multi-lattice mode the peaks a lattice explains are removed and the
     search repeated on the rest, up to ``max_lattices``.
 
+    Inside an open frame of a :class:`~sxlab.profiling.Profiler`, each frame's indexing
+    records the source paper's phases as segments below ``index``: ``asdf-triplets``
+    (projections, histograms and Fourier transforms), ``asdf-search`` (vector
+    refinement and merging), ``asdf-findcell`` (cells from vectors),
+    ``prerefine-cell-check`` (fit to the peaks and match to the reference),
+    ``refine`` and ``postrefine-cell-check``; phases that alternate batch by batch are
+    summed into one segment each (:attr:`last_stats` has them per search).
+
     The triplets come from ``numpy.random.default_rng(seed)`` created afresh for every
     frame, so a frame's result depends only on its peaks and the parameters. An Indexer
     reuses buffers: it is not thread-safe; give each worker its own.
@@ -313,6 +378,7 @@ class Indexer:
         self.params = (params or IndexParams()).replace(**overrides)
         p = self.params
         self.last_stats: list = []
+        self._phase_ns = [0, 0, 0]
 
         geometry.pixel_to_q(0.5, 0.5, 0)  # the geometry's per-panel vectors, cached once
 
@@ -338,12 +404,45 @@ class Indexer:
             n_bins=p.n_bins, tol=p.vector_tolerance, min_len=min_len,
             max_len=max(max_len, 2 * min_len), target_volume=target_volume,
             volume_tol=p.volume_tolerance, min_angle_deg=p.min_angle_deg, batch=p.batch)
+        self._searches = METHODS[p.method][0]
+        self._sweep = None
+        if "sweep" in self._searches:
+            if cell is None:
+                raise ValueError(f"method {p.method!r} needs a reference cell")
+            self._sweep = SweepSearch(cell, spacing_deg=p.sweep_spacing_deg,
+                                      n_points=p.sweep_points,
+                                      length_tol=p.length_tolerance,
+                                      angle_tol_deg=max(p.angle_tolerance_deg, 3.0))
+        self._significance = p.acceptance_rule == "significance"
+        self._p_chance = (2.0 * p.tight_tolerance) ** 3
 
     def __repr__(self) -> str:
         return (f"Indexer({self.geometry.name!r}, {self.cell!r}, "
                 f"method={self.params.method_name!r})")
 
     def _verify(self, basis, q_play, q_all, k, min_fraction):
+        """A verified lattice from a candidate cell, or None (timed in three phases)."""
+        t0 = perf_counter_ns()
+        setting = self._prerefine_check(basis, q_play, k)
+        t1 = perf_counter_ns()
+        self._phase_ns[0] += t1 - t0
+        if setting is None:
+            return None
+        start, lattice, unique, centering = setting
+        astar, parameters, ok0 = self._refine(start, lattice, unique, q_play, k)
+        t2 = perf_counter_ns()
+        self._phase_ns[1] += t2 - t1
+        found = self._postrefine_check(astar, parameters, ok0, q_play, q_all, min_fraction)
+        if found is not None:
+            found.lattice, found.centering = lattice, centering
+        self._phase_ns[2] += perf_counter_ns() - t2
+        return found
+
+    def _prerefine_check(self, basis, q_play, k):
+        """The candidate fitted to the peaks and matched to the reference (or reduced).
+
+        Returns ``(direct basis, lattice type, unique axis, centering)`` or None.
+        """
         p = self.params
         # Least-squares fit of the candidate's three vectors to the peaks first: a cell
         # made of long vectors carries their errors into every reduced vector.
@@ -356,27 +455,28 @@ class Indexer:
                 match = self._matcher(basis)
                 if match is None:
                     return None
-                start = np.array(match.basis)
-            else:
-                hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T,
-                                            p.vector_tolerance)
-                reduced, _ = reduce_supercell(basis, hkl[ok])
-                reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
-                start, _ = niggli_reduce(reduced)
-                if np.linalg.norm(start[0]) < self._search.min_len:
-                    return None  # a dense lattice that explains any point
-                if np.linalg.det(start) < 0:
-                    start = -start
-                setting = bravais_setting(start, max_obliquity_deg=p.angle_tolerance_deg)
-                lattice, unique, centering = (setting.lattice_type, setting.unique_axis,
-                                              setting.centering)
-                if self._wanted is not None and self._wanted != (lattice, centering):
-                    return None  # not a lattice of the crystal form asked for
-                start = setting.basis
+                return (np.array(match.basis), self._lattice, self._unique,
+                        self._centering)
+            hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T, p.vector_tolerance)
+            reduced, _ = reduce_supercell(basis, hkl[ok])
+            reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
+            start, _ = niggli_reduce(reduced)
+            if np.linalg.norm(start[0]) < self._search.min_len:
+                return None  # a dense lattice that explains any point
+            if np.linalg.det(start) < 0:
+                start = -start
+            setting = bravais_setting(start, max_obliquity_deg=p.angle_tolerance_deg)
+            if self._wanted is not None and self._wanted != (setting.lattice_type,
+                                                             setting.centering):
+                return None  # not a lattice of the crystal form asked for
+            return (setting.basis, setting.lattice_type, setting.unique_axis,
+                    setting.centering)
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             return None  # a degenerate candidate: not a lattice
-        if self._matcher is not None:
-            lattice, unique, centering = self._lattice, self._unique, self._centering
+
+    def _refine(self, start, lattice, unique, q_play, k):
+        """Refined reciprocal basis, its model's cell parameters and the unrefined fit."""
+        p = self.params
         astar0 = np.linalg.inv(start).T
         _, ok0, _ = assign_indices(q_play, astar0, p.index_tolerance)
         astar = astar0
@@ -393,8 +493,20 @@ class Indexer:
                                excitation_weight=p.excitation_weight)
             if res.indexed.sum() >= 0.9 * ok0.sum() and self._cell_ok(res.astar):
                 astar, parameters = res.astar, res.parameters
-        _, ok, _ = assign_indices(q_play, astar, p.index_tolerance)
-        if ok.sum() < max(min_fraction * len(q_play), 1) or not self._cell_ok(astar):
+        return astar, parameters, ok0
+
+    def _postrefine_check(self, astar, parameters, ok0, q_play, q_all, min_fraction):
+        """The refined lattice if it passes the acceptance rule and matches the reference."""
+        p = self.params
+        _, ok, dev = assign_indices(q_play, astar, p.index_tolerance)
+        if not self._cell_ok(astar):
+            return None
+        if self._significance:
+            # only a lattice that refines as the reference lattice (not one kept
+            # unrefined because the constrained fit lost its peaks) and is significant
+            if (p.refine and parameters is None) or not self._significant(dev, ok):
+                return None
+        elif ok.sum() < max(min_fraction * len(q_play), 1):
             return None
         hkl, ok_all, _ = assign_indices(q_all, astar, p.index_tolerance)
         r = q_all[ok_all] - hkl[ok_all] @ astar
@@ -402,7 +514,20 @@ class Indexer:
         cell = UnitCell.from_reciprocal_basis(astar)
         if parameters is not None and np.allclose(parameters, cell.parameters, rtol=1e-6):
             cell = UnitCell(*parameters)  # the model's exact values (a == b, right angles)
-        return _Found(astar, cell, ok_all, residual, lattice, centering)
+        return _Found(astar, cell, ok_all, residual, self._lattice, self._centering)
+
+    def _significant(self, dev: np.ndarray, ok: np.ndarray) -> bool:
+        """The ``significance`` acceptance rule (see :class:`IndexParams`)."""
+        from scipy.special import betainc
+
+        p = self.params
+        n_tight = int(np.count_nonzero(dev < p.tight_tolerance))
+        if n_tight < p.min_indexed or n_tight < p.significance_fraction * ok.sum():
+            return False
+        # P(X >= n_tight) for X ~ Binomial(n, p0) is the regularised incomplete beta
+        # function I_p0(n_tight, n - n_tight + 1)
+        tail = float(betainc(n_tight, len(dev) - n_tight + 1, self._p_chance))
+        return tail <= 10.0 ** -p.min_significance
 
     def _cell_ok(self, astar) -> bool:
         if self.cell is None:
@@ -435,7 +560,7 @@ class Indexer:
 
             [columns: crystals]
         """
-        return self.index(peaks, frame=frame, wavelength_A=wavelength_A).crystals
+        return self._index(peaks, frame, wavelength_A, assign=False)[0]
 
     @tables.documented
     def index(self, peaks: pd.DataFrame, *, frame: int | None = None,
@@ -472,6 +597,10 @@ class Indexer:
             lattice that explains the peak (all fractional indices within
             ``index_tolerance``) and its indices there; -1 and 0 0 0 for the others.
         """
+        return Indexing(*self._index(peaks, frame, wavelength_A, assign=True))
+
+    def _index(self, peaks, frame, wavelength_A, *, assign: bool):
+        """The crystals table and, with ``assign``, the peaks with their assignment."""
         p = self.params
         if frame is None:
             frame = int(peaks["frame"].iloc[0]) if "frame" in peaks and len(peaks) else 0
@@ -488,6 +617,7 @@ class Indexer:
         q = np.ascontiguousarray(q[finite][order])
         n_peaks = q.shape[0]
         self.last_stats = []
+        self._phase_ns = [0, 0, 0]
         owner = np.full(len(peaks), -1, dtype=np.int64)
         hkl_of = np.zeros((len(peaks), 3), dtype=np.int32)
         rows = []
@@ -514,10 +644,27 @@ class Indexer:
                 owner[rows_ind[free]] = crystal
                 hkl_of[rows_ind[free]] = hkl[free]
                 remaining = remaining[~found.indexed[remaining]]
+        if profiling.active():
+            self._record_phases()
         crystals = tables.CRYSTALS.make(
             {c: [r[c] for r in rows] for c in tables.CRYSTALS.names} if rows else None)
-        assigned = peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1], l=hkl_of[:, 2])
-        return Indexing(crystals, assigned)
+        if not assign:
+            return crystals, None
+        return crystals, peaks.assign(crystal=owner, h=hkl_of[:, 0], k=hkl_of[:, 1],
+                                      l=hkl_of[:, 2])
+
+    def _record_phases(self) -> None:
+        """The frame's asdf and cell-check phases as segments of the open profiler."""
+        stats = self.last_stats
+        for name, seconds in (
+                (profiling.ASDF_TRIPLETS, sum(st.triplets_s for st in stats)),
+                (profiling.ASDF_SEARCH, sum(st.search_s for st in stats)),
+                (profiling.ASDF_FINDCELL, sum(st.findcell_s for st in stats)),
+                (profiling.PREREFINE_CELL_CHECK, self._phase_ns[0] / 1e9),
+                (profiling.REFINE, self._phase_ns[1] / 1e9),
+                (profiling.POSTREFINE_CELL_CHECK, self._phase_ns[2] / 1e9)):
+            if stats:
+                profiling.record(name, seconds)
 
     def _row(self, frame, crystal, found, tries, n_peaks, radius, resolution) -> dict:
         p = self.params
@@ -543,12 +690,21 @@ class Indexer:
             if n_use < max(p.min_peaks, 4):
                 break
             qt = q_play[:n_use]
-            found = self._search.run(
-                qt, rng, lambda basis, qt=qt: self._verify(basis, qt, q_all, k, threshold),
-                quality=lambda result: int(result.indexed.sum()))
-            self.last_stats.append(self._search.stats)
-            if found is not None:
-                return found, attempt
+
+            def verify(basis, qt=qt):
+                return self._verify(basis, qt, q_all, k, threshold)
+
+            for search in self._searches:
+                if search == "asdf":
+                    found = self._search.run(qt, rng, verify,
+                                             quality=lambda result: int(result.indexed.sum()))
+                    self.last_stats.append(self._search.stats)
+                else:
+                    found = self._sweep.run(qt, verify,
+                                            quality=lambda result: int(result.indexed.sum()))
+                    self.last_stats.append(self._sweep.stats)
+                if found is not None:
+                    return found, attempt
         return None, 0
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..reciprocal import assign_indices
+from ..reciprocal import assign_indices, nearest_rotation, rotation_matrix
 
 __all__ = [
     "REFINE_MODES",
@@ -110,25 +110,6 @@ def _cell_of(astar: np.ndarray) -> np.ndarray:
     return np.array([*lengths, ang(1, 2), ang(0, 2), ang(0, 1)])
 
 
-def _nearest_rotation(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m)
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        u[:, -1] *= -1
-        r = u @ vt
-    return r
-
-
-def _rotation(omega: np.ndarray) -> np.ndarray:
-    """Rotation matrix of the rotation vector ``omega`` (Rodrigues)."""
-    theta = float(np.linalg.norm(omega))
-    if theta < 1e-15:
-        return np.eye(3)
-    k = omega / theta
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * kx + (1 - np.cos(theta)) * kx @ kx
-
-
 class RefineResult:
     """Outcome of :func:`refine_basis`.
 
@@ -194,7 +175,7 @@ def _gauss_newton(q, h, u, w, astar, mode, lattice, unique, n_iter):
         p = to_free(c6)
         c6 = expand(p)
     b0 = _reciprocal(c6)
-    rot = _nearest_rotation(np.linalg.solve(b0, astar).T)  # A = B Uᵀ
+    rot = nearest_rotation(np.linalg.solve(b0, astar).T)  # A = B Uᵀ
     scale = 1.0
     for _ in range(n_iter):
         if mode == "lattice":
@@ -222,7 +203,7 @@ def _gauss_newton(q, h, u, w, astar, mode, lattice, unique, n_iter):
         jw = _weighted(jac, u, w).reshape(3 * n, -1)
         rw = _weighted(r, u, w).reshape(3 * n)
         delta, *_ = np.linalg.lstsq(jw, -rw, rcond=None)
-        rot = _rotation(delta[:3]) @ rot
+        rot = rotation_matrix(delta[:3]) @ rot
         if mode == "isotropic":
             scale += delta[3]
             params = np.array([scale])

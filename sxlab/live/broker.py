@@ -19,6 +19,8 @@ import pandas as pd
 
 from sxlab import tables
 
+from ._ids import as_text, entry_ms
+
 __all__ = [
     "Broker",
     "ConsumerGroup",
@@ -79,16 +81,6 @@ def id_frame(entry_id) -> int:
     return int(str(entry_id).split("-", 1)[0]) - 1
 
 
-def _ms(entry_id) -> int:
-    if isinstance(entry_id, bytes):
-        entry_id = entry_id.decode()
-    return int(str(entry_id).split("-", 1)[0])
-
-
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass
 class Entry:
     """One stream entry handed to a consumer.
@@ -108,7 +100,7 @@ class Entry:
     def type(self) -> str:
         if self.fields is None:
             return "deleted"
-        return _s(self.fields.get(b"type", b"image"))
+        return as_text(self.fields.get(b"type", b"image"))
 
     @property
     def frame(self) -> int:
@@ -124,7 +116,7 @@ class Entry:
 
     def text(self, name: str, default: str = "") -> str:
         v = self.get(name)
-        return default if v is None else _s(v)
+        return default if v is None else as_text(v)
 
     def number(self, name: str, default: float = 0.0) -> float:
         v = self.get(name)
@@ -190,7 +182,7 @@ class ConsumerGroup:
             eid, fields = item[0], item[1] if len(item) > 1 else None
             if eid is None:
                 continue
-            out.append(Entry(_s(eid), fields if fields else None))
+            out.append(Entry(as_text(eid), fields if fields else None))
         return out
 
     def claim(self, count: int = 16) -> list[Entry]:
@@ -201,17 +193,17 @@ class ConsumerGroup:
         cmd = ["XAUTOCLAIM", self.stream, self.group, self.consumer, self.claim_idle_ms,
                self._claim_cursor, "COUNT", count]
         resp = self.client.execute_command(*cmd)
-        self._claim_cursor = _s(resp[0])
+        self._claim_cursor = as_text(resp[0])
         entries = []
         for item in resp[1] or []:
             if item is None:
                 continue
             eid, fields = item[0], item[1]
-            entries.append(Entry(_s(eid), _pairs(fields)))
+            entries.append(Entry(as_text(eid), _pairs(fields)))
         # Redis >= 7 lists entries deleted from the stream separately (and drops them from
         # the pending list); report them as deleted so that their frames are accounted.
         if len(resp) > 2:
-            entries += [Entry(_s(eid), None) for eid in resp[2] or []]
+            entries += [Entry(as_text(eid), None) for eid in resp[2] or []]
         return entries
 
     def read(self, count: int = 1, block_s: float | None = 1.0) -> list[Entry]:
@@ -252,9 +244,9 @@ class ConsumerGroup:
     def info(self) -> dict:
         """``pending``, ``last_delivered`` (entry id), ``consumers`` of this group."""
         for g in self.client.xinfo_groups(self.stream):
-            if _s(g["name"]) == self.group:
+            if as_text(g["name"]) == self.group:
                 return {"pending": int(g["pending"]),
-                        "last_delivered": _s(g["last-delivered-id"]),
+                        "last_delivered": as_text(g["last-delivered-id"]),
                         "consumers": int(g["consumers"])}
         return {"pending": 0, "last_delivered": "0-0", "consumers": 0}
 
@@ -344,7 +336,7 @@ class Broker:
     def key_for_series(self, series: int, source: str | None = None) -> str | None:
         v = self.client.get(f"{self.prefix}:{self.beamtime}:{source or self.source}:"
                             f"series:{series}")
-        return None if v is None else _s(v)
+        return None if v is None else as_text(v)
 
     def wait_run(self, *, since: float = 0.0, run: str | None = None,
                  timeout_s: float | None = None) -> str | None:
@@ -353,7 +345,7 @@ class Broker:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             for k in self.client.zrangebyscore(self._runs_key(), since, "+inf"):
-                key = _s(k)
+                key = as_text(k)
                 if run is None or split_key(key)[3] == run:
                     return key
             if deadline is not None and time.monotonic() >= deadline:
@@ -362,12 +354,12 @@ class Broker:
 
     def run_keys(self) -> list[str]:
         """Stream keys of the beamtime's runs, oldest first."""
-        return [_s(k) for k in self.client.zrange(self._runs_key(), 0, -1)]
+        return [as_text(k) for k in self.client.zrange(self._runs_key(), 0, -1)]
 
     # ------------------------------------------------------------ run metadata
     def info(self, key: str) -> dict:
         """The run's info hash (state, counters, header) as str -> str."""
-        return {_s(k): _s(v) for k, v in self.client.hgetall(f"{key}:info").items()}
+        return {as_text(k): as_text(v) for k, v in self.client.hgetall(f"{key}:info").items()}
 
     def header(self, key: str) -> dict:
         """The run header: ``run``, ``series``, ``config`` (dict), ``appendix`` (dict),
@@ -377,12 +369,12 @@ class Broker:
         raw = self.client.hgetall(f"{key}:header")
         if not raw:
             raise KeyError(f"no run header for {key} (was the series header ingested?)")
-        h = {_s(k): v for k, v in raw.items()}
+        h = {as_text(k): v for k, v in raw.items()}
         shape = tuple(json.loads(h["shape"])) if h.get("shape") else None
         mask = None
         if h.get("pixel_mask"):
             mask = decompress(h["pixel_mask"], "bslz4", shape, np.uint32)
-        return {"run": _s(h.get("run", b"")), "series": int(h.get("series", -1)),
+        return {"run": as_text(h.get("run", b"")), "series": int(h.get("series", -1)),
                 "config": json.loads(h.get("config", b"{}")),
                 "appendix": json.loads(h.get("appendix", b"{}")),
                 "shape": shape, "pixel_mask": mask, "created": float(h.get("created", 0))}
@@ -409,11 +401,11 @@ class Broker:
         info = self.info(key)
         if info.get("state") != "ended":
             return False
-        end_ms = _ms(info.get("end_id", "0-0"))
+        end_ms = entry_ms(info.get("end_id", "0-0"))
         for g in self.groups(key):
-            if _s(g["name"]) == group:
+            if as_text(g["name"]) == group:
                 return (int(g["pending"]) == 0
-                        and _ms(g["last-delivered-id"]) >= end_ms)
+                        and entry_ms(g["last-delivered-id"]) >= end_ms)
         return False
 
     # ------------------------------------------------------------- publishing
@@ -440,7 +432,7 @@ class Broker:
         for key in keys:
             info = self.info(key)
             frames_in = int(info.get("frames_in", 0))
-            last_ms = _ms(info.get("last_id", "0-0"))
+            last_ms = entry_ms(info.get("last_id", "0-0"))
             cached = int(self.client.xlen(key)) if self.client.exists(key) else 0
             base = {"stream": key, "run": split_key(key)[3],
                     "state": info.get("state", "unknown"), "frames_in": frames_in,
@@ -452,8 +444,8 @@ class Broker:
                              "trimmed": int(info.get("trimmed:", 0)),
                              "rate_hz": np.nan})
             for g in groups:
-                name = _s(g["name"])
-                delivered = min(_ms(g["last-delivered-id"]), last_ms)
+                name = as_text(g["name"])
+                delivered = min(entry_ms(g["last-delivered-id"]), last_ms)
                 pending = int(g["pending"])
                 now = time.time()
                 rates = [float(v) for k, v in info.items()

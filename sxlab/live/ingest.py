@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .broker import HEADER_ID, Broker, _ms, _s, frame_id
+from ._ids import as_text, entry_ms
+from .broker import HEADER_ID, Broker, frame_id
 from .eiger import ImageMessage, SeriesEnd, SeriesHeader, StreamMessageError, decode
 
 __all__ = ["Ingest", "IngestSummary"]
@@ -165,9 +166,9 @@ class Ingest:
         # The stream's newest entry is the truth (an ingest killed between appending and
         # updating the info hash leaves the hash behind).
         top = self.broker.client.xrevrange(key, "+", "-", count=1)
-        last_ms = _ms(info.get("last_id", "0-0"))
-        if top and _s(top[0][1].get(b"type", b"")) in ("image", "failed"):
-            last_ms = max(last_ms, _ms(top[0][0]))
+        last_ms = entry_ms(info.get("last_id", "0-0"))
+        if top and as_text(top[0][1].get(b"type", b"")) in ("image", "failed"):
+            last_ms = max(last_ms, entry_ms(top[0][0]))
         st = _RunState(key=key, series=series, last_ms=last_ms,
                        trim_ms=int(info.get("trim_ms", 1)), t_first=time.time())
         if int(info.get("nimages", 0) or 0):
@@ -286,8 +287,8 @@ class Ingest:
         if not groups:
             lost[""] = cut - st.trim_ms
         for g in groups:
-            name = _s(g["name"])
-            delivered = _ms(g["last-delivered-id"])
+            name = as_text(g["name"])
+            delivered = entry_ms(g["last-delivered-id"])
             unread = max(0, cut - max(delivered + 1, st.trim_ms))
             if unread:
                 lost[name] = (max(delivered + 1, st.trim_ms), cut - 1)

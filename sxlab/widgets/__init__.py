@@ -6,7 +6,7 @@ source tree and in ``sxlab/widgets/static/`` of an installed wheel.
 
 * :class:`ImageViewer` — a frame assembled in lab coordinates, zoom and pan, contrast and
   colour maps, peaks, reflections with their integration rings, mask, resolution rings,
-  hover readout, frame navigation linked to :class:`~sxlab.pipeline.Results`;
+  hover readout, frame navigation linked to :class:`~sxlab.results.Results`;
 * :class:`MaskPainter` — rectangles, circles, polygons, brush, eraser and a beam-stop tool;
   the painted :class:`~sxlab.masks.Mask` is what is shown;
 * :class:`PeakTuner` — peak-search parameters re-run on the shown frame as they change;

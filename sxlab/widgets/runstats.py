@@ -42,7 +42,7 @@ class RunStats(StaticPNG, anywidget.AnyWidget):
     Parameters
     ----------
     source : Results, DataFrame, sxlab.runstats.RunStats, Experiment or path
-        Processed frames: a :class:`~sxlab.pipeline.Results` (its ``frames``), a frames
+        Processed frames: a :class:`~sxlab.results.Results` (its ``frames``), a frames
         table, statistics already computed, an object with a ``run_stats(**options)``
         method (an experiment database: ``options`` select the trial and runs), or the
         output directory of a running :func:`sxlab.process_run`, followed as parts are
