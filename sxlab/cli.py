@@ -72,6 +72,23 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from sxlab import datasets
+
+    if args.name is None:
+        table = datasets.list_datasets()
+        print(f"cache: {datasets.cache_dir()} (SXLAB_CACHE moves it)")
+        print(table.to_string(index=False))
+        return 0
+    try:
+        datasets.info(args.name)
+    except KeyError:
+        names = ", ".join(datasets.list_datasets().name)
+        raise CommandError(f"no data set called {args.name!r} (known: {names})") from None
+    print(datasets.path(args.name, progress=False))
+    return 0
+
+
 def _read_cell_option(path: str):
     from sxlab.io import read_cell
 
@@ -97,7 +114,8 @@ def _params_of(args: argparse.Namespace):
         except ValueError as exc:
             raise CommandError(f"--symmetry {symmetry}: {exc}") from None
         if cell is not None:
-            from sxlab.cell import UnitCell, lattice_mismatch
+            from sxlab.cell import UnitCell
+            from sxlab.lattice import lattice_mismatch
 
             cell = UnitCell(*cell.parameters, space_group=sg.hm)
             problem = lattice_mismatch(cell)
@@ -132,7 +150,7 @@ def _open_run_option(args: argparse.Namespace):
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from sxlab.pipeline import process_run
-    from sxlab.results import ResultsReader
+    from sxlab.results import ResultsDirError, ResultsReader
 
     if args.jobs is not None and args.jobs < 1:
         raise CommandError(f"-j/--jobs must be at least 1, got {args.jobs}")
@@ -151,6 +169,11 @@ def _cmd_process(args: argparse.Namespace) -> int:
                           out=args.out, overwrite=args.overwrite,
                           retry_failed=not args.keep_failed,
                           progress=not args.no_progress)
+    except ResultsDirError as exc:
+        if "holds results of" not in str(exc):
+            raise
+        raise CommandError(f"{exc}; give another --out, or --overwrite to replace them"
+                           ) from exc
     except KeyboardInterrupt:
         n = len(ResultsReader(args.out).poll()["frames"]) if args.out.is_dir() else 0
         raise Interrupted(f"interrupted; {n} of {len(run)} frames are committed in "
@@ -194,6 +217,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from sxlab import plots
     from sxlab.profiling import read_crystfel_profile
 
+    if args.block is not None and args.block < 1:
+        raise CommandError(f"--block must be at least 1, got {args.block}")
     source = args.dir
     if not source.exists():
         raise CommandError(f"{source}: no such results directory or profile log")
@@ -204,8 +229,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             table = _load_results(source).profile
     else:
         table = read_crystfel_profile(source)
-    if args.block is not None and args.block < 1:
-        raise CommandError(f"--block must be at least 1, got {args.block}")
     ax = plots.profile(table, block=args.block, top=args.top, level=args.level,
                        include_wait=not args.no_wait)
     ax.figure.savefig(args.output, dpi=120, bbox_inches="tight")
@@ -220,13 +243,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from sxlab.merging import merge
 
     source = args.dir
-    crystals = beam = None
+    crystals = beam = cell = None
     symmetry = args.symmetry
     if not source.exists():
         raise CommandError(f"{source}: no such results directory or reflections file")
     if source.is_dir():
         res = _load_results(source)
-        reflections, crystals = res.reflections, res.crystals
+        reflections, crystals, cell = res.reflections, res.crystals, res.params.cell
         if args.model != "unity":
             beam = res.geometry
         if symmetry is None:
@@ -242,7 +265,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     if symmetry is None:
         raise CommandError(f"{source} records no symmetry; give the space group with "
                            "--symmetry, e.g. -y P43212")
-    result = merge(reflections, symmetry, crystals=crystals, beam=beam,
+    result = merge(reflections, symmetry, cell=cell, crystals=crystals, beam=beam,
                    scale=not args.no_scale,
                    iterations=args.iterations, min_measurements=args.min_measurements,
                    partiality=args.partiality, anomalous=args.anomalous,
@@ -330,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="lysozyme-demo", help="registry name of the data set")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("data", help="print where a registered data set is (made once)",
+                       description="Print the master file of a registered data set, "
+                       "generating or downloading it into the cache once; without NAME, "
+                       "list the data sets and the cache directory.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="e.g. lysozyme-demo")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("version", help="print the sxlab version")
     p.set_defaults(func=_cmd_version)

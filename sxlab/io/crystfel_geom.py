@@ -37,7 +37,7 @@ from ..geometry import (
     PanelMask,
     electron_wavelength_A,
 )
-from ._errors import SourceError
+from ._errors import SourceError, decode_text
 
 __all__ = ["GeomError", "GeomWarning", "electron_wavelength_A", "read_geom", "write_geom"]
 
@@ -769,8 +769,8 @@ def read_geom(path_or_text: str | os.PathLike, *, source_name: str | None = None
         default_name = ""
     else:
         path = Path(path_or_text)
-        text = path.read_text(encoding="utf-8")
         source = source_name or str(path)
+        text = decode_text(path.read_bytes(), GeomError, source, comment=";")
         default_name = path.stem
     parser = _Parser(source)
     parser.parse(text)
