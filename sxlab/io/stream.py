@@ -81,6 +81,24 @@ _BASIS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 _AXIS_LATTICES = ("monoclinic", "tetragonal", "hexagonal")
 _SQRT10 = math.sqrt(10.0)
 
+
+def _unique_axis(lattice: str, params) -> str:
+    """The unique axis a cell's parameters show for its lattice type (``*`` if none).
+
+    Monoclinic: the axis of the angle that is not 90°; tetragonal: the edge whose length
+    differs most from the other two's mean; hexagonal: the edge opposite the 120° angle.
+    """
+    if lattice not in _AXIS_LATTICES or not all(math.isfinite(v) for v in params):
+        return "?" if lattice in _AXIS_LATTICES else "*"
+    lengths, angles = params[:3], params[3:]
+    if lattice == "monoclinic":
+        k = max(range(3), key=lambda j: abs(angles[j] - 90.0))
+    elif lattice == "hexagonal":
+        k = min(range(3), key=lambda j: abs(angles[j] - 120.0))
+    else:
+        k = max(range(3), key=lambda j: abs(lengths[j] - (sum(lengths) - lengths[j]) / 2))
+    return "abc"[k]
+
 class StreamError(SourceError):
     """A CrystFEL stream that cannot be understood.
 
@@ -567,7 +585,7 @@ class StreamWriter:
         centering = text_of("centering", "P")
         if lattice == "hexagonal" and centering == "R":
             centering = "H"
-        axis = text_of("unique_axis", "?" if lattice in _AXIS_LATTICES else "*")
+        axis = text_of("unique_axis", _unique_axis(lattice, params))
 
         def num(name, default=np.nan):
             v = cr.get(name)
