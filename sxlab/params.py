@@ -285,7 +285,14 @@ class Params:
     def load(cls, path) -> Params:
         """Read a TOML parameter file."""
         path = Path(path)
-        return cls.from_toml(path.read_text(), source=str(path), base_dir=path.parent)
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise ParamsError(f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not "
+                              "UTF-8 text (TOML files are UTF-8)") from None
+        return cls.from_toml(text, source=str(path), base_dir=path.parent)
 
     def replace(self, **sections) -> Params:
         """Copy with sections replaced; a section may be given as a dict of changes.

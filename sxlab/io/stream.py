@@ -28,6 +28,7 @@ import contextlib
 import math
 import mmap
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ _REFLECTION_LINE = "%4i %4i %4i %10.2f %10.2f %10.2f %10.2f %6.1f %6.1f %s\n"
 _BASIS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 _AXIS_LATTICES = ("monoclinic", "tetragonal", "hexagonal")
 _SQRT10 = math.sqrt(10.0)
+_C_SPACE = re.compile(r"[ \t\n\v\f\r]+")
 
 
 def _unique_axis(lattice: str, params) -> str:
@@ -834,7 +836,10 @@ class _Panels:
                 nameless = u
                 continue
             pos = _line_offset(int(line_pos[first[u]]))
-            token = ctx.line_at(pos).split()[name_field]
+            # fields split at C's whitespace as the kernel and CrystFEL do (Python's
+            # split() also splits at the control bytes 0x1c-0x1f)
+            fields = [f for f in _C_SPACE.split(ctx.line_at(pos)) if f]
+            token = fields[name_field] if name_field < len(fields) else ""
             idx = self.index.get(token)
             if idx is None:
                 if self.geometry is not None:
