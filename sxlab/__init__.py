@@ -81,6 +81,7 @@ _EXPORTS = {
     "Results": "results",
     "ResultsReader": "results",
     "ResultsWriter": "results",
+    "open_results": "results",
     "prepare": "pipeline",
     "process_frame": "pipeline",
     "process_run": "pipeline",

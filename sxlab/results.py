@@ -78,7 +78,8 @@ import pandas as pd
 from . import tables
 from .params import Params
 
-__all__ = ["KINDS", "Results", "ResultsDirError", "ResultsReader", "ResultsWriter"]
+__all__ = ["KINDS", "Results", "ResultsDirError", "ResultsReader", "ResultsWriter",
+           "open_results"]
 
 #: The per-frame tables of a results directory, in the order a part is written (the
 #: frames table, last, commits the part).
@@ -669,3 +670,27 @@ def _compare_inputs(old: dict, new: dict) -> tuple[str | None, list[str]]:
                          f"{a.get('size')} -> {b.get('size')} bytes); its fingerprint frames "
                          "are unchanged, so finished frames are kept")
     return None, notes
+
+
+def open_results(out) -> Results:
+    """The results of a batch or live output directory, as committed so far.
+
+    A finished directory is read from its merged tables; a growing one (a run still being
+    processed, by ``sxlab process`` or live workers) from the parts committed up to now,
+    so calling it again shows the frames added since.
+
+    Parameters
+    ----------
+    out : str or Path
+        The output directory.
+
+    Returns
+    -------
+    Results
+
+    Examples
+    --------
+    >>> res = sx.open_results("results/")  # doctest: +SKIP
+    >>> res.summary()  # doctest: +SKIP
+    """
+    return ResultsReader(out).read()

@@ -169,6 +169,7 @@ def test_killed_worker_killed_ingest_and_late_worker_lose_and_duplicate_nothing(
         from sxlab.cli import main
 
         assert not (out / "frames.parquet").exists()
+        assert sorted(sx.open_results(out).frames.frame) == list(range(n))
         assert main(["stats", str(out)]) == 0
         assert main(["profile", str(out), "-o", str(tmp_path / "profile.png")]) == 0
         assert main(["merge", str(out), "-y", "P43212", "-o", str(tmp_path / "m.mtz")]) == 0

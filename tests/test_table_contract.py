@@ -49,6 +49,9 @@ COVERED = {
     "sxlab.io.mtz.read_mtz": "merged",
     "sxlab.io.crystfel_hkl.read_hkl": "merged",
     "sxlab.live.broker.Broker.status": "broker_status",
+    "sxlab.calibration.stills.refine_geometry": "geometry_residuals, crystals",
+    "sxlab.calibration.rings.calibrate_rings": "ring_points",
+    "sxlab.indexing.scoring.score_indexing": "indexing_scores",
 }
 
 
@@ -221,6 +224,30 @@ def test_batch_directory_stream_truth_and_summaries(demo, tmp_path):
     check(st.frames, tables.RUN_STATS_FRAMES, "run_stats frames", extra=True)
     check(st.runs, tables.RUN_STATS_RUNS, "run_stats runs")
     assert np.all(res.frames.frame.to_numpy() == np.arange(4))
+
+
+def test_calibration_and_indexing_scores(demo):
+    from sxlab.calibration import calibrate_rings, refine_geometry
+    from sxlab.indexing import score_indexing
+    from sxlab.simulate import simulate_powder
+
+    run, truth, *_ = demo
+    params = sx.Params(cell=LYSO).replace(peaks={"adc_threshold": 3.0, "min_snr": 6.0})
+    res = sx.process_run(run[:12], params, executor="serial", progress=False)
+    assert len(res.crystals) >= 3
+    _, report = refine_geometry(res, run.geometry, LYSO, refine="beam", n_cycles=1)
+    check(report.panels, tables.GEOMETRY_RESIDUALS, "refine_geometry panels")
+    check(report.crystals, tables.CRYSTALS, "refine_geometry crystals")
+    for crystals, what in ((res.crystals, "demo"), (res.crystals.iloc[:0], "no crystal")):
+        scores = check(score_indexing(crystals, truth.crystals, LYSO),
+                       tables.INDEXING_SCORES, f"score_indexing, {what}")
+        assert len(scores) == len(crystals)
+    det = sx.builtin_geometry("eiger1m", clen=0.2, wavelength_A=1.0)
+    data, rings = simulate_powder(det, d_spacing_A=58.38, seed=3, n_orders=8)
+    _, rep = calibrate_rings(data.astype(float), det, rings.d_A, bad=data == 65535,
+                             mask=sx.mask_beamstop(det, 40), refine="beam")
+    check(rep.points, tables.RING_POINTS, "calibrate_rings points")
+    assert len(rep.points) > 0
 
 
 def test_broker_status(tmp_path):
