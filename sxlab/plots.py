@@ -182,7 +182,8 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     ax.plot(x, t["cc_half"], "o-", label="CC1/2", color="C0")
     ax.plot(x, t["cc_star"], "s-", label="CC*", color="C1")
     ax.plot(x, t["completeness"], "^-", label="completeness", color="C2")
-    ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1)
+    ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1,
+               label=f"CC* = {threshold:g}")
     d_cut = stats.attrs.get("d_cc_star_A")
     if d_cut is None:
         d_cut = cc_star_resolution(stats, threshold)
