@@ -118,65 +118,38 @@ def test_seeds_are_valid(workdir):
     assert len(read_stream(_written(workdir, "s.stream", STREAM_SEED)).crystals) == 1
 
 
-@FUZZ
-@given(data=_mutated(GEOM_SEED))
-def test_geometry_parser(workdir, data):
-    path = _written(workdir, "f.geom", data)
-    try:
-        _quiet(lambda: read_geom(path))
-    except GeomError:
-        pass
+PARSERS = {
+    # name: (seed, reader, its error, file suffix)
+    "geometry": (GEOM_SEED, read_geom, GeomError, ".geom"),
+    "cell": (CELL_SEED, read_cell, CellFileError, ".cell"),
+    "pdb": (PDB_SEED, read_cell, CellFileError, ".pdb"),
+    "params": (TOML_SEED, Params.load, ParamsError, ".toml"),
+    "hkl": (HKL_SEED, read_hkl, HklFileError, ".hkl"),
+    "stream": (STREAM_SEED, read_stream, StreamError, ".stream"),
+}
 
 
-@FUZZ
-@given(data=_mutated(CELL_SEED) | _mutated(PDB_SEED))
-def test_cell_parser(workdir, data):
-    path = _written(workdir, "f.cell", data)
-    try:
-        _quiet(lambda: read_cell(path))
-    except CellFileError:
-        pass
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_mutated_files_raise_only_the_parsers_error(workdir, name):
+    seed, read, error, suffix = PARSERS[name]
 
+    @FUZZ
+    @given(data=_mutated(seed))
+    def check(data):
+        path = _written(workdir, f"f{suffix}", data)
+        try:
+            _quiet(lambda: read(path))
+        except error:
+            pass
 
-@FUZZ
-@given(data=_mutated(TOML_SEED))
-def test_params_parser(workdir, data):
-    path = _written(workdir, "f.toml", data)
-    try:
-        _quiet(lambda: Params.load(path))
-    except ParamsError:
-        pass
-
-
-@FUZZ
-@given(data=_mutated(HKL_SEED))
-def test_hkl_parser(workdir, data):
-    path = _written(workdir, "f.hkl", data)
-    try:
-        _quiet(lambda: read_hkl(path))
-    except HklFileError:
-        pass
-
-
-@settings(FUZZ, max_examples=100)
-@given(data=_mutated(STREAM_SEED))
-def test_stream_parser(workdir, data):
-    path = _written(workdir, "f.stream", data)
-    try:
-        _quiet(lambda: read_stream(path))
-    except StreamError:
-        pass
+    check()
 
 
 @FUZZ
 @given(data=st.binary(max_size=300))
 def test_every_parser_on_arbitrary_bytes(workdir, data):
-    for name, read, error in (("a.geom", read_geom, GeomError),
-                              ("a.cell", read_cell, CellFileError),
-                              ("a.toml", Params.load, ParamsError),
-                              ("a.hkl", read_hkl, HklFileError),
-                              ("a.stream", read_stream, StreamError)):
-        path = _written(workdir, name, data)
+    for name, (_, read, error, suffix) in PARSERS.items():
+        path = _written(workdir, f"a-{name}{suffix}", data)
         try:
             _quiet(lambda read=read, path=path: read(path))
         except error:
