@@ -636,7 +636,6 @@ def _category_times(table: pd.DataFrame, level: int) -> pd.DataFrame:
     return out
 
 
-@tables.documented
 def default_block(n_records: int, *, points: int = 60, largest: int = 133) -> int:
     """Records per block for a readable profile plot: about ``points`` blocks.
 
@@ -651,7 +650,8 @@ def default_block(n_records: int, *, points: int = 60, largest: int = 133) -> in
     return int(min(max(round(n_records / points), 1), largest))
 
 
-def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
+@tables.documented
+def profile_blocks(table: pd.DataFrame, block: int | None = 133, top: int = 10,
                    include_wait: bool = True, *, level: int = 1) -> pd.DataFrame:
     """Mean time per frame in each category, averaged in blocks of records.
 
