@@ -72,5 +72,9 @@ clean:
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name '*.nbconvert.ipynb' -exec rm -f {} +
 
+# Generated and downloaded data sets (sxlab.datasets.cache_dir): SXLAB_CACHE, else the
+# user cache directory.
+DATA_CACHE := $(or $(SXLAB_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sxlab)
+
 distclean: clean
-	rm -rf $(VENV) .sxlab-cache
+	rm -rf $(VENV) $(DATA_CACHE)

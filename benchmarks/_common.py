@@ -160,6 +160,74 @@ def crystfel_bindir(program: str = "indexamajig") -> Path | None:
     return None
 
 
+def crystfel_version(bindir: Path) -> str:
+    """First line of ``indexamajig --version`` of the build in ``bindir``."""
+    import subprocess
+
+    out = subprocess.run([str(bindir / "indexamajig"), "--version"], capture_output=True,
+                         text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].strip()
+
+
+def crystfel_inputs(folder: Path, master: Path, det, mask, cell) -> tuple[Path, Path, Path]:
+    """CrystFEL geometry (with the mask as a mask file), cell file and file list.
+
+    ``mask`` (a :class:`sxlab.masks.Mask`) and the NXmx ``pixel_mask`` of ``master`` are
+    written as ``folder/mask.h5``; the file list names the run's first data file.
+    """
+    import h5py
+    import numpy as np
+
+    from sxlab.geometry import PanelMask
+    from sxlab.io import write_cell, write_geom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mask_file = folder / "mask.h5"
+    with h5py.File(master, "r") as f:
+        pixel_mask = np.asarray(f["/entry/instrument/detector/pixel_mask"])
+    bad = (~mask.good) | (pixel_mask != 0)
+    with h5py.File(mask_file, "w") as f:
+        f["/mask"] = bad.astype(np.uint8)
+    data_file = sorted(master.parent.glob(master.name.replace("_master", "_data_*")))[0]
+    panels = tuple(p.replace(data="/entry/data/data", flag_morethan=65534.0,
+                             masks=(PanelMask("/mask", str(mask_file), 0, 1),))
+                   for p in det.panels)
+    geom = folder / "crystfel.geom"
+    write_geom(det.replace(panels=panels), geom)
+    cell_file = folder / "cell.cell"
+    write_cell(cell, cell_file)
+    files = folder / "files.lst"
+    files.write_text(f"{data_file}\n")
+    return geom, cell_file, files
+
+
+# ================================================================================ data
+def simulated_run(recipe: str, n_frames: int, *, log=None) -> Path:
+    """Master file of ``n_frames`` frames of a registry recipe, simulated once and cached.
+
+    Written with :mod:`sxlab.simulate` (bitshuffle-LZ4 NXmx, one data file) under
+    ``$SXLAB_CACHE/bench_runs/<recipe>-<n_frames>-<recipe hash>``; ``log`` (a callable)
+    is told when frames are simulated.
+    """
+    import shutil
+
+    import sxlab as sx
+
+    info = sx.datasets.info(recipe)
+    folder = sx.datasets.cache_dir() / "bench_runs" / f"{recipe}-{n_frames}-{info.recipe_hash}"
+    master = folder / f"{recipe}_master.h5"
+    if (folder / "complete").exists():
+        return master
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if log is not None:
+        log(f"simulating {n_frames} frames of {recipe} into {folder}")
+    sx.datasets.simulator(info).write(master, n_frames, frames_per_file=n_frames,
+                                      progress=False)
+    (folder / "complete").write_text("ok\n")
+    return master
+
+
 # ============================================================================== timing
 def time_runs(fn, runs: int, *, warmup: int = 1, setup=None):
     """Call ``fn()`` ``warmup`` times untimed, then ``runs`` times timed.

@@ -232,39 +232,6 @@ def refined_geometry(peaks: list, det, cell, multi: bool):
 
 
 # ========================================================================== CrystFEL
-def crystfel_version(bindir: Path) -> str:
-    out = subprocess.run([str(bindir / "indexamajig"), "--version"], capture_output=True,
-                         text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip()
-
-
-def crystfel_inputs(folder: Path, master: Path, det, mask, cell) -> tuple[Path, Path, Path]:
-    """CrystFEL geometry (with the mask as a mask file), cell file and file list."""
-    import h5py
-
-    from sxlab.geometry import PanelMask
-    from sxlab.io import write_cell, write_geom
-
-    folder.mkdir(parents=True, exist_ok=True)
-    mask_file = folder / "mask.h5"
-    with h5py.File(master, "r") as f:
-        pixel_mask = np.asarray(f["/entry/instrument/detector/pixel_mask"])
-    bad = (~mask.good) | (pixel_mask != 0)
-    with h5py.File(mask_file, "w") as f:
-        f["/mask"] = bad.astype(np.uint8)
-    data_file = sorted(master.parent.glob(master.name.replace("_master", "_data_*")))[0]
-    panels = tuple(p.replace(data="/entry/data/data", flag_morethan=65534.0,
-                             masks=(PanelMask("/mask", str(mask_file), 0, 1),))
-                   for p in det.panels)
-    geom = folder / "crystfel.geom"
-    write_geom(det.replace(panels=panels), geom)
-    cell_file = folder / "cell.cell"
-    write_cell(cell, cell_file)
-    files = folder / "files.lst"
-    files.write_text(f"{data_file}\n")
-    return geom, cell_file, files
-
-
 def run_crystfel(bindir: Path, folder: Path, geom: Path, cell_file: Path, files: Path,
                  multi: bool):
     """indexamajig on the set: (crystals, index CPU s per indexed frame, peaks per frame)."""
@@ -367,7 +334,7 @@ def run_set(name: str, n_frames: int, root: Path, bindir: Path | None, modes) ->
             f"{rows[-1]['correct']}/{rows[-1]['lattices']} correct")
     if bindir is not None:
         folder = master.parent / "crystfel"
-        geom, cell_file, files = crystfel_inputs(folder, master, det, mask, cell)
+        geom, cell_file, files = _common.crystfel_inputs(folder, master, det, mask, cell)
         crystals, per_hit, cf_n = run_crystfel(bindir, folder, geom, cell_file, files, multi)
         hits = truth.frames.frame[truth.frames.hit]
         cf_peaks = float(np.median(cf_n.reindex(hits).fillna(0)))
@@ -434,7 +401,7 @@ def main(argv=None) -> None:
     bindir = None if args.no_crystfel else _common.crystfel_bindir("indexamajig")
     crystfel = None
     if bindir is not None:
-        crystfel = f"{crystfel_version(bindir)} ({bindir}/indexamajig)"
+        crystfel = f"{_common.crystfel_version(bindir)} ({bindir}/indexamajig)"
     elif not args.no_crystfel:
         log("indexamajig not found: CrystFEL columns left out")
     rows = []

@@ -3,7 +3,7 @@
 For each detector (EIGER X 4M, 2070 × 2167 px, and EIGER2 X 16M, 4148 × 4362 px) the
 script simulates one run with :mod:`sxlab.simulate` (lysozyme, 200 frames, 50 % hits,
 bitshuffle-LZ4 NXmx; the recipes ``lysozyme-4m`` / ``lysozyme-16m`` of the data-set
-registry with more frames), cached under ``$SXLAB_CACHE/bench_pipeline``. Then, for each
+registry with more frames), cached under ``$SXLAB_CACHE/bench_runs``. Then, for each
 mode (``normal``; ``fast`` = the fast peak search and fast asdf in both programs):
 
 * **start-up**: a fresh Python process imports ``sxlab.cli``, builds the ``sxlab process``
@@ -48,7 +48,6 @@ _common.single_threaded()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -68,22 +67,8 @@ def log(msg: str) -> None:
 
 # =============================================================================== data
 def dataset(key: str, n_frames: int) -> Path:
-    """The master file of ``n_frames`` frames of the registry recipe (written once)."""
-    import sxlab as sx
-
-    info = sx.datasets.info(DETECTORS[key])
-    root = sx.datasets.cache_dir() / "bench_pipeline"
-    folder = root / f"{info.name}-{n_frames}-{info.recipe_hash}"
-    master = folder / f"{info.name}_master.h5"
-    if (folder / "complete").exists():
-        return master
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    log(f"simulating {n_frames} frames of {info.name} into {folder}")
-    sx.datasets.simulator(info).write(master, n_frames, frames_per_file=n_frames,
-                                      progress=False)
-    (folder / "complete").write_text("ok\n")
-    return master
+    """The master file of ``n_frames`` frames of the detector's recipe (written once)."""
+    return _common.simulated_run(DETECTORS[key], n_frames, log=log)
 
 
 def params_for(master: Path, mode: str):
@@ -207,31 +192,12 @@ def sxlab_figures(master: Path, params_file: Path, n_frames: int, truth_hit) -> 
 # ========================================================================== CrystFEL
 def crystfel_inputs(folder: Path, master: Path, params):
     """Geometry (static mask as a mask file), cell file and file list for indexamajig."""
-    import h5py
-    import numpy as np
-
-    from sxlab.geometry import PanelMask
-    from sxlab.io import open_run, write_cell, write_geom
+    from sxlab.io import open_run
     from sxlab.masks import build_mask
 
     det = open_run(master).geometry
-    mask = build_mask(det, params.mask)
-    with h5py.File(master, "r") as f:
-        pixel_mask = np.asarray(f["/entry/instrument/detector/pixel_mask"])
-    mask_file = folder / "mask.h5"
-    with h5py.File(mask_file, "w") as f:
-        f["/mask"] = ((~mask.good) | (pixel_mask != 0)).astype(np.uint8)
-    data_file = sorted(master.parent.glob(master.name.replace("_master", "_data_*")))[0]
-    panels = tuple(p.replace(data="/entry/data/data", flag_morethan=65534.0,
-                             masks=(PanelMask("/mask", str(mask_file), 0, 1),))
-                   for p in det.panels)
-    geom = folder / "crystfel.geom"
-    write_geom(det.replace(panels=panels), geom)
-    cell_file = folder / "cell.cell"
-    write_cell(params.cell, cell_file)
-    files = folder / "files.lst"
-    files.write_text(f"{data_file}\n")
-    return geom, cell_file, files
+    return _common.crystfel_inputs(folder, master, det, build_mask(det, params.mask),
+                                   params.cell)
 
 
 def crystfel_figures(bindir: Path, master: Path, params, mode: str, truth_hit) -> dict:
@@ -278,12 +244,6 @@ def crystfel_figures(bindir: Path, master: Path, params, mode: str, truth_hit) -
             "whole_cpu_s": res["cpu_s"], "whole_rss_mb": res["rss_mb"],
             "indexed": int((frames.n_crystals > 0).sum()) if "n_crystals" in frames
             else -1}
-
-
-def crystfel_version(bindir: Path) -> str:
-    out = subprocess.run([str(bindir / "indexamajig"), "--version"], capture_output=True,
-                         text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip()
 
 
 def crystfel_startup(bindir: Path, master: Path, params) -> dict:
@@ -409,7 +369,7 @@ def main() -> None:
                          "sxlab": s, "crystfel": c})
     header = ["# Whole-process speed and memory: sxlab process vs CrystFEL indexamajig", ""]
     header += [f"- {line}" for line in _common.machine_description(load_start, memory=True)]
-    header.append("- CrystFEL: " + (crystfel_version(bindir) if bindir else
+    header.append("- CrystFEL: " + (_common.crystfel_version(bindir) if bindir else
                                     "not found (leave out with --no-crystfel)"))
     header.append("- one worker each (`sxlab process -j 1`, `indexamajig -j 1`); CPU = user "
                   "+ sys; start-up = CPU of a process up to its first frame (CrystFEL: a "

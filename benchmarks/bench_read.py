@@ -4,7 +4,7 @@ For an EIGER X 1M (1030 × 1065), X 4M (2070 × 2167) and EIGER2 X 16M (4148 × 
 detector the script simulates 20 frames with :mod:`sxlab.simulate` (the registry recipes
 ``lysozyme-demo``, ``lysozyme-4m`` and ``lysozyme-16m``; uint16 or uint32 bitshuffle-LZ4
 NXmx, one chunk per frame, as an EIGER writes them), cached under
-``$SXLAB_CACHE/bench_read``, and times per frame (CPU, one thread, median over frames
+``$SXLAB_CACHE/bench_runs``, and times per frame (CPU, one thread, median over frames
 and runs after a warm-up):
 
 * **decode floor**: the raw bitshuffle-LZ4 decode of each frame's chunk, already in
@@ -71,20 +71,7 @@ def log(msg: str) -> None:
 
 
 def dataset(key: str, n_frames: int) -> Path:
-    import sxlab as sx
-
-    info = sx.datasets.info(DETECTORS[key])
-    folder = sx.datasets.cache_dir() / "bench_read" / f"{key}-{n_frames}-{info.recipe_hash}"
-    master = folder / f"{key}_master.h5"
-    if (folder / "complete").exists():
-        return master
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    log(f"simulating {n_frames} frames of {info.name}")
-    sx.datasets.simulator(info).write(master, n_frames, frames_per_file=n_frames,
-                                      progress=False)
-    (folder / "complete").write_text("ok\n")
-    return master
+    return _common.simulated_run(DETECTORS[key], n_frames, log=log)
 
 
 def per_frame(fn, n: int, runs: int) -> float:

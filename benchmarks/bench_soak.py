@@ -2,7 +2,7 @@
 
 One worker (this process, one thread) prepares once (:func:`sxlab.prepare`) and then
 loops ``N`` times over the frames of a simulated run (lysozyme, 50 % hits,
-bitshuffle-LZ4 NXmx; 20 frames cached under ``$SXLAB_CACHE/bench_soak``), each time
+bitshuffle-LZ4 NXmx; 20 frames cached under ``$SXLAB_CACHE/bench_runs``), each time
 doing what the batch worker does per frame: :func:`sxlab.pipeline.read_frame` (into the
 worker's reused arrays), :func:`sxlab.process_frame` (peaks, hit, index, integrate, the frame's
 tables and profile), results dropped as a worker drops them once shipped. Recorded per
@@ -28,11 +28,12 @@ _common.single_threaded()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 DETECTORS = {"1m": "lysozyme-demo", "4m": "lysozyme-4m"}
 N_DATA = 20
@@ -45,21 +46,6 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def dataset(key: str) -> Path:
-    import sxlab as sx
-
-    info = sx.datasets.info(DETECTORS[key])
-    folder = sx.datasets.cache_dir() / "bench_soak" / f"{key}-{N_DATA}-{info.recipe_hash}"
-    master = folder / f"{key}_master.h5"
-    if not (folder / "complete").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        sx.datasets.simulator(info).write(master, N_DATA, frames_per_file=N_DATA,
-                                          progress=False)
-        (folder / "complete").write_text("ok\n")
-    return master
-
-
 def soak(master: Path, n_frames: int, progress: bool) -> dict:
     from sxlab.demo import demo_params
     from sxlab.io import open_run
@@ -69,19 +55,22 @@ def soak(master: Path, n_frames: int, progress: bool) -> dict:
     run = open_run(master)
     ctx = prepare(run.geometry, demo_params(Truth.load(master)))
     n_data = len(run)
-    cpu, hit, rss = [], [], []
+    # preallocated, so that the bookkeeping does not grow the process as it goes
+    cpu = np.zeros(n_frames)
+    hit = np.zeros(n_frames, bool)
+    rss = []
     t_start = time.perf_counter()
     for k in range(n_frames):
         i = k % n_data
         c0 = time.process_time()
         image, bad, attrs = read_frame(run, i, ctx)
         res = process_frame(image, bad, ctx, frame=k, attrs=attrs)
-        cpu.append(time.process_time() - c0)
-        hit.append(bool(res.frame["hit"]))
+        cpu[k] = time.process_time() - c0
+        hit[k] = res.frame["hit"]
         if k % 100 == 0:
             rss.append((k, rss_mb()))
             if progress and k % 5000 == 0:
-                recent = 1e3 * statistics.median(cpu[-5000:])
+                recent = 1e3 * statistics.median(cpu[max(k - 5000, 0):k + 1])
                 print(f"[bench_soak] {k} frames, {rss[-1][1]:.1f} MB, median of the last "
                       f"5000: {recent:.2f} ms CPU", file=sys.stderr, flush=True)
     rss.append((n_frames, rss_mb()))
@@ -92,8 +81,8 @@ def soak(master: Path, n_frames: int, progress: bool) -> dict:
     rss_first = next(v for k, v in rss if k >= min(n_data + tenth, n_frames))
     med = statistics.median
     return {
-        "frames": n_frames, "hits": int(sum(hit)), "wall_s": wall,
-        "cpu_s": sum(cpu),
+        "frames": n_frames, "hits": int(hit.sum()), "wall_s": wall,
+        "cpu_s": float(cpu.sum()),
         "first_ms": 1e3 * med(first), "last_ms": 1e3 * med(last),
         "slowdown": med(last) / med(first) - 1,
         "rss_first_mb": rss_first, "rss_end_mb": rss[-1][1],
@@ -118,7 +107,7 @@ def main() -> None:
     if args.out is None and os.environ.get("SXLAB_BENCH_OUT"):
         args.out = Path(os.environ["SXLAB_BENCH_OUT"])
     load_start = _common.load_average()
-    master = dataset(args.detector)
+    master = _common.simulated_run(DETECTORS[args.detector], N_DATA)
     r = soak(master, n, progress=True)
     lines = [f"# Soak: {n} frames through one worker ({args.detector} detector, "
              f"{N_DATA} frames looped, {r['hits']} hits)", ""]

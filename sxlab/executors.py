@@ -10,6 +10,13 @@ run) on the executor a caller names, the same way for every pass over a run
 * ``"threads"``: a thread pool (for work that releases the GIL, or overlaps reading);
 * a ``dask.distributed.Client``: its cluster.
 
+Worker processes of the local pool die with the process that started them: each asks the
+kernel to kill it when its parent dies (Linux ``PR_SET_PDEATHSIG``) and watches its
+parent's id as well (elsewhere), so a killed ``sxlab process`` leaves no worker behind.
+They ignore Ctrl-C (SIGINT, sent to the whole terminal process group): the caller gets the
+KeyboardInterrupt, and the pool's processes are terminated at once instead of finishing
+their tasks, whenever the caller stops iterating early or an exception passes through.
+
 Each worker (process, thread, or thread of a Dask worker) calls ``setup(worker_id)`` once,
 before its first task, and keeps what it returns (prepared objects, reopened files) for
 its later tasks: prepared objects are not shared between threads. A task may report
@@ -28,15 +35,18 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
 import os
 import queue as queue_module
+import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["EXECUTORS", "map_unordered", "mp_start_method"]
+__all__ = ["EXECUTORS", "die_with_parent", "map_unordered", "mp_start_method"]
 
 #: Executor names; a ``dask.distributed.Client`` is accepted too.
 EXECUTORS = ("serial", "local", "threads")
@@ -76,7 +86,38 @@ def _is_dask_client(executor) -> bool:
     return hasattr(executor, "submit") and hasattr(executor, "scatter")
 
 
-def _init_process(setup, ids, reports) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this (worker) process end when process ``parent`` ends, and ignore Ctrl-C.
+
+    Linux delivers SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a daemon
+    thread also checks the parent id twice a second (any platform, and the case of a
+    parent that died before this was set up).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="sxlab-parent-watch").start()
+
+
+def _init_process(setup, ids, reports, parent) -> None:
+    die_with_parent(parent)
     _STATE["state"] = setup(ids.get())
     _STATE["report"] = reports.put if reports is not None else _noop
 
@@ -114,8 +155,22 @@ def _drain(reports, progress, timeout: float) -> None:
         timeout = 0.0
 
 
+def _terminate(pool) -> None:
+    """Stop a pool at once: cancel what has not started, end worker processes."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    processes = getattr(pool, "_processes", None) or {}  # stdlib has no public handle
+    for p in list(processes.values()):
+        if p.is_alive():
+            p.terminate()
+    for p in list(processes.values()):
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+
+
 def _pooled(pool, futures: dict, reports, progress) -> Iterator[tuple[int, object]]:
-    with pool:
+    finished = False
+    try:
         pending = set(futures)
         while pending:
             done, pending = cf.wait(pending, timeout=0.1, return_when=cf.FIRST_COMPLETED)
@@ -125,6 +180,12 @@ def _pooled(pool, futures: dict, reports, progress) -> Iterator[tuple[int, objec
                 yield futures[fut], fut.result()
         if reports is not None:
             _drain(reports, progress, 0.0)
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:  # an exception, Ctrl-C, or the caller stopped iterating
+            _terminate(pool)
 
 
 def map_unordered(task_fn: Callable, tasks: Iterable, *, setup: Callable,
@@ -180,7 +241,7 @@ def map_unordered(task_fn: Callable, tasks: Iterable, *, setup: Callable,
             ids.put(k)
         reports = ctx.Queue()
         pool = cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_process,
-                                      initargs=(setup, ids, reports))
+                                      initargs=(setup, ids, reports, os.getpid()))
         try:
             futures = {pool.submit(_run_in_process, task_fn, t): i
                        for i, t in enumerate(tasks)}

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import html
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -30,15 +31,102 @@ __all__ = [
     "BadRegion",
     "Detector",
     "DetectorMaps",
+    "HeaderValue",
     "Panel",
     "PanelMask",
     "builtin_geometry",
     "builtin_names",
+    "electron_wavelength_A",
     "mark_lab_region",
 ]
 
 #: h·c in eV·Å, for photon energy <-> wavelength.
 HC_EV_A = 12398.419843320026
+
+_PLANCK_J_S = 6.62607015e-34
+_ELECTRON_MASS_KG = 9.1093837015e-31
+_ELEMENTARY_CHARGE_C = 1.602176634e-19
+_SPEED_OF_LIGHT_M_S = 299792458.0
+
+
+def electron_wavelength_A(voltage_V: float) -> float:
+    """Relativistic de Broglie wavelength (Å) of electrons accelerated through ``voltage_V``.
+
+    Examples
+    --------
+    >>> round(electron_wavelength_A(300e3), 6)
+    0.019687
+    """
+    energy_J = _ELEMENTARY_CHARGE_C * voltage_V
+    rest_J = _ELECTRON_MASS_KG * _SPEED_OF_LIGHT_M_S**2
+    momentum = math.sqrt(2.0 * _ELECTRON_MASS_KG * energy_J * (1.0 + energy_J / (2.0 * rest_J)))
+    return _PLANCK_J_S / momentum * 1e10
+
+
+#: Units of a header-referenced beam value and the wavelength (Å) each gives.
+_BEAM_UNITS: dict[str, Callable[[float], float]] = {
+    "eV": lambda v: HC_EV_A / v,
+    "keV": lambda v: HC_EV_A / (v * 1e3),
+    "m": lambda v: v * 1e10,
+    "A": lambda v: v,
+    "V": electron_wavelength_A,
+    "kV": lambda v: electron_wavelength_A(v * 1e3),
+}
+#: Units of a header-referenced length (camera length, detector shift) in metres.
+_LENGTH_UNITS = {"m": 1.0, "mm": 1e-3}
+
+
+@dataclass(frozen=True)
+class HeaderValue:
+    """A value read for each frame from its data file (CrystFEL's header references).
+
+    A CrystFEL geometry may take the beam energy, the camera length and the detector
+    shifts from the data files, e.g. ``photon_energy = /LCLS/photon_energy eV`` or
+    ``clen = /LCLS/detector_1/EncoderValue mm``: the dataset is a scalar (or an array
+    with one element) for the whole file, or holds one value per frame of the file.
+
+    Parameters
+    ----------
+    path : str
+        HDF5 dataset path.
+    unit : str
+        ``eV``, ``keV`` (photon energy), ``m``, ``A`` (wavelength), ``V``, ``kV``
+        (electron acceleration voltage) for the beam; ``m`` or ``mm`` for lengths.
+
+    Examples
+    --------
+    >>> HeaderValue("/LCLS/photon_energy", "keV").wavelength_A(12.39842)
+    1.0
+    """
+
+    path: str
+    unit: str
+
+    def __post_init__(self):
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValueError(f"a header value needs an HDF5 path starting with '/', got "
+                             f"{self.path!r}")
+        if self.unit not in _BEAM_UNITS and self.unit not in _LENGTH_UNITS:
+            raise ValueError(f"unknown unit {self.unit!r} of header value {self.path}")
+
+    def wavelength_A(self, value: float) -> float:
+        """The wavelength (Å) a beam value in this unit gives."""
+        if self.unit not in _BEAM_UNITS:
+            raise ValueError(f"{self.path}: unit {self.unit!r} is not a beam unit")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{self.path}: expected a positive beam value, got {value}")
+        return round(_BEAM_UNITS[self.unit](float(value)), 12)
+
+    def metres(self, value: float) -> float:
+        """A length in this unit, in metres."""
+        if self.unit not in _LENGTH_UNITS:
+            raise ValueError(f"{self.path}: unit {self.unit!r} is not a length unit")
+        if not math.isfinite(value):
+            raise ValueError(f"{self.path}: expected a finite length, got {value}")
+        return float(value) * _LENGTH_UNITS[self.unit]
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.unit}"
 
 Vec3 = tuple[float, float, float]
 
@@ -68,8 +156,10 @@ class Beam:
         photon energy (CrystFEL's ``bandwidth``).
     divergence_rad : float
         Full beam divergence in radians.
-    photon_energy_path : str or None
-        HDF5 path to read the photon energy (eV) from per frame, as CrystFEL allows.
+    wavelength_from : HeaderValue or None
+        Where each frame's beam energy or wavelength is read from (its unit says which),
+        as a CrystFEL geometry allows; :meth:`Detector.resolved` puts it in
+        ``wavelength_A``.
 
     Examples
     --------
@@ -80,7 +170,13 @@ class Beam:
     wavelength_A: float
     bandwidth: float = 0.0
     divergence_rad: float = 0.0
-    photon_energy_path: str | None = None
+    wavelength_from: HeaderValue | None = None
+
+    @property
+    def photon_energy_path(self) -> str | None:
+        """The header path of a per-frame photon energy (eV or keV), if that is the source."""
+        w = self.wavelength_from
+        return w.path if w is not None and w.unit in ("eV", "keV") else None
 
     @classmethod
     def from_photon_energy(cls, energy_eV: float, **kwargs) -> Beam:
@@ -436,10 +532,12 @@ class Detector:
         Hierarchical panel groups (CrystFEL ``group_<name> = a,b``), the top one ``all``.
     rigid_groups, rigid_group_collections : sequence of (name, members)
         Pre-0.11 CrystFEL group syntax, kept so that such files round-trip.
-    clen_path : str or None
-        HDF5 path to read the camera length from (when ``clen`` is not a number).
-    detector_shift_x_path, detector_shift_y_path : str or None
-        Header paths of detector shifts (CrystFEL ``detector_shift_x/y``).
+    clen_from : HeaderValue or None
+        Where each frame's camera length is read from (when ``clen`` is not a number;
+        the panels' ``clen`` is then NaN).
+    detector_shift_x_from, detector_shift_y_from : HeaderValue or None
+        Where each frame's detector shift (CrystFEL ``detector_shift_x/y``) is read from:
+        every panel moves by it in the lab x / y direction.
     peak_list, peak_list_type : str or None
         Location and type of pre-found peaks in the data files.
     name : str
@@ -466,9 +564,9 @@ class Detector:
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     rigid_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     rigid_group_collections: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    clen_path: str | None = None
-    detector_shift_x_path: str | None = None
-    detector_shift_y_path: str | None = None
+    clen_from: HeaderValue | None = None
+    detector_shift_x_from: HeaderValue | None = None
+    detector_shift_y_from: HeaderValue | None = None
     peak_list: str | None = None
     peak_list_type: str | None = None
     name: str = ""
@@ -513,6 +611,68 @@ class Detector:
     def replace(self, **changes) -> Detector:
         """Copy with fields replaced (maps are recomputed lazily)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def clen_path(self) -> str | None:
+        """Header path of a per-frame camera length (:attr:`clen_from`), if any."""
+        return None if self.clen_from is None else self.clen_from.path
+
+    @property
+    def detector_shift_x_path(self) -> str | None:
+        return None if self.detector_shift_x_from is None else self.detector_shift_x_from.path
+
+    @property
+    def detector_shift_y_path(self) -> str | None:
+        return None if self.detector_shift_y_from is None else self.detector_shift_y_from.path
+
+    @property
+    def header_values(self) -> tuple[HeaderValue, ...]:
+        """The values this geometry reads from each frame's data file."""
+        return tuple(v for v in (self.beam.wavelength_from, self.clen_from,
+                                 self.detector_shift_x_from, self.detector_shift_y_from)
+                     if v is not None)
+
+    def resolved(self, read: Callable[[HeaderValue], float]) -> Detector:
+        """The geometry of one frame: header values read and put in place.
+
+        Parameters
+        ----------
+        read : callable
+            ``read(header_value) -> float``: the frame's value at ``header_value.path``
+            (in the header value's unit).
+
+        Returns
+        -------
+        Detector
+            With ``beam.wavelength_A``, every panel's ``clen`` and the panel corners
+            (detector shifts) set, and no header values left; ``self`` when it has none.
+
+        Examples
+        --------
+        >>> det = builtin_geometry("eiger1m").replace(clen_from=HeaderValue("/clen", "mm"))
+        >>> det.resolved(lambda value: 120.0).panels[0].clen
+        0.12
+        """
+        if not self.header_values:
+            return self
+        beam = self.beam
+        if beam.wavelength_from is not None:
+            w = beam.wavelength_from
+            beam = dataclasses.replace(beam, wavelength_A=w.wavelength_A(read(w)),
+                                       wavelength_from=None)
+        panels = self.panels
+        if self.clen_from is not None:
+            clen = self.clen_from.metres(read(self.clen_from))
+            panels = tuple(p.replace(clen=clen) for p in panels)
+        for attr, axis in (("detector_shift_x_from", "corner_x"),
+                           ("detector_shift_y_from", "corner_y")):
+            source = getattr(self, attr)
+            if source is not None:
+                shift_m = source.metres(read(source))
+                panels = tuple(p.replace(**{axis: getattr(p, axis) + shift_m * p.res})
+                               for p in panels)
+        return self.replace(beam=beam, panels=panels, clen_from=None,
+                            detector_shift_x_from=None, detector_shift_y_from=None)
 
     @property
     def maps(self) -> DetectorMaps:

@@ -504,6 +504,10 @@ def radial_profile(image, geometry: Detector, mask: Mask | None = None, *, axis:
 
 
 # ========================================================================= solvent
+#: Pixels per block of the solvent-band search (bounds its temporaries).
+_BAND_BLOCK = 1 << 20
+
+
 class SolventRatio:
     """Prepared solvent-ring test: mean intensity at the water ring over that at low angle.
 
@@ -560,18 +564,21 @@ class SolventRatio:
         self.width_deg = float(width_deg)
         shape = tuple(geometry.data_shape)
         static_bad = bad_pixels(mask, None, shape)
-        tt = np.rad2deg(geometry.maps.two_theta_rad.reshape(-1))
-        ok = np.isfinite(tt)
-        if static_bad is not None:
-            ok &= ~static_bad.reshape(-1)
+        two_theta = geometry.maps.two_theta_rad.reshape(-1)
+        bad_flat = None if static_bad is None else static_bad.reshape(-1)
         half = 0.5 * self.width_deg
-        def band(angle, dev):
-            np.subtract(tt, angle, out=dev)  # |2θ - angle| into ``dev``
-            np.abs(dev, out=dev)
-            return np.flatnonzero(ok & (dev <= half))
-
-        self._high = band(self.two_theta_high_deg, np.empty_like(tt))
-        self._low = band(self.two_theta_low_deg, tt)  # the last use of tt: overwritten
+        high, low = [], []
+        for start in range(0, two_theta.size, _BAND_BLOCK):  # small temporaries
+            stop = min(start + _BAND_BLOCK, two_theta.size)
+            tt = np.rad2deg(two_theta[start:stop])
+            ok = np.isfinite(tt)
+            if bad_flat is not None:
+                ok &= ~bad_flat[start:stop]
+            for angle, found in ((self.two_theta_high_deg, high),
+                                 (self.two_theta_low_deg, low)):
+                found.append(start + np.flatnonzero(ok & (np.abs(tt - angle) <= half)))
+        self._high = np.concatenate(high) if high else np.zeros(0, np.intp)
+        self._low = np.concatenate(low) if low else np.zeros(0, np.intp)
         self.n_high, self.n_low = int(self._high.size), int(self._low.size)
         self._shape = shape
 

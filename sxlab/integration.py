@@ -117,6 +117,8 @@ class IntegrationParams(FrozenParams):
     partiality_model: str = "xsphere"
     saturation: float | None = None
 
+    _LIMITS = {"push_res_invA": "(-inf, inf]", "saturation": "(0, inf]"}
+
     def __post_init__(self):
         radii = tuple(float(r) for r in self.radii)
         if len(radii) != 3 or not all(math.isfinite(r) for r in radii):

@@ -1306,6 +1306,10 @@ class MaskParams(FrozenParams):
     mask_dataset: str | None = None
     mask_badbits: int = 1
 
+    _LIMITS = {"beamstop_radius_px": "[0, inf)", "beamstop_rod_width_px": "[0, inf)",
+               "beamstop_rod_angle_deg": "[-360, 360]", "d_min_A": "(0, inf)",
+               "d_max_A": "(0, inf]", "edge_pixels": "[0, inf)", "mask_badbits": "[0, inf)"}
+
 
 def build_mask(geometry: Detector, params: MaskParams | None = None) -> Mask:
     """The static mask of a trial: the geometry's bad pixels and those of ``params``.

@@ -4,8 +4,17 @@
 see :data:`sxlab.tables.REFLECTIONS`) into one intensity per symmetry-unique
 reflection, as CrystFEL's partialator does with its ``unity`` model:
 
+0. **cells**: given the crystals table, each crystal's cell is checked against the space
+   group's lattice; a crystal indexed in another setting of a lattice of the right kind
+   (a triclinic basis of a tetragonal lattice, axes in another order) is reindexed to
+   the conventional setting (:func:`sxlab.lattice.bravais_setting`), one whose lattice
+   is of another kind is rejected, as is one whose cell is far from the others'; the
+   merge refuses to go on when most crystals are rejected;
 1. **selection**: flagged, saturated, non-finite and (with partiality correction) low
    partiality observations are left out, as are those outside the resolution limits;
+   each crystal's indices must give the measured ``d_A`` with the cell used (given,
+   or fitted to ``d_A`` and said so in ``notes``): crystals whose indices do not are
+   rejected, and most crystals failing stops the merge (:class:`MergeError`);
 2. **asymmetric unit**: every observation is mapped to gemmi's reciprocal asymmetric
    unit of the Laue group (``anomalous=False``) or to that unit and its Friedel mate
    (``anomalous=True``, I(+) and I(-) kept apart) by one table look-up of all its
@@ -19,7 +28,8 @@ reflection, as CrystFEL's partialator does with its ``unity`` model:
 5. **Monte Carlo merge**: the mean of the scaled observations of each unique reflection;
 6. **statistics** in resolution shells of equal reciprocal volume
    (:func:`merging_statistics`): completeness, multiplicity, ⟨I/σ⟩, CC1/2, CC*,
-   Rsplit, and the resolution where CC* falls below 0.5 (:func:`cc_star_resolution`).
+   Rsplit, and the resolution where CC* falls below 0.5 (:func:`cc_star_resolution`);
+   the shells never reach beyond the highest resolution of the observations.
 
 The notebook spelling is ``sx.merge(reflections, "P43212")``, this module's :func:`merge`.
 """
@@ -46,6 +56,7 @@ from .symmetry import (
 )
 
 __all__ = [
+    "MergeError",
     "MergeParams",
     "MergeResult",
     "ambiguity_operators",
@@ -179,6 +190,18 @@ MAX_OBLIQUITY_DEG = 3.0
 _GAUSS_NEWTON_STEPS = 20
 #: Fewest reflections measured in both halves for a CC1/2 (NaN with fewer).
 MIN_PAIRS = 10
+#: A crystal's indices fit the cell when the median of |d(cell, hkl) / d_A - 1| over its
+#: observations is at most this.
+D_FIT_TOLERANCE = 0.02
+#: A crystal's cell agrees with the others' when every edge is within this fraction, and
+#: every angle within ``CELL_ANGLE_TOLERANCE_DEG``, of their median (after reindexing).
+CELL_LENGTH_TOLERANCE = 0.05
+CELL_ANGLE_TOLERANCE_DEG = 3.0
+
+
+class MergeError(ValueError):
+    """Reflections that cannot be merged as asked (most crystals do not fit the space group
+    or the cell); the message says how many and why."""
 _REQUIRED = ("frame", "crystal", "h", "k", "l", "I", "sigma")
 
 
@@ -587,6 +610,10 @@ class MergeResult(tuple):
         Operators the resolver chose from besides the identity (empty: none was run).
     ambiguity_changes : list of int
         Crystals that changed setting in each pass after the first.
+    notes : list of str
+        What the merge decided that a user should know: the cell and where it came from
+        (given, or fitted to the observations' resolutions), crystals reindexed into the
+        space group's setting or rejected and why.
     counts : dict
         Observations ``read``; left out as ``flagged``, ``above_max_adu``,
         ``invalid_intensity`` (non-finite I or σ, σ <= 0), ``low_partiality``,
@@ -693,6 +720,200 @@ def _select(reflections: pd.DataFrame, *, reject_flags, max_adu, partiality,
         low = ~(p >= min_partiality)
         counts["low_partiality"] = int(np.count_nonzero(low & keep))
         keep &= ~low
+    return keep
+
+
+_BASIS_COLUMNS = [f"{v}star_{x}" for v in "abc" for x in "xyz"]
+
+
+def _cell_text(parameters) -> str:
+    a, b, c, al, be, ga = parameters
+    return f"{a:.2f} {b:.2f} {c:.2f} Å {al:.2f} {be:.2f} {ga:.2f}°"
+
+
+def _target_lattice(sg) -> UnitCell:
+    """A unit cell carrying the lattice type, centering and unique axis of a space group."""
+    return UnitCell(1.0, 1.0, 1.0, space_group=sg.xhm() if sg.ext == "R" else sg.hm)
+
+
+def _crystal_settings(crystals: pd.DataFrame, sg) -> tuple[np.ndarray, list[str], list]:
+    """Per crystal: the index transformation into the space group's setting, or why not.
+
+    Returns ``(transforms, reasons, changed_from)``: ``transforms[i]`` is a 3×3 matrix
+    (``hkl_new = hkl @ T.T``; NaN for a rejected crystal), ``reasons[i]`` empty or why
+    crystal ``i`` is rejected, ``changed_from[i]`` the ``(lattice, centering)`` a
+    reindexed crystal had (None when kept as it was).
+    """
+    from .cell import to_primitive
+    from .lattice import bravais_setting, lattice_mismatch
+
+    missing = [c for c in ("frame", "crystal", *_BASIS_COLUMNS) if c not in crystals.columns]
+    if missing:
+        raise KeyError(f"the crystals table lacks the columns {missing}")
+    target = _target_lattice(sg)
+    want = (target.lattice_type, target.centering)
+    astar = crystals[_BASIS_COLUMNS].to_numpy(np.float64).reshape(-1, 3, 3)
+    lattices = (crystals["lattice"].astype(str).to_numpy() if "lattice" in crystals
+                else np.full(len(crystals), "triclinic"))
+    centerings = (crystals["centering"].astype(str).to_numpy() if "centering" in crystals
+                  else np.full(len(crystals), "P"))
+    n = len(crystals)
+    transforms = np.full((n, 3, 3), np.nan)
+    reasons = [""] * n
+    changed: list = [None] * n
+    for i in range(n):
+        lat = lattices[i] if lattices[i] in ("triclinic", "monoclinic", "orthorhombic",
+                                             "tetragonal", "hexagonal", "rhombohedral",
+                                             "cubic") else "triclinic"
+        cen = centerings[i] if centerings[i] in tuple("PABCIFRH") else "P"
+        try:
+            basis = np.linalg.inv(astar[i]).T
+            cell = UnitCell.from_direct_basis(basis)
+        except (ValueError, np.linalg.LinAlgError):
+            reasons[i] = "no valid reciprocal basis"
+            continue
+        if cen == target.centering and lattice_mismatch(
+                cell, *want[:1], target.unique_axis, length_tol=0.02,
+                angle_tol_deg=2.0) is None:
+            transforms[i] = np.eye(3)
+            continue
+        try:
+            prim, u = to_primitive(basis, cen, lattice_type=lat)
+            setting = bravais_setting(prim)
+        except (ValueError, RuntimeError, np.linalg.LinAlgError):
+            reasons[i] = f"{lat} {cen} cell {_cell_text(cell.parameters)} is no lattice"
+            continue
+        fits = (setting.lattice_type, setting.centering) == want or (
+            setting.centering == target.centering and lattice_mismatch(
+                setting.cell, target.lattice_type, target.unique_axis, length_tol=0.02,
+                angle_tol_deg=2.0) is None)
+        if fits:
+            transforms[i] = setting.transform @ u
+            changed[i] = (lat, cen)
+        else:
+            reasons[i] = (f"its lattice is {setting.lattice_type} {setting.centering} "
+                          f"({_cell_text(setting.cell.parameters)}), not "
+                          f"{target.lattice_type} {target.centering}")
+    return transforms, reasons, changed
+
+
+def _reindex_crystals(reflections: pd.DataFrame, crystals: pd.DataFrame, sg, notes: list,
+                      counts: dict):
+    """Put every crystal in the space group's setting (see :func:`merge`, step 0).
+
+    Returns the reflections and crystals in that setting, and a boolean per reflection
+    row: its crystal was rejected.
+    """
+    transforms, reasons, changed = _crystal_settings(crystals, sg)
+    target = _target_lattice(sg)
+    n = len(crystals)
+    ok = np.array([not r for r in reasons], dtype=bool)
+    # the cells in the new setting, checked against their median
+    astar = crystals[_BASIS_COLUMNS].to_numpy(np.float64).reshape(-1, 3, 3)
+    params6 = np.full((n, 6), np.nan)
+    new_astar = astar.copy()
+    for i in np.flatnonzero(ok):
+        basis = transforms[i] @ np.linalg.inv(astar[i]).T
+        new_astar[i] = np.linalg.inv(basis).T
+        params6[i] = UnitCell.from_direct_basis(basis).parameters
+    if ok.any():
+        median = np.median(params6[ok], axis=0)
+        far = ok & ((np.abs(params6[:, :3] / median[:3] - 1) > CELL_LENGTH_TOLERANCE).any(1)
+                    | (np.abs(params6[:, 3:] - median[3:]) > CELL_ANGLE_TOLERANCE_DEG).any(1))
+        for i in np.flatnonzero(far):
+            reasons[i] = (f"its cell {_cell_text(params6[i])} is far from the others' median "
+                          f"{_cell_text(median)}")
+        ok &= ~far
+    n_bad = int(np.count_nonzero(~ok))
+    counts["crystals_cell_rejected"] = n_bad
+    counts["crystals_cell_reindexed"] = int(sum(c is not None for c in np.asarray(
+        changed, dtype=object)[ok]))
+    sg_name = sg.xhm() if sg.ext == "R" else sg.hm
+    if n_bad:
+        why: dict[str, int] = {}
+        for i in np.flatnonzero(~ok):
+            kind = reasons[i].split(" (")[0] if "far from" not in reasons[i] else \
+                "cell far from the others' median"
+            why[kind] = why.get(kind, 0) + 1
+        summary = "; ".join(f"{k}: {v}" for k, v in sorted(why.items(), key=lambda x: -x[1]))
+        if n_bad > n / 2:
+            example = reasons[int(np.flatnonzero(~ok)[0])]
+            raise MergeError(
+                f"{n_bad} of {n} crystals do not fit {sg_name} ({summary}); e.g. "
+                f"frame {int(crystals['frame'].iloc[int(np.flatnonzero(~ok)[0])])}: "
+                f"{example}. Is the space group right? Else process again with the cell "
+                "(sxlab process --cell) or the symmetry (--symmetry)")
+        notes.append(f"{n_bad} of {n} crystals rejected: {summary}")
+    if counts["crystals_cell_reindexed"]:
+        kinds: dict[str, int] = {}
+        for i in np.flatnonzero(ok):
+            if changed[i] is not None:
+                key = " ".join(changed[i])
+                kinds[key] = kinds.get(key, 0) + 1
+        frm = ", ".join(f"{v} {k}" for k, v in kinds.items())
+        notes.append(f"{counts['crystals_cell_reindexed']} crystals reindexed into the "
+                     f"{target.lattice_type} {target.centering} setting of {sg_name} (from "
+                     f"{frm})")
+    # reflections: new indices per crystal
+    key = pd.MultiIndex.from_frame(crystals[["frame", "crystal"]].astype(np.int64))
+    pos = key.get_indexer(pd.MultiIndex.from_arrays([
+        reflections["frame"].to_numpy(np.int64), reflections["crystal"].to_numpy(np.int64)]))
+    unknown = pos < 0
+    counts["crystal_not_in_table"] = int(np.count_nonzero(unknown))
+    t = np.where(unknown[:, None, None], np.eye(3), transforms[np.maximum(pos, 0)])
+    hkl = reflections[["h", "k", "l"]].to_numpy(np.float64)
+    new = np.einsum("nij,nj->ni", t, hkl)
+    rejected = ~unknown & ~ok[np.maximum(pos, 0)]
+    whole = np.all(np.abs(new - np.rint(np.where(np.isfinite(new), new, 0))) < 1e-3, axis=1)
+    rejected |= ~rejected & ~whole
+    new = np.where(rejected[:, None], hkl, np.rint(np.where(np.isfinite(new), new, 0)))
+    out = reflections.copy()
+    out[["h", "k", "l"]] = new.astype(reflections["h"].dtype)
+    xt = crystals.copy()
+    xt[_BASIS_COLUMNS] = new_astar.reshape(-1, 9)
+    for j, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma")):
+        if name in xt:
+            xt[name] = np.where(ok, params6[:, j], xt[name].to_numpy(np.float64))
+    if "lattice" in xt:
+        xt["lattice"] = np.where(ok, target.lattice_type, xt["lattice"].astype(str))
+        xt["centering"] = np.where(ok, target.centering, xt["centering"].astype(str))
+    return out, xt, rejected
+
+
+def _shell_d_min(d_min: float | None, d: np.ndarray) -> float | None:
+    """The shells' high-resolution limit: ``d_min``, but never beyond the data's (1 %)."""
+    if d_min is None or not len(d):
+        return d_min
+    highest = float(np.min(d))
+    return highest if highest > d_min * 1.01 else d_min
+
+
+def _fit_check(hkl, d_a, cidx, n_crystals, gcell, keep, notes, counts, cell_source):
+    """Reject crystals whose indices do not give their measured d with the cell."""
+    d = cell_d_spacings(gcell, hkl)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dev = np.abs(d / d_a - 1.0)
+    usable = keep & np.isfinite(dev)
+    if not usable.any():
+        return keep
+    frame_dev = pd.Series(dev[usable]).groupby(cidx[usable]).median()
+    bad_c = frame_dev.index[frame_dev.to_numpy() > D_FIT_TOLERANCE].to_numpy()
+    n_checked = len(frame_dev)
+    counts["crystals_d_mismatch"] = len(bad_c)
+    overall = float(np.median(dev[usable]))
+    if len(bad_c) > n_checked / 2:
+        raise MergeError(
+            f"{len(bad_c)} of {n_checked} crystals have indices that do not give their "
+            f"measured resolutions with the cell {_cell_text(gcell.parameters)} "
+            f"({cell_source}; median |d(hkl)/d - 1| = {100 * overall:.1f} %): the crystals "
+            "are indexed in another setting or another lattice than the space group's. "
+            "Merge an output directory (its crystals are then checked and reindexed), or "
+            "process again with the cell (sxlab process --cell) or the symmetry (--symmetry)")
+    if len(bad_c):
+        notes.append(f"{len(bad_c)} of {n_checked} crystals rejected: their indices do not "
+                     f"give their measured resolutions with the cell (more than "
+                     f"{100 * D_FIT_TOLERANCE:.0f} % off)")
+        keep = keep & ~np.isin(cidx, bad_c)
     return keep
 
 
@@ -918,9 +1139,11 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam
         ``symmetry``, else the cell whose metric fits ``hkl`` and ``d_A`` of the
         observations best, made to obey the point group.
     crystals : DataFrame, optional
-        The crystals table (:data:`sxlab.tables.CRYSTALS`: ``frame, crystal`` and the
-        reciprocal basis ``astar_x`` ... ``cstar_z``) the reflections were integrated
-        with; needed by post-refinement (``model`` other than ``unity``).
+        The crystals table (:data:`sxlab.tables.CRYSTALS`) the reflections were
+        integrated with: each crystal's cell is checked against the space group's
+        lattice and the others' (step 0 of the module notes), crystals in another
+        setting are reindexed, the others rejected. Post-refinement (``model`` other
+        than ``unity``) needs it with the reciprocal basis ``astar_x`` ... ``cstar_z``.
     beam : Beam or Detector, optional
         Wavelength and bandwidth (a geometry gives its beam); needed by post-refinement.
     params : MergeParams, optional
@@ -1013,8 +1236,16 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam
     p = (params or MergeParams()).replace(**overrides)
     sg, sym_cell = resolve_symmetry(symmetry)
     counts: dict = {}
+    notes: list[str] = []
+    cell_rejected = None
+    if crystals is not None:
+        reflections, crystals, cell_rejected = _reindex_crystals(reflections, crystals, sg,
+                                                                 notes, counts)
     keep = _select(reflections, reject_flags=p.reject_flags, max_adu=p.max_adu,
                    partiality=p.partiality, min_partiality=p.min_partiality, counts=counts)
+    if cell_rejected is not None:
+        counts["cell_rejected"] = int(np.count_nonzero(keep & cell_rejected))
+        keep &= ~cell_rejected
     if cell is None and sym_cell is None:
         if "d_A" not in reflections.columns:
             raise KeyError("pass cell= or give the reflections a 'd_A' column")
@@ -1022,9 +1253,19 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam
             raise ValueError("no usable observation to fit a cell to; pass cell=")
         gcell = _fit_cell(reflections[["h", "k", "l"]].to_numpy(np.int64)[keep],
                           reflections["d_A"].to_numpy(np.float64)[keep], sg)
+        cell_source = (f"fitted to the resolutions (d_A) of {int(keep.sum())} observations "
+                       "and the space group")
     else:
         gcell = as_gemmi_cell(cell if cell is not None else sym_cell)
+        cell_source = "given"
     ucell = UnitCell(*gcell.parameters, space_group=sg.xhm() if sg.ext == "R" else sg.hm)
+    if "d_A" in reflections.columns and keep.any():
+        cidx_all, _, _ = _crystal_index(reflections["frame"].to_numpy(np.int64),
+                                        reflections["crystal"].to_numpy(np.int64))
+        keep = _fit_check(reflections[["h", "k", "l"]].to_numpy(np.int64),
+                          reflections["d_A"].to_numpy(np.float64), cidx_all,
+                          int(cidx_all.max()) + 1, gcell, keep, notes, counts, cell_source)
+    notes.insert(0, f"cell {_cell_text(gcell.parameters)} ({cell_source})")
 
     obs = _observations(reflections, keep, gcell, p.d_min, p.d_max, p.partiality, counts)
     lim = float(obs.d.min()) if len(obs.d) else (p.d_min or 10.0)
@@ -1110,7 +1351,8 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam
     stats = _shell_table(group_d[out], mean[out], sig[out], n[out],
                          np.where(pair, halves[0][1][out], 0.0),
                          np.where(pair, halves[1][1][out], 0.0), pair,
-                         possible_d, possible_w, int(p.n_shells), p.d_min, p.d_max)
+                         possible_d, possible_w, int(p.n_shells),
+                         _shell_d_min(p.d_min, obs.d), p.d_max)
 
     ref = mean[np.where(g >= 0, g, n_groups)]
     scales = tables.SCALES.make({
@@ -1127,7 +1369,7 @@ def merge(reflections: pd.DataFrame, symmetry, *, cell=None, crystals=None, beam
         anomalous=bool(p.anomalous),
         cc_star_resolution_A=float(stats.attrs.get("d_cc_star_A", np.nan)),
         n_reindexed=int(np.count_nonzero(assign != 0)), ambiguity_operators=op_names[1:],
-        ambiguity_changes=[int(c) for c in changes if c >= 0], counts=counts,
+        ambiguity_changes=[int(c) for c in changes if c >= 0], counts=counts, notes=notes,
         postrefinement=refinement,
     )
 

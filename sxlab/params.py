@@ -16,20 +16,29 @@ TOML layout (every key optional; unknown sections or keys are errors naming them
     [hits]      min_peaks = 16, max_peaks (left out: no maximum), solvent_d_high_A = 3.2,
                 solvent_d_low_A = 6.0                              (HitParams)
     [cell]      a = 79.1, b = 79.1, c = 37.9, alpha = 90, beta = 90, gamma = 90,
-                space_group = "P 43 21 2"   (or file = "lyso.cell")
+                space_group = "P 43 21 2"   (or file = "lyso.cell", a CrystFEL cell
+                file or a PDB file with a CRYST1 line; or space_group alone: the
+                symmetry without a reference cell)
     [index]     fast = false, retry = false, multi = false, ...  (IndexParams)
     [integrate] radii = [4.0, 5.0, 7.0], ...                     (IntegrationParams)
     [merge]     scale = true, iterations = 3, n_shells = 20, ...  (MergeParams)
 
-``None`` values (TOML has no null) are simply left out and mean "default".
+``None`` values (TOML has no null) are simply left out and mean "default". Every value
+is checked against its declared type and range (:mod:`sxlab._frozen`): a mistake names
+the file, the section, the key, the value and what was expected.
+:meth:`Params.template` (``sxlab params --template``) writes every key with its default
+and meaning, commented.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
+import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +127,12 @@ class Params:
     stages, mask, peaks, hits, index, integrate, merge
         One frozen section per stage (see the module docstring for the TOML layout).
     cell : UnitCell or None
-        Reference cell for indexing (None: index without one).
+        Reference cell for indexing (None: index without one; lattices are then
+        reported in their conventional setting).
+    symmetry : str or None
+        Space group of the crystals: the reference cell's, or given alone (``[cell]``
+        with only ``space_group``), when indexing accepts only lattices of that
+        Bravais type. Recorded with the results; ``sxlab merge`` uses it.
 
     Examples
     --------
@@ -139,6 +153,39 @@ class Params:
     integrate: IntegrationParams = field(default_factory=IntegrationParams)
     merge: MergeParams = field(default_factory=MergeParams)
     cell: UnitCell | None = None
+    symmetry: str | None = None
+
+    def __post_init__(self):
+        for name, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ParamsError(f"{name} must be a {cls.__name__}, got "
+                                  f"{type(getattr(self, name)).__name__}")
+        if self.cell is not None and not isinstance(self.cell, UnitCell):
+            raise ParamsError(f"cell must be a UnitCell or None, got {type(self.cell).__name__}")
+        symmetry = self.symmetry
+        if symmetry is not None:
+            if not isinstance(symmetry, str):
+                raise ParamsError(f"symmetry must be a space-group name, got {symmetry!r}")
+            try:
+                symmetry = UnitCell(1.0, 1.0, 1.0, space_group=symmetry).space_group
+            except ValueError as exc:
+                raise ParamsError(f"symmetry: {exc}") from None
+        cell = self.cell
+        if cell is not None and cell.space_group is not None:
+            if symmetry is not None and symmetry != cell.space_group:
+                raise ParamsError(f"symmetry {symmetry} differs from the cell's space group "
+                                  f"{cell.space_group}")
+            symmetry = cell.space_group
+        elif cell is not None and symmetry is not None:
+            cell = UnitCell(*cell.parameters, space_group=symmetry)
+        if cell is not None and cell.lattice_type is not None:
+            from .lattice import lattice_mismatch
+
+            problem = lattice_mismatch(cell, length_tol=0.01, angle_tol_deg=1.0)
+            if problem:
+                raise ParamsError(f"cell {_cell_text(cell)}: the cell {problem}")
+        object.__setattr__(self, "cell", cell)
+        object.__setattr__(self, "symmetry", symmetry)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -148,7 +195,12 @@ class Params:
         kwargs = {}
         for key, values in d.items():
             if key == "cell":
-                kwargs["cell"] = _cell_from_dict(values, f"{source} [cell]", base_dir)
+                if not isinstance(values, dict):
+                    raise ParamsError(f"{source}: [cell] must be a table of key = value")
+                if set(values) == {"space_group"}:
+                    kwargs["symmetry"] = values["space_group"]
+                else:
+                    kwargs["cell"] = _cell_from_dict(values, f"{source} [cell]", base_dir)
                 continue
             if key not in _SECTIONS:
                 raise ParamsError(
@@ -164,6 +216,62 @@ class Params:
             raise ParamsError(f"{source}: {exc}") from None
 
     @classmethod
+    def template(cls) -> str:
+        """A commented TOML file of every section and key with its default and meaning.
+
+        Every line is a comment, so the file as written gives the defaults; remove the
+        ``#`` of a key to set it. The ``[cell]`` section shows the ways to give the
+        reference cell.
+
+        Examples
+        --------
+        >>> text = Params.template()
+        >>> "# min_snr = 5.0" in text and "[cell]" in text
+        True
+        >>> Params.from_toml(text) == Params()
+        True
+        """
+        out = ["# sxlab trial parameters: every key with its default and meaning.",
+               "# Remove the '#' before a key (and its [section]) to set it; values are",
+               "# checked against the type and range given here.", ""]
+        defaults = cls()
+        for name, section_cls in _SECTIONS.items():
+            docs = _key_docs(section_cls)
+            out.append(f"# [{name}]")
+            summary = inspect.getdoc(section_cls).split("\n\n")[0].replace("\n", " ")
+            out += [f"#   {line}" for line in textwrap.wrap(_plain_text(summary), 82)]
+            said = None
+            for f in dataclasses.fields(section_cls):
+                value = getattr(getattr(defaults, name), f.name)
+                doc = _plain_text(docs.get(f.name, ""))
+                if doc != said:  # keys described together: once
+                    out += [f"#   {line}" for line in textwrap.wrap(doc, 86)]
+                said = doc
+                if value is None:
+                    out.append(f"# {f.name} =          (not set by default)")
+                else:
+                    text = _toml_value(value)
+                    out.append(f"# {f.name} = {text}")
+            out.append("")
+        out += [
+            "# [cell]",
+            "#   The reference unit cell (lengths in Å, angles in degrees) and space group.",
+            "#   Without a cell each lattice is reported in its conventional setting (the",
+            "#   Bravais lattice of its reduced cell); give space_group alone to accept only",
+            "#   lattices of that crystal form. Or: file = \"lyso.cell\" (CrystFEL .cell, or",
+            "#   a PDB file with a CRYST1 line), relative to this file.",
+            "# a = 79.1",
+            "# b = 79.1",
+            "# c = 37.9",
+            "# alpha = 90.0",
+            "# beta = 90.0",
+            "# gamma = 90.0",
+            "# space_group = \"P 43 21 2\"",
+            "",
+        ]
+        return "\n".join(out)
+
+    @classmethod
     def from_toml(cls, text: str, *, source: str = "<string>",
                   base_dir: Path | None = None) -> Params:
         """Parse TOML text."""
@@ -177,7 +285,14 @@ class Params:
     def load(cls, path) -> Params:
         """Read a TOML parameter file."""
         path = Path(path)
-        return cls.from_toml(path.read_text(), source=str(path), base_dir=path.parent)
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise ParamsError(f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not "
+                              "UTF-8 text (TOML files are UTF-8)") from None
+        return cls.from_toml(text, source=str(path), base_dir=path.parent)
 
     def replace(self, **sections) -> Params:
         """Copy with sections replaced; a section may be given as a dict of changes.
@@ -187,8 +302,8 @@ class Params:
         """
         changes = {}
         for name, value in sections.items():
-            if name == "cell":
-                changes["cell"] = value
+            if name in ("cell", "symmetry"):
+                changes[name] = value
             elif name not in _SECTIONS:
                 raise ParamsError(f"unknown section {name!r}")
             elif isinstance(value, dict):
@@ -206,6 +321,8 @@ class Params:
         d = {name: _section_dict(getattr(self, name)) for name in _SECTIONS}
         if self.cell is not None:
             d["cell"] = {k: getattr(self.cell, k) for k in _CELL_KEYS}
+        elif self.symmetry is not None:
+            d["cell"] = {"space_group": self.symmetry}
         return d
 
     def to_toml(self) -> str:
@@ -259,3 +376,60 @@ def _cell_from_dict(values: dict, where: str, base_dir: Path | None) -> UnitCell
         return UnitCell(**values)
     except (TypeError, ValueError) as exc:
         raise ParamsError(f"{where}: {exc}") from exc
+
+
+def _cell_text(cell: UnitCell) -> str:
+    return " ".join(f"{v:g}" for v in cell.parameters) + (
+        f" {cell.space_group}" if cell.space_group else "")
+
+
+_DOC_ENTRY = re.compile(r"^([A-Za-z_][\w, ]*?) : (.*)$")
+
+
+def _key_docs(cls) -> dict[str, str]:
+    """First sentence of each field's description in a numpydoc class docstring."""
+    lines = inspect.getdoc(cls).splitlines()
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    text: list[str] = []
+
+    def flush():
+        if names:
+            sentence = " ".join(text)
+            first = re.split(r"(?<=[.!?])\s", sentence, maxsplit=1)[0] if sentence else ""
+            for n in names:
+                docs.setdefault(n, first)
+
+    for line in lines:
+        m = _DOC_ENTRY.match(line)
+        if m and not line.startswith(" "):
+            flush()
+            names = [n.strip() for n in m.group(1).split(",")]
+            text = []
+        elif line.startswith("    ") and names:
+            text.append(line.strip())
+        elif not line.strip() or set(line.strip()) == {"-"}:
+            continue
+        else:
+            flush()
+            names, text = [], []
+    flush()
+    return docs
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _plain_text(text: str) -> str:
+    """Docstring text without reST markup (roles and literals)."""
+    text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text)
+    return text.replace("``", "")

@@ -133,6 +133,10 @@ class PeakFinderParams(FrozenParams):
     min_local: int = 2
     gain: float = 1.0
 
+    _LIMITS = {"min_snr": "[0, inf)", "d_min_A": "(0, inf)", "d_max_A": "(0, inf]",
+               "sigma_background": "(0, inf)", "sigma_strong": "(0, inf)",
+               "global_threshold": "[0, inf)", "min_local": "[0, inf)"}
+
     def __post_init__(self):
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")

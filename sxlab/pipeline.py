@@ -5,8 +5,13 @@ a prepared :class:`Context`; ``process_run`` does it for every frame of a run on
 process pool, in this process, or on a Dask cluster, and returns :class:`Results` with
 the frames, peaks, crystals, reflections and profile tables in frame order. With an
 output directory, results are written in committed parts as they arrive, so a rerun into
-the same directory resumes where an interrupted one stopped; every frame appears exactly
-once.
+the same directory resumes where an interrupted one stopped (failed frames are tried
+again unless asked not to, and a directory of other input or geometry is refused); every
+frame appears exactly once.
+
+A geometry whose beam energy or camera length is read from the data files
+(:meth:`sxlab.io.Run.frame_geometry`) gets a prepared context per distinct frame geometry
+(a few are kept per worker).
 
 The tables are those of :mod:`sxlab.tables`: :data:`~sxlab.tables.FRAMES`,
 :data:`~sxlab.tables.PEAKS`, :data:`~sxlab.tables.CRYSTALS`,
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -129,21 +135,29 @@ def prepare(geometry, params: Params | None = None, *, worker: int = 0) -> Conte
     >>> result = process_frame(*run.read(0), ctx)  # doctest: +SKIP
     """
     params = params or Params()
-    maps_before = geometry.maps.computed()
+    maps = geometry.maps
+    maps_before = maps.computed()
+
+    def release_maps():
+        # the per-pixel maps a stage's set-up computed are not used per frame: free
+        # them before the next stage (a later stage that needs one computes it again)
+        maps.release(maps.computed() - maps_before)
+
     mask = build_mask(geometry, params.mask)
     st = params.stages
     finder = indexer = integrator = None
     if st.peaks:
         finder = PeakFinder(geometry, mask, params.peaks)
+        release_maps()
     if st.index:
-        indexer = Indexer(geometry, params.cell, params.index)
+        indexer = Indexer(geometry, params.cell, params.index, symmetry=params.symmetry)
     if st.integrate:
         integrator = Integrator(geometry, mask, params.integrate)
+        release_maps()
     hp = params.hits
     solvent = SolventRatio(geometry, mask, d_high_A=hp.solvent_d_high_A,
                            d_low_A=hp.solvent_d_low_A)
-    # the per-pixel maps the set-up computed are not used per frame: free them
-    geometry.maps.release(geometry.maps.computed() - maps_before)
+    release_maps()
     return Context(geometry, params, mask, finder, indexer, integrator, solvent,
                    Profiler(worker=worker, enabled=st.profile), worker)
 
@@ -301,13 +315,43 @@ def read_frame(run, i: int, context: Context):
     return image, bad, run.read_into(i, image, bad)
 
 
-def _process_index(run, i: int, ctx: Context) -> FrameResult:
+class _WorkerState:
+    """A worker's run, parameters and prepared contexts (one per frame geometry)."""
+
+    _KEEP = 4
+
+    def __init__(self, run, params: Params, worker: int, context: Context | None = None):
+        self.run = run
+        self.params = params
+        self.worker = worker
+        self.base = run.geometry
+        self._contexts: dict[int, tuple[object, Context]] = {}
+        if context is not None:
+            self._contexts[id(context.geometry)] = (context.geometry, context)
+
+    def context(self, i: int) -> Context:
+        """The context of frame ``i`` (its geometry's, prepared on first use)."""
+        frame_geometry = getattr(self.run, "frame_geometry", None)
+        geometry = frame_geometry(i) if frame_geometry is not None else self.base
+        hit = self._contexts.get(id(geometry))
+        if hit is not None:
+            return hit[1]
+        ctx = prepare(geometry, self.params, worker=self.worker)
+        if len(self._contexts) >= self._KEEP:
+            self._contexts.pop(next(iter(self._contexts)))
+        self._contexts[id(geometry)] = (geometry, ctx)
+        return ctx
+
+
+def _process_index(run, i: int, state) -> FrameResult:
     """Read frame ``i`` of ``run`` and process it; any failure becomes a failed row."""
+    worker = state.worker if isinstance(state, _WorkerState) else state.worker
     t0 = time.perf_counter()
     try:
+        ctx = state.context(i) if isinstance(state, _WorkerState) else state
         image, bad, attrs = read_frame(run, i, ctx)
     except Exception as exc:  # noqa: BLE001 - recorded per frame, processing goes on
-        return failed_result(i, exc, ctx.worker, getattr(run, "name", ""))
+        return failed_result(i, exc, worker, getattr(run, "name", ""))
     read_s = time.perf_counter() - t0
     try:
         return process_frame(image, bad, ctx, frame=i, read_s=read_s, attrs=attrs)
@@ -317,29 +361,86 @@ def _process_index(run, i: int, ctx: Context) -> FrameResult:
 
 
 # --------------------------------------------------------------------- executors
-def _prepare_worker(run, params: Params, worker: int):
-    """A worker's state: the run and its prepared :class:`Context`."""
-    return run, prepare(run.geometry, params, worker=worker)
+def _prepare_worker(run, params: Params, worker: int, context: Context | None = None):
+    """A worker's state (:class:`_WorkerState`), with a context already prepared or not."""
+    if context is not None and context.worker != worker:
+        context = None
+    return _WorkerState(run, params, worker, context)
 
 
 def _process_chunk(state, indices: list[int], report) -> list[FrameResult]:
-    run, ctx = state
-    return [_process_index(run, i, ctx) for i in indices]
+    return [_process_index(state.run, i, state) for i in indices]
 
 
 def _iter_results(run, params: Params, todo: list[int], executor, n_workers: int,
-                  chunk_size: int):
+                  chunk_size: int, context: Context | None = None):
     """Yield lists of FrameResult as chunks finish (completion order)."""
     chunks = [todo[k:k + chunk_size] for k in range(0, len(todo), chunk_size)]
-    setup = functools.partial(_prepare_worker, run, params)
+    setup = functools.partial(_prepare_worker, run, params, context=context)
     for _, results in map_unordered(_process_chunk, chunks, setup=setup, executor=executor,
                                     n_workers=n_workers):
         yield results
 
 
+class _CompileNotice:
+    """Says on a progress bar, when the first frame takes long, that kernels compile."""
+
+    DELAY_S = 3.0
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.timer = None
+        self.shown = False
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.timer = threading.Timer(self.DELAY_S, self._show)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def _show(self):
+        self.shown = True
+        self.bar.set_description("process (compiling kernels once, ~1 min; later runs start "
+                                 "at once)")
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.shown:
+            self.bar.set_description("process")
+
+
+def _first_frame(run, params: Params, i: int, bar):
+    """Prepare a context in this process and process frame ``i`` with it.
+
+    Numba compiles (or loads) the kernels here, once, before worker processes are forked
+    from this process (they inherit them instead of compiling each).
+    """
+    state = _WorkerState(run, params, 0)
+    with _CompileNotice(bar):
+        result = _process_index(run, i, state)
+    contexts = list(state._contexts.values())
+    return result, (contexts[0][1] if contexts else None)
+
+
+def _notes(params: Params, crystals: pd.DataFrame) -> list[str]:
+    """What a user should know about how the results were made."""
+    notes = []
+    if params.cell is None and len(crystals):
+        kinds = (crystals.lattice.astype(str) + " " + crystals.centering.astype(str))
+        counts = ", ".join(f"{k} {n}" for k, n in kinds.value_counts().items())
+        what = (f"lattices of {params.symmetry} only" if params.symmetry
+                else "no symmetry given")
+        notes.append(f"no reference cell ({what}): each lattice is reported in the "
+                     f"conventional setting of its Bravais lattice ({counts} crystals)")
+    return notes
+
+
 def process_run(run, params: Params | None = None, *, executor="local",
                 n_workers: int | None = None, out=None, overwrite: bool = False,
-                chunk_size: int = 4, progress: bool = True) -> Results:
+                retry_failed: bool = True, chunk_size: int = 4,
+                progress: bool = True) -> Results:
     """Process every frame of ``run``.
 
     Parameters
@@ -356,10 +457,16 @@ def process_run(run, params: Params | None = None, *, executor="local",
         Output directory: committed parts as frames finish, then ``frames.parquet``,
         ``peaks.parquet``, ``crystals.parquet``, ``reflections.parquet``,
         ``profile.parquet``, ``results.stream`` (CrystFEL stream 2.3), ``params.toml``
-        with ``params.sha256``, ``geometry.geom`` and ``versions.json``. Rerunning into
-        the same directory skips finished frames (same parameters required).
+        with ``params.sha256``, ``geometry.geom``, ``input.json`` (the run's
+        :meth:`~sxlab.io.Run.identity`), ``timing.json`` and ``versions.json``.
+        Rerunning into the same directory skips finished frames; the parameters, the
+        geometry and the input files must be the same (else
+        :class:`~sxlab.results.ResultsDirError`).
     overwrite : bool
         Delete an existing output directory first.
+    retry_failed : bool
+        When resuming, process the frames that failed before again (e.g. after a damaged
+        file was repaired); False keeps their failed rows.
     chunk_size : int
         Frames per task.
     progress : bool
@@ -379,14 +486,24 @@ def process_run(run, params: Params | None = None, *, executor="local",
     """
     params = params or Params()
     if run.geometry is None:
-        raise ValueError("the run carries no geometry; open it with open_run(..., geometry=)")
+        raise ValueError(f"run {run.name!r} carries no geometry: give one (open_run(..., "
+                         "geometry=), sxlab process --geometry)")
+    if len(run) and hasattr(run, "frame_geometry"):
+        run.frame_geometry(0)  # a geometry that cannot be completed fails here, not per frame
     n_workers = int(n_workers or os.cpu_count() or 1)
     t0 = time.perf_counter()
     writer = None
     done: set[int] = set()
+    notes: list[str] = []
     if out is not None:
-        writer = ResultsWriter(out, params, run.geometry, overwrite=overwrite)
+        identity = None
+        if hasattr(run, "identity"):
+            def identity(frames):
+                return run.identity(fingerprint_frames=frames)
+        writer = ResultsWriter(out, params, run.geometry, overwrite=overwrite,
+                               inputs=identity, retry_failed=retry_failed)
         done = writer.done
+        notes += writer.notes
     todo = [i for i in range(len(run)) if i not in done]
     collected: list[FrameResult] = []
     bar = None
@@ -395,24 +512,39 @@ def process_run(run, params: Params | None = None, *, executor="local",
 
         bar = tqdm(total=len(run), initial=len(done), desc="process", unit="frame")
     n_hits = n_indexed = n_seen = 0
+
+    def commit(results):
+        nonlocal n_hits, n_indexed, n_seen
+        if writer is not None:
+            writer.write(**frame_tables(results))
+        else:
+            collected.extend(results)
+        for r in results:
+            n_seen += 1
+            n_hits += bool(r.frame["hit"])
+            n_indexed += bool(r.frame["indexed"])
+        if bar is not None:
+            bar.update(len(results))
+            bar.set_postfix(hits=f"{100 * n_hits / n_seen:.0f}%",
+                            indexed=f"{100 * n_indexed / max(n_hits, 1):.0f}%")
+
     try:
-        for results in _iter_results(run, params, todo, executor, n_workers, chunk_size):
-            if writer is not None:
-                writer.write(**frame_tables(results))
-            else:
-                collected.extend(results)
-            for r in results:
-                n_seen += 1
-                n_hits += bool(r.frame["hit"])
-                n_indexed += bool(r.frame["indexed"])
-            if bar is not None:
-                bar.update(len(results))
-                bar.set_postfix(hits=f"{100 * n_hits / n_seen:.0f}%",
-                                indexed=f"{100 * n_indexed / max(n_hits, 1):.0f}%")
+        context = None
+        if todo and executor in ("local", "serial", "threads"):
+            first, context = _first_frame(run, params, todo[0], bar)
+            commit([first])
+            todo = todo[1:]
+        serial = executor == "serial" or (executor == "local" and n_workers == 1)
+        for results in _iter_results(run, params, todo, executor, n_workers, chunk_size,
+                                     context=context if serial else None):
+            commit(results)
     finally:
         if bar is not None:
             bar.close()
     if writer is not None:
-        return writer.finish(wall_s=time.perf_counter() - t0)
-    return Results.from_tables(frame_tables(collected), params,
-                               wall_s=time.perf_counter() - t0, geometry=run.geometry)
+        res = writer.finish(wall_s=time.perf_counter() - t0)
+    else:
+        res = Results.from_tables(frame_tables(collected), params,
+                                  wall_s=time.perf_counter() - t0, geometry=run.geometry)
+    res.notes = notes + _notes(params, res.crystals)
+    return res

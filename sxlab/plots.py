@@ -17,12 +17,44 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .profiling import profile_blocks
+from .profiling import STAGES, default_block, profile_blocks
 
-__all__ = ["merging_stats", "profile", "run_stats", "unit_cells"]
+__all__ = ["merging_stats", "profile", "run_stats", "stage_colour", "unit_cells"]
 
 
-def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
+def stage_colour(category: str) -> str:
+    """The colour of a profile category, the same in every profile plot.
+
+    A category (``index`` or ``index/asdf-search``) takes the colour of its last stage
+    name's place in :data:`sxlab.profiling.STAGES` (tab20 without its greys, then
+    tab20b); other names a colour chosen by a hash of the name; ``other`` is grey.
+
+    Examples
+    --------
+    >>> stage_colour("index") == stage_colour("index")
+    True
+    >>> stage_colour("other")
+    '#b0b0b0'
+    """
+    import zlib
+
+    from matplotlib import colormaps
+
+    if category == "other":
+        return "#b0b0b0"
+    name = category.rsplit("/", 1)[-1]
+    greys = (14, 15)  # kept for "other"
+    palette = [c for i, c in enumerate(colormaps["tab20"].colors) if i not in greys]
+    palette += list(colormaps["tab20b"].colors)
+    if name in STAGES:
+        index = STAGES.index(name)
+    else:
+        index = len(STAGES) + zlib.crc32(name.encode()) % (len(palette) - len(STAGES))
+    r, g, b = palette[index % len(palette)][:3]
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def profile(table: pd.DataFrame, *, block: int | None = None, top: int = 10,
             include_wait: bool = True, level: int = 1, ax=None):
     """Stacked areas of the mean time per frame spent in each stage.
 
@@ -35,9 +67,12 @@ def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
     table : pandas.DataFrame
         A profile table (:meth:`sxlab.profiling.Profiler.table`,
         :func:`sxlab.profiling.read_crystfel_profile`).
-    block, top, level : int
-        Block size in records, categories kept, and depth of the categories (1:
-        first-level stages).
+    block : int, optional
+        Block size in records (default :func:`sxlab.profiling.default_block`: about 60
+        points, 1 to 133 records each).
+    top, level : int
+        Categories kept, and depth of the categories (1: first-level stages). Each
+        category has its :func:`stage_colour` in every plot.
     include_wait : bool
         Draw the time spent waiting for data; False shows processing time only.
     ax : matplotlib.axes.Axes, optional
@@ -62,6 +97,8 @@ def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
     >>> len(ax.collections)
     3
     """
+    if block is None:
+        block = default_block(int((table["depth"] == 0).sum()) if len(table) else 0)
     data = profile_blocks(table, block, top, include_wait, level=level)
     if not len(data):
         raise ValueError("the profile table has no records")
@@ -79,7 +116,7 @@ def profile(table: pd.DataFrame, *, block: int = 133, top: int = 10,
         values = np.repeat(wide.to_numpy().T, 2, axis=1)
     else:
         values = wide.to_numpy().T
-    ax.stackplot(x, values, labels=categories)
+    ax.stackplot(x, values, labels=categories, colors=[stage_colour(c) for c in categories])
     ax.set_xlim(x[0], x[-1])
     ax.set_ylim(bottom=0)
     ax.set_xlabel("frame (completion order)")
@@ -145,7 +182,8 @@ def merging_stats(stats: pd.DataFrame, ax=None, *, threshold: float = 0.5):
     ax.plot(x, t["cc_half"], "o-", label="CC1/2", color="C0")
     ax.plot(x, t["cc_star"], "s-", label="CC*", color="C1")
     ax.plot(x, t["completeness"], "^-", label="completeness", color="C2")
-    ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1)
+    ax.axhline(threshold, color="0.5", linestyle=":", linewidth=1,
+               label=f"CC* = {threshold:g}")
     d_cut = stats.attrs.get("d_cc_star_A")
     if d_cut is None:
         d_cut = cc_star_resolution(stats, threshold)

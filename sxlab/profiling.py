@@ -53,6 +53,7 @@ __all__ = [
     "record",
     "section",
     "to_crystfel_profile",
+    "default_block",
 ]
 
 # Stage names of CrystFEL's real-time pipeline (libcrystfel profile blocks), reused here.
@@ -635,8 +636,22 @@ def _category_times(table: pd.DataFrame, level: int) -> pd.DataFrame:
     return out
 
 
+def default_block(n_records: int, *, points: int = 60, largest: int = 133) -> int:
+    """Records per block for a readable profile plot: about ``points`` blocks.
+
+    Between 1 and ``largest`` (CrystFEL's ``--profile`` plots average 133 frames, right
+    for long runs; a 200-frame run gets blocks of 3, 67 points).
+
+    Examples
+    --------
+    >>> default_block(200), default_block(20), default_block(1_000_000)
+    (3, 1, 133)
+    """
+    return int(min(max(round(n_records / points), 1), largest))
+
+
 @tables.documented
-def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
+def profile_blocks(table: pd.DataFrame, block: int | None = 133, top: int = 10,
                    include_wait: bool = True, *, level: int = 1) -> pd.DataFrame:
     """Mean time per frame in each category, averaged in blocks of records.
 
@@ -645,9 +660,10 @@ def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
     table : pandas.DataFrame
         A profile table (:meth:`Profiler.table`, :func:`read_crystfel_profile` or
         :func:`combine_profiles`).
-    block : int
+    block : int or None
         Records (frames) per block, in completion order (ties between workers broken by
-        worker id); the last block may be shorter.
+        worker id); the last block may be shorter. None: :func:`default_block` of the
+        number of records (about 60 points, 1 to 133 records each).
     top : int
         Categories kept, by total time over all records; the others are summed as
         ``"other"``.
@@ -679,6 +695,8 @@ def profile_blocks(table: pd.DataFrame, block: int = 133, top: int = 10,
     >>> profile_blocks(t, block=2, top=1, include_wait=False)["category"].tolist()
     ['index', 'other']
     """
+    if block is None:
+        block = default_block(int((table["depth"] == 0).sum()) if len(table) else 0)
     block = int(block)
     if block < 1 or top < 1 or level < 1:
         raise ValueError("block, top and level must be at least 1")

@@ -5,11 +5,12 @@ A results directory holds the tables of processed frames (:mod:`sxlab.tables`:
 interpret and reproduce them::
 
     out/
-      params.toml  params.sha256  versions.json  geometry.geom
+      params.toml  params.sha256  versions.json  geometry.geom  input.json
       parts/
         peaks-<stem>.parquet  crystals-<stem>.parquet  reflections-<stem>.parquet
         profile-<stem>.parquet  frames-<stem>.parquet      one part per chunk of frames
       frames.parquet  peaks.parquet  ...  results.stream     written by finish()
+      timing.json                                             wall time of each session
 
 **Parts and commits.** :meth:`ResultsWriter.write` writes the five tables of a chunk of
 frames, each atomically (a temporary file renamed into place), the frames table last:
@@ -23,6 +24,16 @@ died after committing, its frames handed to another). Readers take each frame fr
 first part that holds it, in stem order, and list the others in
 :attr:`ResultsReader.duplicates`; a batch run into an existing directory skips the
 frames already there (:attr:`ResultsWriter.done`).
+
+**Resuming safely.** A directory is reopened only for the same parameters, the same
+geometry and (when the writer is given the run's identity, :meth:`sxlab.io.Run.identity`)
+the same input: file names, frame count, frame shape and the SHA-256 of the stored bytes
+of the first and last frames recorded in ``input.json``. Anything else is a
+:class:`ResultsDirError` naming the difference. Input files whose size or modification
+time changed but whose fingerprint frames did not (a repaired file) are accepted with a
+note. With ``retry_failed`` the frames that failed are taken out of their parts (the
+frames table of the part is rewritten atomically without them) so they are processed
+again.
 
 * :class:`ResultsWriter` — prepare a directory (or reopen it with the same
   parameters), commit parts, and :meth:`~ResultsWriter.finish` with the consolidated
@@ -67,7 +78,8 @@ import pandas as pd
 from . import tables
 from .params import Params
 
-__all__ = ["KINDS", "Results", "ResultsReader", "ResultsWriter", "open_results"]
+__all__ = ["KINDS", "Results", "ResultsDirError", "ResultsReader", "ResultsWriter",
+           "open_results"]
 
 #: The per-frame tables of a results directory, in the order a part is written (the
 #: frames table, last, commits the part).
@@ -80,8 +92,24 @@ _SORT_KEYS = {"frames": ["frame"], "peaks": ["frame", "panel"],
               "profile": ["frame", "path", "start_s"]}
 
 
+class ResultsDirError(ValueError):
+    """A results directory that cannot serve as asked: not one, or of other parameters,
+    geometry or input (the message names the difference)."""
+
+
 def _parts_dir(out: Path) -> Path:
     return out / "parts"
+
+
+#: What a results directory holds (besides temporary files of its writers).
+_RESULTS_FILES = frozenset({"parts", "logs", "params.toml", "params.sha256", "versions.json",
+                            "geometry.geom", "input.json", "timing.json", "results.stream",
+                            *(f"{kind}.parquet" for kind in ("frames", "peaks", "crystals",
+                                                             "reflections", "profile"))})
+
+
+def _is_results_file(name: str) -> bool:
+    return name in _RESULTS_FILES or name.endswith(".tmp")
 
 
 _HOST = socket.gethostname().replace(".", "_")
@@ -164,11 +192,15 @@ class Results:
         :data:`~sxlab.tables.REFLECTIONS`, :data:`~sxlab.tables.PROFILE`.
     params : Params
     wall_s : float
-        Wall time of the processing call (0 for results loaded from disk).
+        Wall time of the processing (for a directory: of every session that wrote it,
+        from ``timing.json``; NaN when unknown, e.g. while a live run still writes it).
     out : pathlib.Path or None
         Output directory.
     geometry : Detector or None
         The geometry the frames were processed with.
+    notes : list of str
+        What a user should know about how the results were made (a resumed directory
+        with changed input files, lattices reported without a reference cell, ...).
     """
 
     frames: pd.DataFrame
@@ -180,6 +212,7 @@ class Results:
     wall_s: float = 0.0
     out: Path | None = None
     geometry: object = field(default=None, repr=False)
+    notes: list = field(default_factory=list, repr=False)
 
     @classmethod
     def from_tables(cls, found, params: Params, **attributes) -> Results:
@@ -335,7 +368,19 @@ class ResultsReader:
         """Every committed part, as :class:`Results` (with parameters and geometry).
 
         Independent of :meth:`poll`: the whole directory is read again.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such directory.
+        ResultsDirError
+            The directory is not a results directory (no ``params.toml``).
         """
+        if not self.out.is_dir():
+            raise FileNotFoundError(f"{self.out}: no such results directory")
+        if not (self.out / "params.toml").is_file():
+            raise ResultsDirError(f"{self.out}: not an sxlab results directory (no "
+                                  "params.toml)")
         params = Params.load(self.out / "params.toml")
         got = ResultsReader(self.out).poll()
         geometry = None
@@ -343,7 +388,15 @@ class ResultsReader:
             from .io.crystfel_geom import read_geom
 
             geometry = read_geom(self.out / "geometry.geom")
-        return Results.from_tables(got, params, out=self.out, geometry=geometry)
+        wall_s = float("nan")
+        timing = self.out / "timing.json"
+        if timing.is_file():
+            try:
+                wall_s = float(json.loads(timing.read_text())["wall_s"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        return Results.from_tables(got, params, out=self.out, geometry=geometry,
+                                   wall_s=wall_s)
 
 
 # ============================================================================= writer
@@ -365,55 +418,125 @@ class ResultsWriter:
     tag : str
         Appended to the stem of every part this writer commits (``-<tag>``), so that
         several writers can fill one directory (e.g. one tag per live worker).
+    inputs : callable, optional
+        ``inputs(fingerprint_frames) -> dict``: the identity of the input (as
+        :meth:`sxlab.io.Run.identity`), recorded in ``input.json`` and compared with the
+        recorded one when the directory is reopened.
+    retry_failed : bool
+        Take the failed frames of a reopened directory out of its parts, so that they
+        are processed again (they are then not in :attr:`done`).
 
     Raises
     ------
-    ValueError
-        The directory holds results of other parameters.
+    ResultsDirError
+        The directory holds results of other parameters, another geometry or other
+        input, or a file in it is in the way.
 
     Attributes
     ----------
     out : pathlib.Path
     done : set of int
         Frames committed in the directory when it was opened, and since by this writer.
+    notes : list of str
+        What reopening found that a user should know (changed input files, failed frames
+        to be tried again).
     """
 
     def __init__(self, out, params: Params, geometry=None, *, overwrite: bool = False,
-                 tag: str = ""):
+                 tag: str = "", inputs=None, retry_failed: bool = False):
         if tag and not tag.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"tag must be letters, digits, '-' or '_', got {tag!r}")
         self.out = Path(out)
         self.params = params
         self.geometry = geometry
         self.tag = tag
-        self._prepare(overwrite)
+        self.notes: list[str] = []
+        self._prepare(overwrite, inputs)
+        if retry_failed:
+            self._retire_failed()
         self.done: set[int] = _committed_frames(self.out)
 
-    def _prepare(self, overwrite: bool) -> None:
+    def _prepare(self, overwrite: bool, inputs) -> None:
         out, params = self.out, self.params
+        if out.exists() and not out.is_dir():
+            raise ResultsDirError(f"{out} is a file, not a results directory")
+        if out.is_dir():
+            foreign = sorted(p.name for p in out.iterdir() if not _is_results_file(p.name))
+            if foreign:
+                raise ResultsDirError(
+                    f"{out} holds files that are not sxlab results ({', '.join(foreign[:3])}"
+                    f"{' ...' if len(foreign) > 3 else ''}); give an empty or new directory")
         if overwrite and out.exists():
             shutil.rmtree(out)
         _parts_dir(out).mkdir(parents=True, exist_ok=True)
         _remove_stale_tmp(_parts_dir(out))
         _remove_stale_tmp(out)
         ptoml = out / "params.toml"
-        if ptoml.exists():
+        reopened = ptoml.exists()
+        if reopened:
             old = Params.load(ptoml)
             if old.digest() != params.digest():
-                raise ValueError(
+                raise ResultsDirError(
                     f"{out} holds results of other parameters (hash {old.digest()}, now "
-                    f"{params.digest()}); choose another directory or pass overwrite=True")
-        else:
-            _atomic_text(params.to_toml(), ptoml)
-        _atomic_text(params.digest() + "\n", out / "params.sha256")
-        _atomic_text(json.dumps(_versions(), indent=1), out / "versions.json")
+                    f"{params.digest()}: {_first_difference(old.to_toml(), params.to_toml())})")
+        geom_text = None
         if self.geometry is not None:
             from .io.crystfel_geom import write_geom
 
             try:
-                _atomic_text(write_geom(self.geometry), out / "geometry.geom")
+                geom_text = write_geom(self.geometry)
             except ValueError:
                 pass  # a geometry CrystFEL's format cannot hold: not written
+        gfile = out / "geometry.geom"
+        if reopened and geom_text is not None and gfile.is_file():
+            old_text = gfile.read_text()
+            if old_text != geom_text:
+                raise ResultsDirError(f"{out} holds results of another geometry "
+                                      f"({_first_difference(old_text, geom_text)})")
+        if inputs is not None:
+            self._check_inputs(inputs, reopened)
+        if not reopened:
+            _atomic_text(params.to_toml(), ptoml)
+        _atomic_text(params.digest() + "\n", out / "params.sha256")
+        _atomic_text(json.dumps(_versions(), indent=1), out / "versions.json")
+        if geom_text is not None:
+            _atomic_text(geom_text, gfile)
+
+    def _check_inputs(self, inputs, reopened: bool) -> None:
+        path = self.out / "input.json"
+        old = None
+        if reopened and path.is_file():
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                old = None
+        new = inputs(old["fingerprint"]["frames"] if old else None)
+        if old is not None:
+            problem, notes = _compare_inputs(old, new)
+            if problem:
+                raise ResultsDirError(f"{self.out} holds results of other input: {problem}")
+            self.notes += notes
+        _atomic_text(json.dumps(new, indent=1), path)
+
+    def _retire_failed(self) -> None:
+        """Take failed frames out of the committed parts (frames tables rewritten)."""
+        folder = _parts_dir(self.out)
+        n = 0
+        for stem in _committed(self.out):
+            path = folder / f"frames-{stem}.parquet"
+            frames = pd.read_parquet(path)
+            failed = frames["status"] != "ok"
+            if not failed.any():
+                continue
+            n += int(failed.sum())
+            if failed.all():
+                path.unlink()  # the part no longer counts; then its other tables
+                for kind in KINDS[:-1]:
+                    (folder / f"{kind}-{stem}.parquet").unlink(missing_ok=True)
+            else:
+                _atomic_parquet(frames[~failed].reset_index(drop=True), path)
+        if n:
+            self.notes.append(f"{n} frame(s) that failed before will be processed again")
 
     def write(self, frames: pd.DataFrame, peaks: pd.DataFrame | None = None,
               crystals: pd.DataFrame | None = None, reflections: pd.DataFrame | None = None,
@@ -475,8 +598,18 @@ class ResultsWriter:
         -------
         Results
         """
+        timing_path = self.out / "timing.json"
+        timing = {"wall_s": 0.0, "sessions": []}
+        if timing_path.is_file():
+            try:
+                timing = json.loads(timing_path.read_text())
+            except ValueError:
+                pass
+        timing["sessions"].append({"wall_s": float(wall_s), "host": socket.gethostname(),
+                                   "pid": os.getpid()})
+        timing["wall_s"] = float(sum(s["wall_s"] for s in timing["sessions"]))
+        _atomic_text(json.dumps(timing, indent=1), timing_path)
         res = ResultsReader(self.out).read()
-        res.wall_s = float(wall_s)
         if self.geometry is not None:
             res.geometry = self.geometry
         for kind in KINDS:
@@ -494,6 +627,49 @@ class ResultsWriter:
     def __repr__(self) -> str:
         tag = f" tag {self.tag!r}" if self.tag else ""
         return f"<ResultsWriter {self.out}{tag}: {len(self.done)} frames committed>"
+
+
+def _first_difference(old: str, new: str) -> str:
+    """The first line where two texts differ, in words."""
+    a, b = old.splitlines(), new.splitlines()
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"line {i + 1}: {x.strip()!r} was, now {y.strip()!r}"
+    if len(a) != len(b):
+        longer, what = (a, "was") if len(a) > len(b) else (b, "now")
+        return f"line {min(len(a), len(b)) + 1}: {longer[min(len(a), len(b))].strip()!r} {what}"
+    return "no difference"
+
+
+def _compare_inputs(old: dict, new: dict) -> tuple[str | None, list[str]]:
+    """(the difference that makes ``new`` other input, notes) of two run identities."""
+    def names(d):
+        return [f["name"] for f in d.get("files", [])]
+
+    if names(old) != names(new):
+        def show(d):
+            n = names(d)
+            return n[0] + (f" and {len(n) - 1} more file(s)" if len(n) > 1 else "")
+
+        return (f"they were made from {show(old)}, this run is {show(new)}", [])
+    if old.get("n_frames") != new.get("n_frames"):
+        return (f"they were made from {old.get('n_frames')} frames, this run has "
+                f"{new.get('n_frames')}", [])
+    if old.get("frame_shape") != new.get("frame_shape") or old.get("dtype") != new.get("dtype"):
+        return (f"they were made from frames of shape {old.get('frame_shape')} "
+                f"{old.get('dtype')}, this run has {new.get('frame_shape')} {new.get('dtype')}",
+                [])
+    fo, fn = old.get("fingerprint", {}), new.get("fingerprint", {})
+    if fo.get("sha256") != fn.get("sha256"):
+        return (f"frames {fo.get('frames')} of {names(new)[0]} hold other data than when the "
+                "results were made (same file names, other content)", [])
+    notes = []
+    for a, b in zip(old.get("files", []), new.get("files", []), strict=False):
+        if (a.get("size"), a.get("mtime")) != (b.get("size"), b.get("mtime")):
+            notes.append(f"{b['name']} changed since the results were written (size "
+                         f"{a.get('size')} -> {b.get('size')} bytes); its fingerprint frames "
+                         "are unchanged, so finished frames are kept")
+    return None, notes
 
 
 def open_results(out) -> Results:

@@ -424,8 +424,10 @@ HITS = Schema("hits", "one row per frame", [
 # ===================================================================== indexing
 CRYSTALS = Schema("crystals", "one row per lattice", [
     _FRAME, _CRYSTAL, *_cell_columns(),
-    _c("lattice", "str", "", "lattice type (CrystFEL naming; triclinic without a reference)"),
-    _c("centering", "str", "", "centering letter (P without a reference cell)"),
+    _c("lattice", "str", "", "lattice type (CrystFEL naming): the reference cell's, else "
+       "the Bravais lattice of the reduced cell"),
+    _c("centering", "str", "", "centering letter (of the reference, else of the Bravais "
+       "lattice)"),
     *_basis_columns(" (no 2π): reflection hkl is at hkl @ A"),
     _c("n_peaks_indexed", "int64", "", "peaks of the frame this lattice explains"),
     _c("n_peaks", "int64", "", "peaks of the frame with a valid position"),

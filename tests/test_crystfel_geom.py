@@ -485,14 +485,15 @@ ERRORS = [
     (["p0/a/b = 3"], "p0/a/b = 3", "p0/a/b", "expected 'panel/key'"),
     (["bandwidth = -0.1"], "bandwidth = -0.1", "bandwidth", "non-negative"),
     (["clen = 0.1 furlong"], "clen = 0.1 furlong", "clen", "expected unit m or mm"),
-    (["clen = /dist m"], "clen = /dist m", "clen", "in mm"),
+    (["clen = /dist km"], "clen = /dist km", "clen", "in mm or m"),
     (["photon_energy = lots eV"], "photon_energy = lots eV", "photon_energy", "a number"),
-    (["photon_energy = /E keV"], "photon_energy = /E keV", "photon_energy", "in eV"),
+    (["photon_energy = /E MeV"], "photon_energy = /E MeV", "photon_energy", "in eV or keV"),
     (["photon_energy = -5"], "photon_energy = -5", "photon_energy", "positive"),
     (["wavelength = 1 nm"], "wavelength = 1 nm", "wavelength", "expected unit m or A"),
     (["electron_voltage = 300 MV"], "electron_voltage = 300 MV", "electron_voltage", "V or kV"),
     (["wavelength = 1 A"], "wavelength = 1 A", "wavelength", "exactly one of"),
-    (["detector_shift_x = 0.2"], "detector_shift_x = 0.2", "detector_shift_x", "header path"),
+    (["detector_shift_x = 0.2 ft"], "detector_shift_x = 0.2 ft", "detector_shift_x",
+     "expected unit m or mm"),
     (["peak_list_type = hdf5"], "peak_list_type = hdf5", "peak_list_type", "cxi, list3, auto"),
     (["bada/min_fs = 0", "bada/min_x = 3"], "bada/min_x = 3", "bada/min_x", "mixes fs/ss"),
     (["bada/min_y = 0", "bada/max_ss = 3"], "bada/max_ss = 3", "bada/max_ss", "mixes fs/ss"),
@@ -552,7 +553,6 @@ def test_errors_name_source_line_and_expectation(extra, offending, key, fragment
 FILE_ERRORS = [
     # (text, fragment) for problems of the file as a whole
     (make().replace("clen = 0.12 m\n", ""), "no clen"),
-    (make().replace("photon_energy = 9300 eV\n", ""), "no beam energy"),
     (HEADER, "no panels"),
     (make().replace("p0/res = 10000\n", ""), "panel 'p0' (first mentioned on line 3) has no res"),
     (make().replace("p0/adu_per_photon = 1\n", ""), "neither adu_per_photon nor adu_per_eV"),
@@ -627,8 +627,12 @@ def test_writer_rejects_what_the_format_cannot_hold():
     panels[1] = panels[1].replace(name="bad panel")
     with pytest.raises(ValueError, match="cannot be written"):
         write_geom(det.replace(panels=tuple(panels), groups=()))
-    with pytest.raises(ValueError, match="no wavelength"):
-        write_geom(det.with_beam(wavelength_A=math.nan))
+    with pytest.raises(ValueError, match="invalid wavelength"):
+        write_geom(det.with_beam(wavelength_A=-1.0))
+    # no beam energy (it comes from the data): written without one, read back the same
+    unknown = det.with_beam(wavelength_A=math.nan)
+    again = read_geom(write_geom(unknown))
+    assert math.isnan(again.beam.wavelength_A) and again.beam.wavelength_from is None
     panels = list(det.panels)
     panels[0] = panels[0].replace(data="/data;1")
     with pytest.raises(ValueError, match="without ';' or line breaks"):

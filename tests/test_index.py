@@ -552,7 +552,10 @@ def test_without_reference_cell(lyso_frames):
         if not len(table):
             continue
         row = table.iloc[0]
-        assert (row.lattice, row.centering) == ("triclinic", "P")
+        # the conventional setting of the Bravais lattice: tetragonal P, c unique
+        assert (row.lattice, row.centering) == ("tetragonal", "P")
+        np.testing.assert_allclose([row.a, row.b, row.c], [79.1, 79.1, 37.9], rtol=0.01)
+        assert row.a == row.b  # refined with the lattice's constraints
         found = UnitCell(row.a, row.b, row.c, row.alpha, row.beta, row.gamma)
         astar = row[ASTAR].to_numpy(float).reshape(3, 3)
         true_astar = truth.crystals[ASTAR].to_numpy(float)[0].reshape(3, 3)

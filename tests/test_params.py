@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 
@@ -83,3 +84,41 @@ def test_frozen():
         p.peaks = None
     with pytest.raises(AttributeError):
         p.peaks.min_snr = 3
+
+
+STRICT_CASES = [
+    # (section, line, fragments of the message beyond the file name)
+    ("index", 'fast = "false"', ["[index]", "fast", "'false'", "true or false"]),
+    ("index", 'refine = "no"', ["[index]", "refine", "'no'", "true or false"]),
+    ("hits", "min_peaks = -3", ["[hits]", "min_peaks", "-3", ">= "]),
+    ("hits", "min_peaks = 2.5", ["[hits]", "min_peaks", "2.5", "integer"]),
+    ("peaks", 'min_snr = "six"', ["[peaks]", "min_snr", "'six'", "number"]),
+    ("peaks", "min_snr = true", ["[peaks]", "min_snr", "true", "number"]),
+]
+
+
+@pytest.mark.parametrize("section, line, fragments", STRICT_CASES)
+def test_strict_values_name_file_section_key_value_and_expectation(tmp_path, section, line,
+                                                                   fragments):
+    path = tmp_path / "trial.toml"
+    path.write_text(f"[{section}]\n{line}\n")
+    with pytest.raises(ParamsError) as exc:
+        Params.load(path)
+    message = str(exc.value)
+    assert "trial.toml" in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_template_uncommented_gives_the_defaults_and_its_cell(tmp_path):
+    text = Params.template()
+    setting = re.compile(r"^# (\[\w+\]|\w+ = .*)$")
+    body = "\n".join(line[2:] for line in text.splitlines()
+                     if setting.match(line) and "(not set by default)" not in line
+                     and not line.startswith("# file ="))
+    path = tmp_path / "trial.toml"
+    path.write_text(body)
+    params = Params.load(path)
+    assert params.replace(cell=None, symmetry=None) == Params()
+    assert params.cell.parameters == pytest.approx((79.1, 79.1, 37.9, 90, 90, 90))
+    assert params.cell.lattice_type == "tetragonal"

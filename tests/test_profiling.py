@@ -365,3 +365,47 @@ def test_stage_names():
     assert profiling.STAGES[0] == "root"
     assert {"peak-search", "pf8-rstats", "asdf-findcell", "prerefine-cell-check",
             "integration", "write-stream"} <= set(profiling.STAGES)
+
+
+def test_profile_plot_of_a_short_run_is_readable_and_colours_are_fixed():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from sxlab import plots
+    from sxlab.profiling import default_block, read_crystfel_profile
+
+    lines = [f"{i} (root 0.4 (wait 0.1) (index 0.{i % 3 + 1}) (peak-search 0.05))"
+             for i in range(200)]
+    table = read_crystfel_profile(lines)
+    ax = plots.profile(table)
+    assert default_block(200) == 3 and "blocks of 3 frames" in ax.get_title()
+    n_points = len(ax.collections[0].get_paths()[0].vertices) // 2
+    assert n_points >= 60  # not two points for 200 frames
+    colours = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in ax.collections}
+    # the same stage has the same colour in another plot with other categories
+    other = plots.profile(table, include_wait=False, top=1)
+    again = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in other.collections}
+    assert again["index"] == colours["index"] == plots.stage_colour("index")
+    assert again["other"] == "#b0b0b0"
+    assert len(set(colours.values())) == len(colours)
+    matplotlib.pyplot.close("all")
+
+
+def test_merging_stats_threshold_line_is_labelled():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from sxlab import plots
+
+    stats = pd.DataFrame({"shell": [0, 1, -1], "d_max_A": [10.0, 3.0, 10.0],
+                          "d_min_A": [3.0, 2.0, 2.0], "cc_half": [0.9, 0.3, 0.8],
+                          "cc_star": [0.97, 0.68, 0.94], "completeness": [1.0, 0.9, 0.95],
+                          "i_over_sigma": [10.0, 2.0, 6.0]})
+    ax = plots.merging_stats(stats)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "CC* = 0.5" in labels
+    matplotlib.pyplot.close("all")

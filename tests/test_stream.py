@@ -744,3 +744,48 @@ def test_format_rules_of_written_stream(small_stream):
             for row in block.split("End of reflections")[0].splitlines()[1:]:
                 assert len(row.split()) == 10
         assert chunk.count("--- Begin crystal") == chunk.count("--- End crystal")
+
+
+def test_processed_stream_names_unique_axis_and_resolution_limit(tmp_path):
+    """A stream of processed frames, read back: every crystal block of a lattice with a
+    unique axis names it, and each has its own finite resolution limit."""
+    import sxlab as sx
+    from sxlab.io.stream import read_stream
+
+    sample = sx.datasets.load("lysozyme-sample", progress=False)
+    cell = UnitCell(79.1, 79.1, 37.9, 90, 90, 90, space_group="P 43 21 2")
+    res = sx.process_run(sample, sx.Params(cell=cell), executor="serial", progress=False,
+                         out=tmp_path / "out")
+    assert len(res.crystals) >= 3
+    text = (tmp_path / "out" / "results.stream").read_text()
+    assert "unique_axis = ?" not in text
+    limits = re.findall(r"^diffraction_resolution_limit = (.*)$", text, re.M)
+    assert len(limits) == len(res.crystals) and not any("nan" in v for v in limits)
+    back = read_stream(tmp_path / "out" / "results.stream")
+    crystals = back.crystals if hasattr(back, "crystals") else back[1]
+    assert (crystals.unique_axis == "c").all()
+    expected = res.crystals.sort_values(["frame", "crystal"]).resolution_limit_A.to_numpy()
+    got = crystals.sort_values(["frame", "crystal"]).resolution_limit_A.to_numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=0.006)  # written to 0.01 Å
+    # without a reference cell: the conventional setting's axis (tetragonal: c)
+    res = sx.process_run(sample, sx.Params(), executor="serial", progress=False,
+                         out=tmp_path / "nocell")
+    back = read_stream(tmp_path / "nocell" / "results.stream")
+    crystals = back.crystals if hasattr(back, "crystals") else back[1]
+    tetragonal = crystals[crystals.lattice_type == "tetragonal"] \
+        if "lattice_type" in crystals else crystals[crystals.lattice == "tetragonal"]
+    assert len(tetragonal) and (tetragonal.unique_axis == "c").all()
+
+
+@pytest.mark.parametrize("lattice, params, axis", [
+    ("monoclinic", (50, 60, 70, 90, 105, 90), "b"),
+    ("monoclinic", (50, 60, 70, 90, 90, 95), "c"),
+    ("tetragonal", (40, 79, 79, 90, 90, 90), "a"),
+    ("tetragonal", (79, 79, 38, 90, 90, 90), "c"),
+    ("hexagonal", (60, 60, 100, 90, 90, 120), "c"),
+    ("hexagonal", (100, 60, 60, 120, 90, 90), "a"),
+    ("orthorhombic", (50, 60, 70, 90, 90, 90), "*"),
+])
+def test_unique_axis_from_the_cell(lattice, params, axis):
+    assert stream_module._unique_axis(lattice, params) == axis

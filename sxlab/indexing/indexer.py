@@ -22,6 +22,7 @@ from .._frozen import FrozenParams
 from .._prepared import PreparedCache
 from ..cell import CellMatcher, UnitCell, niggli_reduce
 from ..geometry import Detector
+from ..lattice import bravais_setting
 from ..reciprocal import (
     apparent_resolution,
     assign_indices,
@@ -274,13 +275,15 @@ class Indexing(NamedTuple):
 class _Found:
     """A verified lattice: refined reciprocal basis, cell and peak statistics."""
 
-    __slots__ = ("astar", "cell", "indexed", "residual")
+    __slots__ = ("astar", "cell", "centering", "indexed", "lattice", "residual")
 
-    def __init__(self, astar, cell, indexed, residual):
+    def __init__(self, astar, cell, indexed, residual, lattice, centering):
         self.astar = astar
         self.cell = cell
         self.indexed = indexed
         self.residual = residual
+        self.lattice = lattice
+        self.centering = centering
 
 
 class Indexer:
@@ -292,7 +295,9 @@ class Indexer:
         Detector geometry; its beam's wavelength is the nominal wavelength.
     cell : UnitCell or None
         Reference cell with its lattice type and centering (e.g. from a space group).
-        Without one, lattices are reported as their Niggli cell, triclinic P.
+        Without one, each lattice is reported in its conventional setting: the Bravais
+        lattice of its reduced cell (:func:`sxlab.lattice.bravais_setting`, twofold axes
+        within ``angle_tolerance_deg``), refined with that lattice's constraints.
     params : IndexParams, optional
         Parameters; keyword arguments override single fields
         (``Indexer(det, cell, fast=True)``).
@@ -359,11 +364,17 @@ class Indexer:
     """
 
     def __init__(self, geometry: Detector, cell: UnitCell | None = None,
-                 params: IndexParams | None = None, **overrides):
+                 params: IndexParams | None = None, *, symmetry: str | None = None,
+                 **overrides):
         if cell is not None and not isinstance(cell, UnitCell):
             raise TypeError(f"cell must be a UnitCell or None, got {type(cell).__name__}")
         self.geometry = geometry
         self.cell = cell
+        # Without a reference cell, a space group restricts the lattices accepted.
+        self._wanted = None
+        if symmetry is not None and cell is None:
+            hint = UnitCell(1.0, 1.0, 1.0, space_group=symmetry)
+            self._wanted = (hint.lattice_type, hint.centering)
         self.params = (params or IndexParams()).replace(**overrides)
         p = self.params
         self.last_stats: list = []
@@ -412,20 +423,26 @@ class Indexer:
     def _verify(self, basis, q_play, q_all, k, min_fraction):
         """A verified lattice from a candidate cell, or None (timed in three phases)."""
         t0 = perf_counter_ns()
-        start = self._prerefine_check(basis, q_play, k)
+        setting = self._prerefine_check(basis, q_play, k)
         t1 = perf_counter_ns()
         self._phase_ns[0] += t1 - t0
-        if start is None:
+        if setting is None:
             return None
-        astar, parameters, ok0 = self._refine(start, q_play, k)
+        start, lattice, unique, centering = setting
+        astar, parameters, ok0 = self._refine(start, lattice, unique, q_play, k)
         t2 = perf_counter_ns()
         self._phase_ns[1] += t2 - t1
         found = self._postrefine_check(astar, parameters, ok0, q_play, q_all, min_fraction)
+        if found is not None:
+            found.lattice, found.centering = lattice, centering
         self._phase_ns[2] += perf_counter_ns() - t2
         return found
 
     def _prerefine_check(self, basis, q_play, k):
-        """The candidate fitted to the peaks and matched to the reference (or reduced)."""
+        """The candidate fitted to the peaks and matched to the reference (or reduced).
+
+        Returns ``(direct basis, lattice type, unique axis, centering)`` or None.
+        """
         p = self.params
         # Least-squares fit of the candidate's three vectors to the peaks first: a cell
         # made of long vectors carries their errors into every reduced vector.
@@ -438,18 +455,26 @@ class Indexer:
                 match = self._matcher(basis)
                 if match is None:
                     return None
-                return np.array(match.basis)
+                return (np.array(match.basis), self._lattice, self._unique,
+                        self._centering)
             hkl, ok, _ = assign_indices(q_play, np.linalg.inv(basis).T, p.vector_tolerance)
             reduced, _ = reduce_supercell(basis, hkl[ok])
             reduced = expand_subcell(reduced, q_play, tol=p.vector_tolerance)
             start, _ = niggli_reduce(reduced)
             if np.linalg.norm(start[0]) < self._search.min_len:
                 return None  # a dense lattice that explains any point
-            return -start if np.linalg.det(start) < 0 else start
+            if np.linalg.det(start) < 0:
+                start = -start
+            setting = bravais_setting(start, max_obliquity_deg=p.angle_tolerance_deg)
+            if self._wanted is not None and self._wanted != (setting.lattice_type,
+                                                             setting.centering):
+                return None  # not a lattice of the crystal form asked for
+            return (setting.basis, setting.lattice_type, setting.unique_axis,
+                    setting.centering)
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             return None  # a degenerate candidate: not a lattice
 
-    def _refine(self, start, q_play, k):
+    def _refine(self, start, lattice, unique, q_play, k):
         """Refined reciprocal basis, its model's cell parameters and the unrefined fit."""
         p = self.params
         astar0 = np.linalg.inv(start).T
@@ -463,8 +488,8 @@ class Indexer:
                 m = np.linalg.solve(bref, astar0).T
                 u, _, vt = np.linalg.svd(m)
                 astar0 = bref @ (u @ vt).T
-            res = refine_basis(q_play, astar0, k, mode=mode, lattice=self._lattice,
-                               unique_axis=self._unique, tol=p.index_tolerance,
+            res = refine_basis(q_play, astar0, k, mode=mode, lattice=lattice,
+                               unique_axis=unique, tol=p.index_tolerance,
                                excitation_weight=p.excitation_weight)
             if res.indexed.sum() >= 0.9 * ok0.sum() and self._cell_ok(res.astar):
                 astar, parameters = res.astar, res.parameters
@@ -489,7 +514,7 @@ class Indexer:
         cell = UnitCell.from_reciprocal_basis(astar)
         if parameters is not None and np.allclose(parameters, cell.parameters, rtol=1e-6):
             cell = UnitCell(*parameters)  # the model's exact values (a == b, right angles)
-        return _Found(astar, cell, ok_all, residual)
+        return _Found(astar, cell, ok_all, residual, self._lattice, self._centering)
 
     def _significant(self, dev: np.ndarray, ok: np.ndarray) -> bool:
         """The ``significance`` acceptance rule (see :class:`IndexParams`)."""
@@ -647,7 +672,7 @@ class Indexer:
         n_ind = int(found.indexed.sum())
         row = {"frame": frame, "crystal": crystal, "a": c.a, "b": c.b, "c": c.c,
                "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
-               "lattice": self._lattice, "centering": self._centering,
+               "lattice": found.lattice, "centering": found.centering,
                "n_peaks_indexed": n_ind, "n_peaks": n_peaks,
                "fraction_indexed": n_ind / n_peaks, "method": p.method_name,
                "tries": tries, "profile_radius_invA": radius,

@@ -8,7 +8,7 @@ keeps the three facts as attributes. The readers' own errors
 
 from __future__ import annotations
 
-__all__ = ["SourceError"]
+__all__ = ["SourceError", "decode_text"]
 
 
 class SourceError(ValueError):
@@ -45,3 +45,33 @@ class SourceError(ValueError):
         if line is not None:
             text += f" (in {line.strip()[:self.max_line_chars]!r})"
         super().__init__(text)
+
+
+def decode_text(data: bytes, error: type[SourceError], source: str, *,
+                comment: str | None = None) -> str:
+    """UTF-8 text of a file's bytes; a byte that is not UTF-8 is ``error`` naming the line.
+
+    Bytes that are not UTF-8 inside a comment (after ``comment`` on its line) are
+    replaced, as a reader that ignores comments would. ``error`` is raised with the
+    source, the 1-based line number and the column of the first offending byte.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+            continue
+        except UnicodeDecodeError as exc:
+            start = exc.start
+        cut = raw.find(comment.encode()) if comment else -1
+        if 0 <= cut < start:  # raw[:cut] decodes: the bad byte is in the comment
+            lines.append(raw[:cut].decode("utf-8")
+                         + raw[cut:].decode("utf-8", errors="replace"))
+            continue
+        raise error(f"byte 0x{raw[start]:02x} at column {start + 1} is not UTF-8 text",
+                    source=source, lineno=lineno,
+                    line=raw.decode("utf-8", errors="replace"))
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Numba kernels of :mod:`sxlab.io.hdf5`: a stored frame to float32 and its bad pixels.
+"""Numba kernels of the frame read path: flagged pixels, bad-pixel mask, framing check.
 
 Plain-NumPy reference: :func:`sxlab.io.hdf5.value_flags` with ``np.copyto`` /
 ``np.logical_or`` (``tests/test_read_kernels.py``).
@@ -14,9 +14,8 @@ import numpy as np
 def convert_flagged(raw, threshold, pixel_mask, has_mask, out, bad, has_bad):
     """One pass over an unsigned frame: ``out`` = value, 0 where flagged; ``bad`` = flags.
 
-    ``raw``, ``pixel_mask`` (bool), ``out`` (float32, or ``raw`` itself: flagged pixels
-    zeroed in place) and ``bad`` (bool) are flat arrays
-    of equal length (``pixel_mask`` and ``bad`` are ignored unless ``has_mask`` /
+    ``raw``, ``pixel_mask`` (bool), ``out`` (float32) and ``bad`` (bool) are flat arrays of
+    equal length (``pixel_mask`` and ``bad`` are ignored unless ``has_mask`` /
     ``has_bad``). A pixel is flagged when ``raw >= threshold``; ``bad`` is the flag or'ed
     with the pixel mask. Returns the number of flagged pixels.
     """

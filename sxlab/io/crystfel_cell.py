@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 
 from ..cell import LATTICE_TYPES, UnitCell
-from ._errors import SourceError
+from ._errors import SourceError, decode_text
 
 __all__ = ["CellFileError", "read_cell", "write_cell"]
 
@@ -170,12 +170,8 @@ def read_cell(path_or_text: str | os.PathLike, *, source_name: str | None = None
         source = source_name or "<cell text>"
     else:
         path = Path(path_or_text)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise CellFileError("expected a UTF-8 text file",
-                                source=source_name or str(path)) from None
         source = source_name or str(path)
+        text = decode_text(path.read_bytes(), CellFileError, source, comment=";")
     lines = text.splitlines()
     first = next((i for i, raw in enumerate(lines) if raw.strip()), None)
     if first is None:

@@ -4,7 +4,16 @@ The reader follows CrystFEL's ``crystfel_geometry(5)`` format: ``key = value`` l
 comments, ``panel/key`` panel settings, top-level panel keys as defaults for panels first
 mentioned afterwards, ``bad<name>/key`` bad regions and ``group_<name>`` (or the older
 ``rigid_group_<name>``) groups. Every problem raises :class:`GeomError` naming the file,
-the line and what was expected.
+the line and what was expected; the obsolete ``badrow_direction`` key is warned about
+(:class:`GeomWarning`) and ignored, as CrystFEL does.
+
+Beam energy, camera length and detector shifts may be numbers or, as in CrystFEL, paths
+of values in the data files with a unit (``wavelength = /LCLS/wavelength m``,
+``photon_energy = /LCLS/photon_energyK keV``, ``electron_voltage = /LCLS/voltage kV``,
+``clen = /LCLS/detector_distance mm``): they become :class:`~sxlab.geometry.HeaderValue`
+s that :meth:`~sxlab.geometry.Detector.resolved` (and :meth:`sxlab.io.Run.read`) put in
+place for each frame. A geometry without any beam energy is read with a NaN wavelength:
+the data (an NXmx master) or the caller supply it.
 
 The writer emits every panel value explicitly for each panel, with floats at full
 (``repr``) precision, so that ``read_geom(write_geom(det)) == det``.
@@ -15,17 +24,25 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
-from ..geometry import HC_EV_A, BadRegion, Beam, Detector, Panel, PanelMask
-from ._errors import SourceError
+from ..geometry import (
+    HC_EV_A,
+    BadRegion,
+    Beam,
+    Detector,
+    HeaderValue,
+    Panel,
+    PanelMask,
+    electron_wavelength_A,
+)
+from ._errors import SourceError, decode_text
 
-__all__ = ["GeomError", "read_geom", "write_geom"]
+__all__ = ["GeomError", "GeomWarning", "electron_wavelength_A", "read_geom", "write_geom"]
 
-_PLANCK_J_S = 6.62607015e-34
-_ELECTRON_MASS_KG = 9.1093837015e-31
-_ELEMENTARY_CHARGE_C = 1.602176634e-19
-_SPEED_OF_LIGHT_M_S = 299792458.0
+#: Panel keys CrystFEL still accepts but ignores, with a warning.
+_OBSOLETE_PANEL_KEYS = frozenset({"badrow_direction"})
 
 _BEAM_KEYS = ("photon_energy", "wavelength", "electron_voltage")
 _PEAK_LIST_TYPES = ("cxi", "list3", "auto")
@@ -113,6 +130,10 @@ class GeomError(SourceError):
         super().__init__(message, source=source, lineno=lineno, line=line)
 
 
+class GeomWarning(UserWarning):
+    """Something in a geometry file that is read but ignored (an obsolete key)."""
+
+
 class _Invalid(Exception):
     """A value problem without location; the parser adds file and line."""
 
@@ -132,7 +153,14 @@ def _int(text: str, *, minimum: int | None = 0) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise _Invalid(f"expected an integer, got {text!r}") from None
+        # CrystFEL reads these with atof: "1023.0" is the integer 1023
+        try:
+            f = float(text)
+        except ValueError:
+            f = math.nan
+        if not (math.isfinite(f) and f == int(f)):
+            raise _Invalid(f"expected an integer, got {text!r}") from None
+        v = int(f)
     if minimum is not None and v < minimum:
         raise _Invalid(f"expected an integer >= {minimum}, got {text!r}")
     return v
@@ -201,28 +229,16 @@ def _number_with_unit(text: str, units: dict[str, float], default: str) -> float
     return _float(parts[0]) * units[unit]
 
 
-def _header_path(text: str, key: str, unit: str) -> str:
-    """A header location with an optional unit that must be ``unit``."""
+def _header_value(text: str, key: str, units: tuple[str, ...], default: str) -> HeaderValue:
+    """A header location with an optional unit (one of ``units``; ``default`` if none)."""
     parts = text.split()
     if len(parts) not in (1, 2) or not parts[0].startswith("/"):
         raise _Invalid(f"expected a header path such as '/entry/{key}', got {text!r}")
-    if len(parts) == 2 and parts[1] != unit:
-        raise _Invalid(f"values of {key} read from a header are in {unit}, got unit {parts[1]!r}")
-    return parts[0]
-
-
-def electron_wavelength_A(voltage_V: float) -> float:
-    """Relativistic de Broglie wavelength (Å) of electrons accelerated through ``voltage_V``.
-
-    Examples
-    --------
-    >>> round(electron_wavelength_A(300e3), 6)
-    0.019687
-    """
-    energy_J = _ELEMENTARY_CHARGE_C * voltage_V
-    rest_J = _ELECTRON_MASS_KG * _SPEED_OF_LIGHT_M_S**2
-    momentum = math.sqrt(2.0 * _ELECTRON_MASS_KG * energy_J * (1.0 + energy_J / (2.0 * rest_J)))
-    return _PLANCK_J_S / momentum * 1e10
+    unit = parts[1] if len(parts) == 2 else default
+    if unit not in units:
+        raise _Invalid(f"values of {key} read from a header are in {' or '.join(units)}, "
+                       f"got unit {unit!r}")
+    return HeaderValue(parts[0], unit)
 
 
 def _positive(value: float, what: str, text: str) -> float:
@@ -231,27 +247,37 @@ def _positive(value: float, what: str, text: str) -> float:
     return value
 
 
-def _parse_photon_energy(text: str) -> tuple[str, object]:
-    if text.startswith("/"):
-        return ("path", _header_path(text, "photon_energy", "eV"))
-    energy = _number_with_unit(text, {"eV": 1.0, "keV": 1e3}, "eV")
-    return ("wavelength_A", HC_EV_A / _positive(energy, "photon energy", text))
+def _beam_parser(key: str, units: dict[str, float], default: str, to_wavelength, what: str):
+    def parse(text: str) -> tuple[str, object]:
+        if text.startswith("/"):
+            return ("path", _header_value(text, key, tuple(units), default))
+        value = _number_with_unit(text, units, default)
+        return ("wavelength_A", to_wavelength(_positive(value, what, text)))
+
+    return parse
 
 
-def _parse_wavelength(text: str) -> tuple[str, object]:
-    lam = _number_with_unit(text, {"m": 1e10, "A": 1.0}, "m")
-    return ("wavelength_A", _positive(lam, "wavelength", text))
-
-
-def _parse_electron_voltage(text: str) -> tuple[str, object]:
-    volts = _number_with_unit(text, {"V": 1.0, "kV": 1e3}, "V")
-    return ("wavelength_A", electron_wavelength_A(_positive(volts, "voltage", text)))
+_parse_photon_energy = _beam_parser("photon_energy", {"eV": 1.0, "keV": 1e3}, "eV",
+                                    lambda e: HC_EV_A / e, "photon energy")
+_parse_wavelength = _beam_parser("wavelength", {"m": 1e10, "A": 1.0}, "m",
+                                 lambda w: w, "wavelength")
+_parse_electron_voltage = _beam_parser("electron_voltage", {"V": 1.0, "kV": 1e3}, "V",
+                                       electron_wavelength_A, "voltage")
 
 
 def _parse_clen(text: str) -> tuple[str, object]:
-    if text.startswith("/"):
-        return ("path", _header_path(text, "clen", "mm"))
+    if text.startswith("/"):  # CrystFEL: a header value without unit is in mm
+        return ("path", _header_value(text, "clen", ("mm", "m"), "mm"))
     return ("m", _number_with_unit(text, {"m": 1.0, "mm": 1e-3}, "m"))
+
+
+def _parse_shift(key: str):
+    def parse(text: str) -> tuple[str, object]:
+        if text.startswith("/"):  # CrystFEL: a header value without unit is in m
+            return ("path", _header_value(text, key, ("m", "mm"), "m"))
+        return ("m", _number_with_unit(text, {"m": 1.0, "mm": 1e-3}, "m"))
+
+    return parse
 
 
 def _parse_bandwidth(text: str) -> float:
@@ -273,8 +299,8 @@ _GLOBAL_PARSERS = {
     "electron_voltage": _parse_electron_voltage,
     "clen": _parse_clen,
     "bandwidth": _parse_bandwidth,
-    "detector_shift_x": lambda text: _header_path(text, "detector_shift_x", "mm"),
-    "detector_shift_y": lambda text: _header_path(text, "detector_shift_y", "mm"),
+    "detector_shift_x": _parse_shift("detector_shift_x"),
+    "detector_shift_y": _parse_shift("detector_shift_y"),
     "peak_list": str,
     "peak_list_type": _parse_peak_list_type,
 }
@@ -377,6 +403,8 @@ class _Parser:
             self._group(self.groups, key, "group_", value, lineno)
         elif key in _GLOBAL_KEYS:
             self._global(key, value, lineno)
+        elif key in _OBSOLETE_PANEL_KEYS:
+            self._obsolete(key, lineno)
         else:
             canon = _canonical_panel_key(key)
             if canon is None:
@@ -384,6 +412,10 @@ class _Parser:
             self._set_entry(self.defaults, canon, _panel_value(canon, value), lineno)
             if self.trailing_default is None:
                 self.trailing_default = lineno
+
+    def _obsolete(self, key: str, lineno: int) -> None:
+        warnings.warn(f"{self.source}, line {lineno}: {key!r} is obsolete and ignored (as "
+                      "CrystFEL ignores it)", GeomWarning, stacklevel=6)
 
     @staticmethod
     def _set_entry(entries: dict, key: str, value, lineno: int, *extra) -> None:
@@ -399,6 +431,9 @@ class _Parser:
                 lineno,
                 full_key,
             )
+        if key in _OBSOLETE_PANEL_KEYS:
+            self._obsolete(key, lineno)
+            return
         canon = _canonical_panel_key(key)
         if canon is None:
             raise self.error(f"unknown panel key {key!r} for panel {name!r}", lineno, full_key)
@@ -467,8 +502,16 @@ class _Parser:
             )
         if not self.panels:
             raise self.error("no panels; expected lines such as 'p0/min_fs = 0'")
-        clen, clen_path = self._clen()
+        clen, clen_from = self._clen()
         panels = tuple(self._make_panel(name, clen) for name in self.panels)
+        shifts = {}
+        for key, axis in (("detector_shift_x", "corner_x"), ("detector_shift_y", "corner_y")):
+            kind, value = self._global_value(key) or (None, None)
+            if kind == "path":
+                shifts[key + "_from"] = value
+            elif kind == "m":  # a fixed shift: move every panel now
+                panels = tuple(p.replace(**{axis: getattr(p, axis) + value * p.res})
+                               for p in panels)
         bad = tuple(self._make_bad_region(name, panels) for name in self.bad)
         groups = self._check_groups(panels)
         name = self.meta.get("name", (default_name, None))[0]
@@ -480,9 +523,8 @@ class _Parser:
                 groups=groups,
                 rigid_groups=tuple((g, m) for g, m, _ in self.rigid_groups),
                 rigid_group_collections=tuple((g, m) for g, m, _ in self.collections),
-                clen_path=clen_path,
-                detector_shift_x_path=self._global_value("detector_shift_x"),
-                detector_shift_y_path=self._global_value("detector_shift_y"),
+                clen_from=clen_from,
+                **shifts,
                 peak_list=self._global_value("peak_list"),
                 peak_list_type=self._global_value("peak_list_type"),
                 name=name,
@@ -501,12 +543,8 @@ class _Parser:
 
     def _beam(self) -> Beam:
         given = [k for k in _BEAM_KEYS if k in self.globals]
-        if not given:
-            raise self.error(
-                "no beam energy; expected one of 'photon_energy = <eV>', "
-                "'wavelength = <A> A' or 'electron_voltage = <kV> kV'"
-            )
-        kind, value = self.globals[given[0]][0]
+        # No beam energy: the data or the caller give it (CrystFEL also allows this)
+        kind, value = self.globals[given[0]][0] if given else ("wavelength_A", math.nan)
         bandwidth = self._global_value("bandwidth")
         divergence = 0.0
         if "divergence_rad" in self.meta:
@@ -519,7 +557,7 @@ class _Parser:
             wavelength_A=value if kind == "wavelength_A" else math.nan,
             bandwidth=0.0 if bandwidth is None else bandwidth,
             divergence_rad=divergence,
-            photon_energy_path=value if kind == "path" else None,
+            wavelength_from=value if kind == "path" else None,
         )
 
     def _make_panel(self, name: str, clen: float) -> Panel:
@@ -694,10 +732,14 @@ def read_geom(path_or_text: str | os.PathLike, *, source_name: str | None = None
     Notes
     -----
     * ``photon_energy`` (eV or keV), ``wavelength`` (m or A) or ``electron_voltage``
-      (V or kV; relativistic electron wavelength) gives the beam; a header path for
-      ``photon_energy`` sets :attr:`Beam.photon_energy_path` and a NaN wavelength.
+      (V or kV; relativistic electron wavelength) gives the beam; a header path with
+      its unit sets :attr:`Beam.wavelength_from` and a NaN wavelength; none of them
+      leaves the wavelength NaN (to come from the data or the caller).
     * ``clen`` is a top-level key: a number (m, or mm with unit) sets every panel's
-      ``clen``; a header path (mm) sets :attr:`Detector.clen_path` and NaN panel ``clen``.
+      ``clen``; a header path (mm unless given in m) sets :attr:`Detector.clen_from`
+      and NaN panel ``clen``. ``detector_shift_x/y``: a header path (m unless given in
+      mm) sets :attr:`Detector.detector_shift_x_from`; a number moves every panel.
+    * Integer keys written as ``0.0`` are read as integers, as CrystFEL does.
     * Without ``dimN`` keys a panel's dims are ``("ss", "fs")`` (CrystFEL's default).
     * ``fs``/``ss`` directions are normalised to unit length.
     * Bad regions keep their name without the ``bad`` prefix (and one ``_``).
@@ -727,8 +769,8 @@ def read_geom(path_or_text: str | os.PathLike, *, source_name: str | None = None
         default_name = ""
     else:
         path = Path(path_or_text)
-        text = path.read_text(encoding="utf-8")
         source = source_name or str(path)
+        text = decode_text(path.read_bytes(), GeomError, source, comment=";")
         default_name = path.stem
     parser = _Parser(source)
     parser.parse(text)
@@ -758,12 +800,19 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
+_BEAM_KEY_OF_UNIT = {"eV": "photon_energy", "keV": "photon_energy", "m": "wavelength",
+                     "A": "wavelength", "V": "electron_voltage", "kV": "electron_voltage"}
+
+
 def _beam_lines(beam: Beam) -> list[str]:
-    if beam.photon_energy_path is not None:
-        return [f"photon_energy = {beam.photon_energy_path}"]
+    w = beam.wavelength_from
+    if w is not None:
+        return [f"{_BEAM_KEY_OF_UNIT[w.unit]} = {w.path} {w.unit}"]
     lam = float(beam.wavelength_A)
+    if math.isnan(lam):
+        return ["; no beam energy: it comes from the data"]
     if not (math.isfinite(lam) and lam > 0):
-        raise ValueError("the beam has no wavelength and no photon_energy_path")
+        raise ValueError(f"the beam has an invalid wavelength {lam}")
     energy = _fmt(HC_EV_A / lam)
     if HC_EV_A / float(energy) == lam and len(energy) <= len(_fmt(lam)):
         return [f"photon_energy = {energy} eV"]
@@ -771,8 +820,8 @@ def _beam_lines(beam: Beam) -> list[str]:
 
 
 def _clen_line(det: Detector) -> str:
-    if det.clen_path is not None:
-        return f"clen = {det.clen_path} mm"
+    if det.clen_from is not None:
+        return f"clen = {det.clen_from}"
     clens = {float(p.clen) for p in det.panels}
     if len(clens) != 1 or not all(math.isfinite(c) for c in clens):
         raise ValueError(
@@ -893,10 +942,10 @@ def write_geom(detector: Detector, path: str | os.PathLike | None = None) -> str
         lines.append(f"; sxlab: divergence_rad = {_fmt(det.beam.divergence_rad)}")
     lines += ["", *_beam_lines(det.beam), f"bandwidth = {_fmt(det.beam.bandwidth)}"]
     lines.append(_clen_line(det))
-    if det.detector_shift_x_path is not None:
-        lines.append(f"detector_shift_x = {det.detector_shift_x_path} mm")
-    if det.detector_shift_y_path is not None:
-        lines.append(f"detector_shift_y = {det.detector_shift_y_path} mm")
+    if det.detector_shift_x_from is not None:
+        lines.append(f"detector_shift_x = {det.detector_shift_x_from}")
+    if det.detector_shift_y_from is not None:
+        lines.append(f"detector_shift_y = {det.detector_shift_y_from}")
     if det.peak_list is not None:
         lines.append(f"peak_list = {det.peak_list}")
     if det.peak_list_type is not None:

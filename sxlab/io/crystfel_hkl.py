@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .. import tables
-from ._errors import SourceError
+from ._errors import SourceError, decode_text
 
 __all__ = ["HklFileError", "crystfel_symmetry", "read_hkl", "write_hkl"]
 
@@ -185,7 +185,7 @@ def read_hkl(path: str | os.PathLike, *, cell=None) -> pd.DataFrame:
     from ..symmetry import cell_d_spacings
 
     path = Path(path)
-    lines = path.read_text().splitlines()
+    lines = decode_text(path.read_bytes(), HklFileError, str(path)).splitlines()
     symmetry = None
     body_start = 0
     for j, line in enumerate(lines[:3]):

@@ -17,12 +17,28 @@ value are set to 0 and reported in a separate boolean mask (:meth:`Run.read`). F
 
 The NXmx ``pixel_mask`` (nonzero = bad) of a master file is OR'ed into the mask; those
 pixels keep their values in the image.
+
+Per-frame geometry
+------------------
+A CrystFEL geometry may read the beam energy, the camera length and detector shifts from
+the data files (:class:`~sxlab.geometry.HeaderValue`); :meth:`Run.frame_geometry` reads
+them for a frame (a scalar for the file, or the frame's element of a per-frame array) and
+returns the geometry with them in place, as CrystFEL does for each frame. A geometry
+without any beam energy takes the wavelength from the NXmx metadata of the data.
+
+Identity
+--------
+:meth:`Run.identity` describes the input cheaply (file names, sizes, modification times,
+frame count, frame shape and a SHA-256 of the stored bytes of the first and last
+readable frames): a results directory records it, so that a rerun with other input is
+recognised.
 """
 
 from __future__ import annotations
 
 import bisect
 import glob
+import hashlib
 import html
 import numbers
 import os
@@ -36,24 +52,31 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle/LZ4 HDF5 filters)
 import numpy as np
 
+from sxlab.geometry import HC_EV_A
 from sxlab.io.compression import BlobError, bslz4_decode_into, bslz4_problem
 from sxlab.io.nxmx import (
     as_str,
     find_detectors,
     find_entry,
     read_nxmx_geometry,
+    read_nxmx_wavelength,
     virtual_frame_blocks,
 )
 
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["FrameReadError", "Run", "convert_frame", "open_run", "value_flags"]
+__all__ = ["FrameReadError", "Run", "convert_frame", "open_hdf5", "open_run",
+           "value_flags"]
 
 _BSLZ4_FILTER = 32008
 _CXI_PATHS = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
 _DATA_LINK = re.compile(r"^data_\d+$")
 _DATA_FILE = re.compile(r"^(?P<prefix>.*)_data_\d+\.(h5|hdf5|nxs)$")
+#: File name endings taken from a folder given to :func:`open_run`.
+_FOLDER_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
+#: Frames whose stored bytes make the fingerprint of :meth:`Run.identity` (first, last).
+_FINGERPRINT_TRIES = 8
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, BlobError)
 _NO_BOOL = np.zeros(0, dtype=bool)
 
@@ -134,6 +157,7 @@ class _Handles:
         self.dsets: dict[tuple[str, str], _DatasetInfo] = {}
         self.buffers: dict[tuple, np.ndarray] = {}
         self.masks: dict[int, np.ndarray | None] = {}
+        self.geometries: dict[tuple, object] = {}
 
     def _check_process(self) -> None:
         if os.getpid() != self.pid:
@@ -145,7 +169,7 @@ class _Handles:
         if f is not None:
             self.files.move_to_end(path)
             return f
-        f = h5py.File(path, "r")
+        f = open_hdf5(path)
         self.files[path] = f
         while len(self.files) > self.max_open:
             old, fh = self.files.popitem(last=False)
@@ -181,6 +205,38 @@ class _Handles:
             for fh in self.files.values():
                 fh.close()
             self._reset()
+
+
+def open_hdf5(path: str) -> h5py.File:
+    """Open an HDF5 file for reading; an unreadable one is an OSError naming the file.
+
+    h5py's messages ("Unable to synchronously open file (file signature not found)")
+    name neither the file nor the likely cause; this says both.
+    """
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        text = str(exc)
+        if "signature not found" in text:
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            why = "an empty file" if size == 0 else f"{size} bytes that are not HDF5"
+            raise OSError(f"{path}: not an HDF5 file ({why})") from None
+        if "truncated file" in text:
+            m = re.search(r"eof = (\d+).*stored_eof = (\d+)", text)
+            what = (f"{int(m.group(1))} of {int(m.group(2))} bytes" if m else "cut short")
+            raise OSError(f"{path}: truncated HDF5 file ({what}; an incomplete copy or "
+                          "a file still being written?)") from None
+        if "ermission" in text:
+            raise PermissionError(f"{path}: permission denied") from None
+        raise OSError(f"{path}: cannot open as HDF5 ({_h5_reason(text)})") from None
+
+
+def _h5_reason(text: str) -> str:
+    """The innermost reason of an h5py error message."""
+    m = re.findall(r"\(([^()]*)\)", text)
+    return m[-1] if m else text
 
 
 def _bslz4_elem_size(dset: h5py.Dataset) -> int:
@@ -720,6 +776,185 @@ class Run:
             else:
                 yield da
 
+    # ------------------------------------------------------ per-frame geometry
+    def with_beam(self, *, wavelength_A: float | None = None,
+                  photon_energy_eV: float | None = None) -> Run:
+        """This run with the beam's wavelength given (for every frame).
+
+        For a geometry that gives no beam energy (or to override it); one of the two
+        keywords.
+
+        Examples
+        --------
+        >>> run = open_run("run7_master.h5").with_beam(photon_energy_eV=12400)  # doctest: +SKIP
+        """
+        if (wavelength_A is None) == (photon_energy_eV is None):
+            raise ValueError("give wavelength_A or photon_energy_eV")
+        lam = wavelength_A if wavelength_A is not None else HC_EV_A / float(photon_energy_eV)
+        if not (np.isfinite(lam) and lam > 0):
+            raise ValueError(f"the wavelength must be positive, got {lam}")
+        det = self.geometry
+        if det is None:
+            raise ValueError(f"run {self.name!r} has no geometry to set the beam of")
+        run = self._subrun(self._index)
+        run._geometry = _GeometryRef(det.with_beam(wavelength_A=float(lam),
+                                                   wavelength_from=None))
+        return run
+
+    def frame_geometry(self, i):
+        """The geometry of frame ``i``: header values read from its file and put in place.
+
+        Returns :attr:`geometry` itself when nothing varies per frame. Equal values give
+        the same (cached) Detector object, so that prepared work can be reused.
+
+        Raises
+        ------
+        FrameReadError
+            A header value cannot be read from the frame's file, or no wavelength is
+            known (the geometry gives none, the data neither).
+        """
+        det = self.geometry
+        if det is None:
+            return None
+        if not det.header_values and np.isfinite(det.beam.wavelength_A):
+            return det
+        g = self._global(i)
+        seg, local = self._locate(g)
+        values = []
+        with self._handles.lock:
+            for hv in det.header_values:
+                values.append(self._header_value(hv, seg, local, g))
+            if det.beam.wavelength_from is None and not np.isfinite(det.beam.wavelength_A):
+                values.append(self._data_wavelength(seg, g))
+        key = (id(det), tuple(values))
+        cache = self._handles.geometries
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        lookup = dict(zip(det.header_values, values, strict=False))
+        try:
+            resolved = det.resolved(lambda hv: lookup[hv])
+        except ValueError as exc:
+            raise FrameReadError(f"frame {g} of run {self.name!r} ({seg.path}): {exc}",
+                                 path=seg.path, frame=g, index_in_file=local) from None
+        if len(values) > len(det.header_values):
+            resolved = resolved.with_beam(wavelength_A=values[-1])
+        if len(cache) >= 16:
+            cache.pop(next(iter(cache)))
+        cache[key] = resolved
+        return resolved
+
+    def _header_value(self, hv, seg: _Segment, local: int, g: int) -> float:
+        where = [seg.path]
+        meta = self._metas[seg.meta].path
+        if meta != seg.path:
+            where.append(meta)  # the master holds the metadata of its data files
+        for path in where:
+            try:
+                obj = self._handles.file(path).get(hv.path)
+            except _READ_ERRORS:
+                obj = None
+            if isinstance(obj, h5py.Dataset):
+                break
+        else:
+            raise FrameReadError(
+                f"frame {g} of run {self.name!r}: the geometry reads {hv.path} ({hv.unit}) "
+                f"from each frame's file, but {' and '.join(where)} have no such dataset",
+                path=seg.path, frame=g, index_in_file=local)
+        try:
+            arr = np.asarray(obj[()])
+            if arr.dtype.kind in "SUO":
+                arr = np.asarray([float(as_str(v)) for v in np.ravel(arr)])
+            if arr.size == 1:
+                return float(arr.ravel()[0])
+            if arr.ndim >= 1 and arr.shape[0] > local and arr[local].size == 1:
+                return float(np.ravel(arr[local])[0])
+            problem = f"has shape {arr.shape}, expected one value or one per frame"
+        except (TypeError, ValueError) as exc:
+            problem = f"is not a number ({exc})"
+        raise FrameReadError(
+            f"frame {g} of run {self.name!r}: {obj.file.filename}:{hv.path} {problem}",
+            path=seg.path, frame=g, index_in_file=local)
+
+    def _data_wavelength(self, seg: _Segment, g: int) -> float:
+        meta = self._metas[seg.meta].path
+        lam = float("nan")
+        for path in dict.fromkeys((meta, seg.path)):
+            try:
+                lam = read_nxmx_wavelength(self._handles.file(path))
+            except _READ_ERRORS:
+                continue
+            if np.isfinite(lam):
+                return lam
+        raise FrameReadError(
+            f"frame {g} of run {self.name!r}: no wavelength; the geometry gives none and "
+            f"{meta} has no NXmx incident_wavelength (give the beam energy, e.g. "
+            "sxlab process --photon-energy EV)", path=seg.path, frame=g)
+
+    # ----------------------------------------------------------------- identity
+    def identity(self, *, fingerprint_frames: list[int] | None = None) -> dict:
+        """A cheap description of this run's input, to recognise it again.
+
+        Parameters
+        ----------
+        fingerprint_frames : list of int, optional
+            Frames to hash (as a recorded identity lists them); default the first and
+            the last frame that can be read (at most 8 tried from each end).
+
+        Returns
+        -------
+        dict
+            ``name``, ``n_frames``, ``frame_shape``, ``dtype``, ``files`` (one
+            ``{"name", "path", "size", "mtime"}`` per file) and ``fingerprint``
+            (``{"frames": [...], "sha256": ...}``: SHA-256 of the stored bytes of those
+            frames, compressed chunks as stored when they are single chunks).
+
+        Examples
+        --------
+        >>> run = open_run("run7_master.h5")  # doctest: +SKIP
+        >>> run.identity()["fingerprint"]["frames"]  # doctest: +SKIP
+        [0, 6999]
+        """
+        files = []
+        for path in self.files:
+            try:
+                st = os.stat(path)
+                size, mtime = int(st.st_size), float(st.st_mtime)
+            except OSError:
+                size, mtime = None, None
+            files.append({"name": os.path.basename(path), "path": path, "size": size,
+                          "mtime": mtime})
+        n = len(self)
+        if fingerprint_frames is None:
+            chosen = []
+            for order in (range(min(n, _FINGERPRINT_TRIES)),
+                          range(n - 1, max(n - 1 - _FINGERPRINT_TRIES, -1), -1)):
+                for i in order:
+                    if i in chosen:
+                        break
+                    try:
+                        self._stored_bytes(i)
+                    except FrameReadError:
+                        continue
+                    chosen.append(i)
+                    break
+            fingerprint_frames = chosen
+        digest = hashlib.sha256()
+        for i in fingerprint_frames:
+            digest.update(f"{i}:".encode())
+            try:
+                digest.update(self._stored_bytes(i))
+            except (FrameReadError, IndexError):
+                digest.update(b"<unreadable>")
+        return {"name": self.name, "n_frames": n, "frame_shape": list(self.frame_shape),
+                "dtype": self.dtype.str, "files": files,
+                "fingerprint": {"frames": [int(i) for i in fingerprint_frames],
+                                "sha256": digest.hexdigest()}}
+
+    def _stored_bytes(self, i) -> bytes:
+        blob = self.read_compressed(i)
+        return blob if blob is not None else self.read_raw(i).tobytes()
+
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close the cached file handles (they reopen on the next read)."""
@@ -790,7 +1025,14 @@ def _expand(path_or_paths) -> list[str]:
     out = []
     for item in items:
         p = os.fsdecode(os.fspath(item))
-        if os.path.exists(p):
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, n) for n in os.listdir(p)
+                           if n.lower().endswith(_FOLDER_SUFFIXES))
+            if not found:
+                raise FileNotFoundError(f"{p}: a folder without HDF5 files "
+                                        f"({', '.join(_FOLDER_SUFFIXES)})")
+            out.extend(os.path.abspath(f) for f in found)
+        elif os.path.exists(p):
             out.append(os.path.abspath(p))
         elif glob.has_magic(p):
             matches = sorted(glob.glob(p))
@@ -864,11 +1106,11 @@ def _dataset_segments(ds: h5py.Dataset, frame_ndim: int | None, meta: int):
     return segs, shape[1:]
 
 
-def _frame_candidates(f: h5py.File) -> list[str]:
+def _frame_candidates(f: h5py.File, ndims=(3, 4)) -> list[str]:
     found = []
 
     def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4):
+        if isinstance(obj, h5py.Dataset) and obj.ndim in ndims and min(obj.shape) > 1:
             found.append("/" + name)
 
     f.visititems(visit)
@@ -933,7 +1175,7 @@ def _meta_from_master(f: h5py.File, path: str, frame_shape: tuple) -> _Meta:
 
 
 def _scan(path: str, data_path: str | None, frame_ndim: int | None) -> _Scan:
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         nxmx = bool(find_detectors(f))
         links = None
         if data_path is not None:
@@ -965,10 +1207,13 @@ def _scan(path: str, data_path: str | None, frame_ndim: int | None) -> _Scan:
                         break
             if obj is None:
                 cands = _frame_candidates(f)
+                if not cands:  # a single-frame file: one 2-D image
+                    cands = _frame_candidates(f, (frame_ndim or 2,))
                 if len(cands) != 1:
-                    what = "no 3-D or 4-D dataset" if not cands else (
+                    what = "no image dataset" if not cands else (
                         f"several candidate datasets {cands}")
-                    raise ValueError(f"{path}: {what}; pass data_path=")
+                    raise ValueError(f"{path}: {what}; give the data path (the geometry's "
+                                     "'data =' line, or data_path=)")
                 obj = f[cands[0]]
         if isinstance(obj, h5py.Group):
             links = links or sorted(k for k in obj if _DATA_LINK.match(k))
@@ -997,7 +1242,7 @@ def _link_segments(path: str, group: h5py.Group, links: list[str], frame_ndim):
                 raise FileNotFoundError(
                     f"{path}: {group.name}/{name} links to missing file {target}"
                 )
-            with h5py.File(target, "r") as df:
+            with open_hdf5(target) as df:
                 ds = df.get(link.path)
                 if not isinstance(ds, h5py.Dataset):
                     raise ValueError(f"{target}: no dataset {link.path}")
@@ -1016,6 +1261,18 @@ def _link_segments(path: str, group: h5py.Group, links: list[str], frame_ndim):
             )
         segs.extend(s)
     return segs, frame_shape, dtype, eiger
+
+
+def _geometry_data_path(geometry, path: str) -> str | None:
+    """The geometry's ``data`` location, when every panel has the same and the file has it."""
+    places = {p.data for p in geometry.panels}
+    if len(places) != 1:
+        return None
+    place = places.pop()
+    if "%" in place:
+        return None
+    with open_hdf5(path) as f:
+        return place if isinstance(f.get(place), h5py.Dataset) else None
 
 
 def open_run(path_or_paths, *, data_path: str | None = None, geometry=None,
@@ -1037,9 +1294,13 @@ def open_run(path_or_paths, *, data_path: str | None = None, geometry=None,
         * several of these (a list or a glob pattern, sorted), whose frames are
           concatenated in the given order. Data files that a master in the list already
           covers are skipped.
+        * a folder: its HDF5 files (``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, ``.cxi``) in
+          name order, e.g. one 2-D image per file as many synchrotron beamlines write
+          serial data.
     data_path : str, optional
         Dataset (or group with ``data_NNNNNN`` links) holding the frames. A dataset with
-        as many dims as one frame is read as a single frame.
+        as many dims as one frame is read as a single frame. Default: the geometry's
+        ``data`` location when the files have it, else found automatically.
     geometry : Detector, optional
         Geometry to attach; default: the one described by the NXmx master, if any.
     name : str, optional
@@ -1076,6 +1337,8 @@ def open_run(path_or_paths, *, data_path: str | None = None, geometry=None,
     frame_ndim = None
     if geometry is not None:
         frame_ndim = len(geometry.data_shape)
+        if data_path is None:
+            data_path = _geometry_data_path(geometry, paths[0])
     scans = [_scan(p, data_path, frame_ndim) for p in paths]
     covered = {s.path for sc in scans if sc.is_master for s in sc.segments}
     scans = [sc for sc in scans if sc.is_master or sc.path not in covered]

@@ -50,6 +50,7 @@ __all__ = [
     "data_file_name",
     "nxmx_entries",
     "read_nxmx_geometry",
+    "read_nxmx_wavelength",
     "unique_panel_name",
     "virtual_frame_blocks",
 ]
@@ -1065,6 +1066,13 @@ def _read_wavelength_A(f: h5py.File, entry) -> float:
             scale = _unit_factor(ds, "units", _ENERGY_UNITS, "eV", "energy")
             return Beam.from_photon_energy(_scalar(ds) * scale).wavelength_A
     return float("nan")
+
+
+def read_nxmx_wavelength(f: h5py.File) -> float:
+    """Wavelength (Å) of an NXmx file's beam (``incident_wavelength`` or
+    ``incident_energy``); NaN when the file has no NXmx entry or beam."""
+    entry = find_entry(f)
+    return float("nan") if entry is None else _read_wavelength_A(f, entry)
 
 
 def _read_bandwidth(entry, wavelength_A: float) -> float:

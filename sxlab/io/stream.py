@@ -28,6 +28,7 @@ import contextlib
 import math
 import mmap
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,25 @@ _REFLECTION_LINE = "%4i %4i %4i %10.2f %10.2f %10.2f %10.2f %6.1f %6.1f %s\n"
 _BASIS = tuple(f"{v}star_{x}" for v in "abc" for x in "xyz")
 _AXIS_LATTICES = ("monoclinic", "tetragonal", "hexagonal")
 _SQRT10 = math.sqrt(10.0)
+_C_SPACE = re.compile(r"[ \t\n\v\f\r]+")
+
+
+def _unique_axis(lattice: str, params) -> str:
+    """The unique axis a cell's parameters show for its lattice type (``*`` if none).
+
+    Monoclinic: the axis of the angle that is not 90°; tetragonal: the edge whose length
+    differs most from the other two's mean; hexagonal: the edge opposite the 120° angle.
+    """
+    if lattice not in _AXIS_LATTICES or not all(math.isfinite(v) for v in params):
+        return "?" if lattice in _AXIS_LATTICES else "*"
+    lengths, angles = params[:3], params[3:]
+    if lattice == "monoclinic":
+        k = max(range(3), key=lambda j: abs(angles[j] - 90.0))
+    elif lattice == "hexagonal":
+        k = min(range(3), key=lambda j: abs(angles[j] - 120.0))
+    else:
+        k = max(range(3), key=lambda j: abs(lengths[j] - (sum(lengths) - lengths[j]) / 2))
+    return "abc"[k]
 
 class StreamError(SourceError):
     """A CrystFEL stream that cannot be understood.
@@ -567,7 +587,7 @@ class StreamWriter:
         centering = text_of("centering", "P")
         if lattice == "hexagonal" and centering == "R":
             centering = "H"
-        axis = text_of("unique_axis", "?" if lattice in _AXIS_LATTICES else "*")
+        axis = text_of("unique_axis", _unique_axis(lattice, params))
 
         def num(name, default=np.nan):
             v = cr.get(name)
@@ -816,7 +836,10 @@ class _Panels:
                 nameless = u
                 continue
             pos = _line_offset(int(line_pos[first[u]]))
-            token = ctx.line_at(pos).split()[name_field]
+            # fields split at C's whitespace as the kernel and CrystFEL do (Python's
+            # split() also splits at the control bytes 0x1c-0x1f)
+            fields = [f for f in _C_SPACE.split(ctx.line_at(pos)) if f]
+            token = fields[name_field] if name_field < len(fields) else ""
             idx = self.index.get(token)
             if idx is None:
                 if self.geometry is not None:
