@@ -140,59 +140,61 @@ def live_trial(run, params_path: Path, rate: float, n_frames: int, workdir: Path
                                     stdout=logs[k + 1], stderr=subprocess.STDOUT)
                    for k in range(2)]
 
-        def alive():
-            for proc, log in zip([ingest, *workers], logs, strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{log.name} exited ({proc.returncode}): "
-                                       f"{Path(log.name).read_text()[-2000:]}")
-        warm = Replay(run, endpoint=endpoint, frames=n_warm, loop=True, preload=True,
-                      run_name="warmup", series=1)
-        warm.serve()
-        key = broker.wait_run(since=t_start, run="warmup", timeout_s=60)
-        t_warm = time.time()
-        while not broker.finished(key, "process"):
-            alive()
-            if time.time() - t_warm > 600:
-                raise TimeoutError("the warm-up series was not processed in 10 min")
-            time.sleep(0.1)
-        rep = Replay(run, endpoint=endpoint, rate=rate, frames=n_frames, loop=True,
-                     preload=True, run_name="bench", series=2)
-        redis_cpu0 = cpu_seconds(server.process.pid)
-        ingest_cpu0 = cpu_seconds(ingest.pid)
-        result = {}
-        sender = threading.Thread(target=lambda: result.update(s=rep.serve()))
-        sender.start()
-        # the workers' CPU from their first committed frame of the series on (each
-        # prepares its processing for the new run first; that set-up is not per frame)
-        key = broker.wait_run(since=t_start, run="bench", timeout_s=30)
-        rkey = derived_key(key, "results")
-        while sender.is_alive():
-            seen = {f[b"worker"] for _, f in broker.client.xrange(rkey, "-", "+")}
-            if len(seen) == len(workers):
-                break
-            time.sleep(0.02)
-        n0 = broker.client.xlen(rkey)
-        workers_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
-        sender.join()
-        t_sent = time.time()
-        finished = False
-        while time.time() - t_sent < 120:
-            if key is not None and broker.finished(key, "process"):
-                finished = True
-                break
-            time.sleep(0.05)
-        t_done = time.time()
-        redis_cpu = cpu_seconds(server.process.pid) - redis_cpu0
-        ingest_cpu = cpu_seconds(ingest.pid) - ingest_cpu0
-        workers_cpu = sum(cpu_seconds(w.pid) for w in workers) - workers_cpu0
-        rows = broker.client.xrange(derived_key(key, "results"), "-", "+")
-        res = pd.DataFrame([{k.decode(): v.decode() for k, v in f.items()} for _, f in rows])
-        for w in [ingest, *workers]:
-            w.terminate()
-            w.wait(60)
-        for log in logs:
-            log.close()
-        broker.close()
+        try:
+            def alive():
+                for proc, log in zip([ingest, *workers], logs, strict=True):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{log.name} exited ({proc.returncode}): "
+                                           f"{Path(log.name).read_text()[-2000:]}")
+            warm = Replay(run, endpoint=endpoint, frames=n_warm, loop=True, preload=True,
+                          run_name="warmup", series=1)
+            warm.serve()
+            key = broker.wait_run(since=t_start, run="warmup", timeout_s=60)
+            t_warm = time.time()
+            while not broker.finished(key, "process"):
+                alive()
+                if time.time() - t_warm > 600:
+                    raise TimeoutError("the warm-up series was not processed in 10 min")
+                time.sleep(0.1)
+            rep = Replay(run, endpoint=endpoint, rate=rate, frames=n_frames, loop=True,
+                         preload=True, run_name="bench", series=2)
+            redis_cpu0 = cpu_seconds(server.process.pid)
+            ingest_cpu0 = cpu_seconds(ingest.pid)
+            result = {}
+            sender = threading.Thread(target=lambda: result.update(s=rep.serve()))
+            sender.start()
+            # the workers' CPU from their first committed frame of the series on (each
+            # prepares its processing for the new run first; that set-up is not per frame)
+            key = broker.wait_run(since=t_start, run="bench", timeout_s=30)
+            rkey = derived_key(key, "results")
+            while sender.is_alive():
+                seen = {f[b"worker"] for _, f in broker.client.xrange(rkey, "-", "+")}
+                if len(seen) == len(workers):
+                    break
+                time.sleep(0.02)
+            n0 = broker.client.xlen(rkey)
+            workers_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+            sender.join()
+            t_sent = time.time()
+            finished = False
+            while time.time() - t_sent < 120:
+                if key is not None and broker.finished(key, "process"):
+                    finished = True
+                    break
+                time.sleep(0.05)
+            t_done = time.time()
+            redis_cpu = cpu_seconds(server.process.pid) - redis_cpu0
+            ingest_cpu = cpu_seconds(ingest.pid) - ingest_cpu0
+            workers_cpu = sum(cpu_seconds(w.pid) for w in workers) - workers_cpu0
+            rows = broker.client.xrange(derived_key(key, "results"), "-", "+")
+            res = pd.DataFrame([{k.decode(): v.decode() for k, v in f.items()} for _, f in rows])
+        finally:          # every process stopped, also when the trial fails
+            for w in [ingest, *workers]:
+                w.terminate()
+                w.wait(60)
+            for log in logs:
+                log.close()
+            broker.close()
     send = np.asarray(result["s"].send_times)
     res = res.astype({"frame": int, "t_committed": float, "total_s": float})
     res = res.sort_values("frame")
