@@ -331,6 +331,42 @@ def test_consumer_groups_share_work_and_reclaim_from_dead_consumers(broker):
     assert [e.frame for e in viewer.read(count=10, block_s=None)] == list(range(6))
 
 
+def test_a_frame_processed_twice_is_published_once(broker):
+    """A slow worker's frame is reclaimed and processed again: both acknowledge it, only
+    the first acknowledgement publishes the derived entries."""
+    from sxlab.live.broker import ConsumerGroup, Deferred
+
+    key = broker.key("twice")
+    for f in range(3):
+        broker.client.xadd(key, {"type": "image", "frame": f}, id=f"{f + 1}-0")
+    slow = ConsumerGroup(broker.client, key, "process", "slow", claim_idle_s=0.2)
+    fast = ConsumerGroup(broker.client, key, "process", "fast", claim_idle_s=0.2)
+    held = slow.read(count=2, block_s=None)
+    time.sleep(0.3)
+    taken = fast.read(count=2, block_s=None)                 # reclaimed while "slow" works
+    assert [e.id for e in taken] == [e.id for e in held]
+    derived = key + "_results"
+
+    def finish(group, entries, who):
+        deferred = {}
+        for e in entries:
+            deferred[e.id] = d = Deferred()
+            d.xadd(derived, {"frame": e.frame, "by": who}, maxlen=100)
+            d.hincrby(derived + ":info", "frames_in", 1)
+        pipe = broker.client.pipeline(transaction=True)
+        group.ack_then(pipe, [e.id for e in entries], deferred)
+        pipe.execute()
+
+    finish(fast, taken, "fast")
+    finish(slow, held, "slow")                               # late: publishes nothing
+    rest = fast.read(count=4, block_s=None)
+    finish(fast, rest, "fast")
+    got = [(int(f[b"frame"]), f[b"by"]) for _, f in broker.client.xrange(derived)]
+    assert got == [(0, b"fast"), (1, b"fast"), (2, b"fast")]
+    assert int(broker.client.hget(derived + ":info", "frames_in")) == 3
+    assert broker.client.xpending(key, "process")["pending"] == 0
+
+
 def test_tail_follows_a_broker_and_a_directory(tmp_path, broker, params):
     from sxlab.live.viewer import Tail, render_html
 

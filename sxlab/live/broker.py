@@ -24,6 +24,7 @@ from ._ids import as_text, entry_ms
 __all__ = [
     "Broker",
     "ConsumerGroup",
+    "Deferred",
     "Entry",
     "frame_id",
     "id_frame",
@@ -235,6 +236,34 @@ class ConsumerGroup:
         if ids:
             (pipeline or self.client).xack(self.stream, self.group, *ids)
 
+    def ack_then(self, pipeline, ids, deferred: dict | None = None) -> None:
+        """Acknowledge ``ids`` and run each entry's deferred commands only if this
+        acknowledgement was the first.
+
+        An entry reclaimed from a consumer that was only slow (not dead) is processed
+        twice; whichever of the two acknowledges first publishes its derived entries, the
+        other's are dropped, so a derived stream carries every frame once. Runs as one
+        server-side script, queued in ``pipeline`` (atomic with the worker's other
+        commands).
+
+        Parameters
+        ----------
+        pipeline : redis pipeline
+        ids : iterable of str
+            Entry ids to acknowledge.
+        deferred : dict of str to Deferred, optional
+            Commands to run for an entry when its acknowledgement counts.
+        """
+        deferred = deferred or {}
+        args = [self.group]
+        for eid in ids:
+            commands = deferred[eid].commands if eid in deferred else []
+            args += [eid, len(commands)]
+            for command in commands:
+                args += [len(command), *command]
+        if len(args) > 1:
+            pipeline.eval(_ACK_THEN, 1, self.stream, *args)
+
     def touch(self, ids) -> None:
         """Reset the idle time of entries still being worked on (so nobody reclaims them)."""
         ids = list(ids)
@@ -256,6 +285,56 @@ class ConsumerGroup:
                                              consumername=self.consumer)
         if not pending:
             self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+
+
+#: Server-side script of :meth:`ConsumerGroup.ack_then`. KEYS[1]: the stream; ARGV: the
+#: group, then per entry its id, its number of commands and each command as its argument
+#: count followed by its arguments.
+_ACK_THEN = """
+local i = 2
+while i <= #ARGV do
+  local first = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  for _ = 1, n do
+    local nargs = tonumber(ARGV[i])
+    if first then
+      redis.call(unpack(ARGV, i + 1, i + nargs))
+    end
+    i = i + 1 + nargs
+  end
+end
+return 1
+"""
+
+
+class Deferred:
+    """Redis commands recorded for one entry, run by :meth:`ConsumerGroup.ack_then` only
+    when that entry's acknowledgement is the first (the ``xadd`` and ``hincrby`` of a
+    redis-py pipeline, recorded instead of sent).
+
+    Examples
+    --------
+    >>> d = Deferred()
+    >>> d.xadd("results", {"frame": 3}, maxlen=100, approximate=True)
+    >>> d.commands
+    [['XADD', 'results', 'MAXLEN', '~', 100, '*', 'frame', 3]]
+    """
+
+    def __init__(self):
+        self.commands: list[list] = []
+
+    def xadd(self, key, fields: dict, maxlen: int | None = None, approximate: bool = True):
+        command = ["XADD", key]
+        if maxlen is not None:
+            command += ["MAXLEN", "~" if approximate else "=", maxlen]
+        command.append("*")
+        for name, value in fields.items():
+            command += [name, value]
+        self.commands.append(command)
+
+    def hincrby(self, key, field, amount: int = 1):
+        self.commands.append(["HINCRBY", key, field, amount])
 
 
 def _pairs(fields) -> dict | None:

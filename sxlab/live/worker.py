@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .broker import Broker, ConsumerGroup, Entry, derived_key, split_key
+from .broker import Broker, ConsumerGroup, Deferred, Entry, derived_key, split_key
 from .storage import Selection
 
 __all__ = ["FrameDecoder", "LiveOutput", "LiveWorker", "WorkerSummary", "decode_frame",
@@ -440,13 +440,17 @@ class LiveWorker:
             self.output.commit(results)
         now = time.time()
         pipe = self.broker.client.pipeline(transaction=True)
-        self.group.ack(ids, pipe)
-        if "results" in self.publish:
-            rkey = derived_key(self.key, "results")
-            for r, e in pairs:
-                pipe.xadd(rkey, self._result_fields(r, e, now), maxlen=self.results_maxlen,
-                          approximate=True)
-        self.selection.publish(pipe, pairs, self.publish)
+        # derived entries go out only with a frame's first acknowledgement: a frame
+        # reclaimed from a slow (not dead) worker is published once
+        deferred = {}
+        rkey = derived_key(self.key, "results")
+        for r, e in pairs:
+            d = deferred.setdefault(e.id, Deferred())
+            if "results" in self.publish:
+                d.xadd(rkey, self._result_fields(r, e, now), maxlen=self.results_maxlen,
+                       approximate=True)
+            self.selection.publish(d, [(r, e)], self.publish)
+        self.group.ack_then(pipe, ids, deferred)
         self._rate_t = [t for t in self._rate_t if now - t < 10.0] + [now] * len(results)
         span = max(now - self._rate_t[0], 1e-3) if len(self._rate_t) > 1 else 10.0
         pipe.hset(f"{self.key}:info", mapping={
