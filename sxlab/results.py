@@ -693,4 +693,4 @@ def open_results(out) -> Results:
     >>> res = sx.open_results("results/")  # doctest: +SKIP
     >>> res.summary()  # doctest: +SKIP
     """
-    return ResultsReader(out).read()
+    return Results.load(out)

@@ -250,20 +250,10 @@ def test_calibration_and_indexing_scores(demo):
     assert len(rep.points) > 0
 
 
-def test_broker_status(tmp_path):
-    from conftest import require_service
-
+def test_broker_status(redis_url):
     from sxlab.live.broker import Broker, ConsumerGroup
-    from sxlab.live.server import EmbeddedRedis, RedisNotFoundError, find_redis_server
 
-    try:
-        find_redis_server()
-        ok = True
-    except RedisNotFoundError:
-        ok = False
-    require_service("redis", ok)
-    with EmbeddedRedis(directory=tmp_path) as server, \
-            Broker(server.url, beamtime="contract") as broker:
+    with Broker(redis_url, beamtime="contract") as broker:
         check(broker.status(), tables.BROKER_STATUS, "Broker.status, no run")
         key = broker.key("run0001")
         broker.register_run(key)
