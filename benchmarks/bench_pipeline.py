@@ -29,6 +29,13 @@ ratio. The ratios are sxlab over
 CrystFEL; the targets are ≤ 0.3 (whole process), ≤ 0.2 (per frame) and ≤ 150 MB peak
 RSS on the 4M detector. Indexing: frames indexed by each program (of the simulated hits).
 
+Before measuring, sxlab's bytecode is compiled (``compileall``) as an installed package
+has it, so that no process compiles the package's modules from source (a source tree
+under ``PYTHONDONTWRITEBYTECODE`` would). The **floor of the stack** is measured the same
+way: a process that imports numpy, pandas and numba and runs one cached numba kernel
+(CPU up to that point and peak RSS, median of three after a warm-up): no worker built on
+these libraries starts faster or smaller.
+
 Run::
 
     python benchmarks/bench_pipeline.py [--frames N] [--detectors 4m,16m]
@@ -46,6 +53,7 @@ import _common
 _common.single_threaded()
 
 import argparse  # noqa: E402
+import compileall  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
@@ -264,6 +272,51 @@ def crystfel_startup(bindir: Path, master: Path, params) -> dict:
     return {"startup_s": statistics.median(r["cpu_s"] for r in runs)}
 
 
+# ============================================================== floor of the stack
+#: The floor of the stack: numpy, pandas and numba imported, one cached kernel run.
+FLOOR_KERNEL = """
+import numba
+
+
+@numba.njit(cache=True)
+def total(a):
+    s = 0.0
+    for x in a:
+        s += x
+    return s
+"""
+FLOOR_MAIN = """
+import json, resource, sys, time
+import numpy, pandas, numba
+sys.path.insert(0, sys.argv[1])
+import floor_kernel
+floor_kernel.total(numpy.ones(4))
+json.dump({"cpu_s": time.process_time(),
+           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, sys.stdout)
+"""
+
+
+def stack_floor() -> dict:
+    """CPU (s) and peak RSS (MB) of a process importing the stack and running one kernel."""
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_floor_") as tmp:
+        (Path(tmp) / "floor_kernel.py").write_text(FLOOR_KERNEL)
+        cmd = [sys.executable, "-c", FLOOR_MAIN, tmp]
+        spawn(cmd)  # warm-up: the kernel's cache
+        runs = [json.loads(spawn(cmd)["stdout"]) for _ in range(STARTUP_RUNS)]
+    return {k: statistics.median(r[k] for r in runs) for k in ("cpu_s", "rss_mb")}
+
+
+def compile_bytecode() -> str:
+    """Compile sxlab's modules to bytecode; what was done, for the report's header."""
+    import sxlab
+
+    package = Path(sxlab.__file__).parent
+    ok = compileall.compile_dir(package, quiet=1)
+    return ("sxlab's bytecode compiled before measuring (as installed)" if ok else
+            f"sxlab's bytecode could not be compiled in {package}: every process compiles "
+            "its modules from source (start-up figures ~0.15 s high)")
+
+
 # ============================================================================ report
 def fmt(x, spec=".1f") -> str:
     return "–" if x is None or x != x else format(x, spec)
@@ -275,8 +328,14 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}×"
 
 
-def report(rows: list[dict], header: list[str]) -> str:
+def report(rows: list[dict], header: list[str], floor: dict | None = None) -> str:
     lines = list(header) + [""]
+    if floor:
+        lines += ["## Floor of the stack", "",
+                  "| a process that imports numpy, pandas and numba and runs one cached "
+                  "kernel | |", "|---|---:|",
+                  f"| CPU up to that point, s | {floor['cpu_s']:.2f} |",
+                  f"| peak RSS, MB | {floor['rss_mb']:.0f} |", ""]
     for r in rows:
         s, c = r["sxlab"], r.get("crystfel") or {}
         lines += [f"## {r['detector']} ({r['shape']}), {r['mode']} mode, {r['frames']} "
@@ -342,6 +401,9 @@ def main() -> None:
         args.out = Path(os.environ["SXLAB_BENCH_OUT"])
     load_start = _common.load_average()
     bindir = None if args.no_crystfel else _common.crystfel_bindir()
+    bytecode = compile_bytecode()
+    log("floor of the stack")
+    floor = stack_floor()
 
     from sxlab.simulate import Truth
 
@@ -374,7 +436,8 @@ def main() -> None:
     header.append("- one worker each (`sxlab process -j 1`, `indexamajig -j 1`); CPU = user "
                   "+ sys; start-up = CPU of a process up to its first frame (CrystFEL: a "
                   "1-frame run); per-frame figures of the simulated hits / non-hits")
-    text = report(rows, header)
+    header.append(f"- {bytecode}")
+    text = report(rows, header, floor)
     print(text)
     if args.out is not None:
         flat = []
@@ -384,7 +447,7 @@ def main() -> None:
                     flat.append({"detector": r["detector"], "mode": r["mode"],
                                  "program": prog, "frames": r["frames"], **r[prog]})
         paths = _common.write_report(args.out, "bench_pipeline", text, flat,
-                                     {"rows": rows, "header": header})
+                                     {"rows": rows, "header": header, "floor": floor})
         log("wrote " + ", ".join(map(str, paths)))
 
 

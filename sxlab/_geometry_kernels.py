@@ -49,7 +49,8 @@ def panel_map(out, kind, corner, fs_m, ss_m, res, k):
 
     Pixel centres are at +0.5. ``kind``: 0-2 lab x/y/z (m), 3 radius from the beam in
     pixels (``res`` pixels per metre), 4 2θ (rad), 5 azimuth (rad), 6-8 q_x/q_y/q_z and
-    9 |q| in 1/Å for wavenumber ``k`` (1/Å).
+    9 |q| in 1/Å for wavenumber ``k`` (1/Å). The angles (4, 5) are faster through
+    :func:`panel_atan2_args` and NumPy's vectorised ``arctan2``.
     """
     h, w = out.shape
     for s in range(h):
@@ -82,3 +83,27 @@ def panel_map(out, kind, corner, fs_m, ss_m, res, k):
                 else:
                     v = k * np.sqrt(max(2.0 * (1.0 - z / r), 0.0))
             out[s, f] = v
+
+
+@numba.njit(cache=True)
+def panel_atan2_args(num, den, s0, kind, corner, fs_m, ss_m):
+    """The two arguments of ``arctan2`` for the angle maps, rows ``s0 ..`` of a panel.
+
+    Fills ``num`` and ``den`` (rows, width), float64, for panel rows ``s0`` to
+    ``s0 + rows``: ``kind`` 4 (2θ) ``sqrt(x² + y²)`` and ``z``, 5 (azimuth) ``y`` and
+    ``x``, with pixel centres at +0.5 as in :func:`panel_map`.
+    """
+    h, w = num.shape
+    for s in range(h):
+        b = s0 + s + 0.5
+        for f in range(w):
+            a = f + 0.5
+            x = corner[0] + a * fs_m[0] + b * ss_m[0]
+            y = corner[1] + a * fs_m[1] + b * ss_m[1]
+            if kind == 4:
+                z = corner[2] + a * fs_m[2] + b * ss_m[2]
+                num[s, f] = np.sqrt(x * x + y * y)
+                den[s, f] = z
+            else:
+                num[s, f] = y
+                den[s, f] = x

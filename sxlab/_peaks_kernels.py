@@ -23,6 +23,7 @@ from numba import njit
 
 __all__ = [
     "CHUNK",
+    "annulus_extent",
     "annulus_order",
     "chunk_annulus_ranges",
     "chunk_levels",
@@ -31,6 +32,7 @@ __all__ = [
     "dispersion_candidates",
     "exact_annulus_stats",
     "fallback_candidates",
+    "fill_annuli",
     "high_candidates",
     "measure_peaks",
     "sample_annulus_stats",
@@ -44,6 +46,29 @@ CHUNK = 64
 
 
 # ---------------------------------------------------------------------------- set-up
+@njit(cache=True, nogil=True)
+def annulus_extent(r, good):
+    """Number of good pixels and of annuli (``floor(r) + 1`` of the largest good ``r``).
+
+    ``r`` (n,) is each pixel's radius in pixels, ``good`` (n,) bool.
+    """
+    n_used = 0
+    top = r.dtype.type(-np.inf)
+    for i in range(r.size):
+        g = good[i]
+        n_used += g
+        if g and r[i] > top:
+            top = r[i]
+    return n_used, (int(math.floor(top)) + 1 if n_used else 0)
+
+
+@njit(cache=True, nogil=True)
+def fill_annuli(r, good, sentinel, ann):
+    """``ann[i] = floor(r[i])`` for good pixels, ``sentinel`` for the others."""
+    for i in range(r.size):
+        ann[i] = int(math.floor(r[i])) if good[i] else sentinel
+
+
 @njit(cache=True, nogil=True)
 def annulus_order(ann, n_ann, order):
     """Pixel indices grouped by annulus, in increasing index within each annulus.

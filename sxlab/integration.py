@@ -519,7 +519,7 @@ class Integrator:
         self._shape2d = (rows, cols)
         good = good_pixels(mask, shape) & ~geometry.bad_pixel_mask() & (geometry.maps.panel >= 0)
         self.good = good
-        self._good = np.ascontiguousarray(good.reshape(self._shape2d), dtype=np.uint8)
+        self._good = good.reshape(self._shape2d).view(np.uint8)  # the kernels' 0/1 bytes
         self._no_bad = np.zeros((1, 1), dtype=np.bool_)
 
         self._classes = _ring_classes(p.radii)

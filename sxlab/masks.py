@@ -114,7 +114,7 @@ class Mask:
     (1.0, 0.0)
     """
 
-    __slots__ = ("_good", "_bad", "provenance")
+    __slots__ = ("_good", "provenance")
     __hash__ = None  # mutable-looking container semantics: equal masks need not hash equal
 
     def __init__(self, good, provenance: Iterable[str] = ()):
@@ -132,7 +132,6 @@ class Mask:
                              f"got shape {good.shape}")
         good.flags.writeable = False
         self._good = good
-        self._bad = None
         self.provenance = tuple(str(p) for p in provenance)
 
     @classmethod
@@ -197,12 +196,10 @@ class Mask:
 
     @property
     def bad(self) -> np.ndarray:
-        """Read-only boolean array, True = bad (computed once)."""
-        if self._bad is None:
-            bad = ~self._good
-            bad.flags.writeable = False
-            self._bad = bad
-        return self._bad
+        """Read-only boolean array, True = bad (made on each use, not kept with the mask)."""
+        bad = ~self._good
+        bad.flags.writeable = False
+        return bad
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -301,18 +301,13 @@ class PeakFinder:
                 good &= d >= p.d_min_A
             if p.d_max_A is not None:
                 good &= d <= p.d_max_A
-        self.good = good
-
-        flat_good = good.reshape(-1)
-        ann_good = np.floor(r.reshape(-1)[flat_good])  # whole numbers, float32
-        n_used = ann_good.size
-        n_ann = int(ann_good.max()) + 1 if n_used else 0
+        flat_r, flat_good = r.reshape(-1), good.reshape(-1)
+        n_used, n_ann = _k.annulus_extent(flat_r, flat_good)
         self.n_annuli = n_ann
         self._sentinel = n_ann
         ann_dtype = np.int16 if n_ann < np.iinfo(np.int16).max else np.int32
-        ann = np.full(self._n, n_ann, dtype=ann_dtype)
-        ann[flat_good] = ann_good
-        del ann_good
+        ann = np.empty(self._n, dtype=ann_dtype)
+        _k.fill_annuli(flat_r, flat_good, n_ann, ann)
         self._ann = ann
         self._panel = np.ascontiguousarray(maps.panel.reshape(-1))
         self._flag = np.zeros(self._n, dtype=np.uint8)
@@ -326,6 +321,11 @@ class PeakFinder:
         else:
             self._static_count = np.bincount(ann, minlength=n_ann + 1)[:n_ann]
             self._rects = self._panel_rects()
+
+    @property
+    def good(self) -> np.ndarray:
+        """Usable pixels, bool of the data shape (from the annulus map; made on each use)."""
+        return (self._ann != self._sentinel).reshape(self.shape)
 
     # ----------------------------------------------------------------- set-up
     def _prepare_annuli(self, n_ann: int, n_used: int) -> None:

@@ -293,3 +293,19 @@ def test_scalars_in_scalars_out_arrays_keep_their_shape(rng):
     assert det.two_theta_rad([10.5], [10.5]).shape == (1,)
     with pytest.raises(KeyError, match="no panel named 'q9'"):
         det.pixel_to_lab(1.0, 1.0, "q9")
+
+
+@pytest.mark.parametrize("name", ["eiger1m", "agipd", "mpccd"])
+def test_angle_maps_equal_the_scalar_kernel(name):
+    """2θ and azimuth come from NumPy's arctan2 on row blocks; rounded to float32 they are
+    the scalar kernel's values bit for bit (panels of every orientation, gaps NaN)."""
+    from sxlab._geometry_kernels import panel_map
+
+    det = builtin_geometry(name, clen=0.12, wavelength_A=1.0)
+    for kind, got in ((4, det.maps.two_theta_rad), (5, det.maps.azimuth_rad)):
+        want = np.full(det.data_shape, np.nan, np.float32)
+        for i, p in enumerate(det.panels):
+            buf = np.empty((p.height, p.width), np.float32)
+            panel_map(buf, kind, p.corner_m(), p.fs_m(), p.ss_m(), p.res, 0.0)
+            want[det.panel_slice(i)] = buf
+        np.testing.assert_array_equal(got, want)

@@ -511,3 +511,20 @@ def test_simulated_reader_and_raw_frames_agree(simulated):
     # Fast mode samples the static mask's pixels: the same mask, flags per frame.
     fast = PeakFinder(det, mask=~sim.bad_pixels, adc_threshold=3.0, fast=True)
     pd.testing.assert_frame_equal(fast(raw), fast(image, flagged))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_annulus_kernels_match_numpy(dtype, rng):
+    """The annulus map of a finder's set-up against NumPy on random radii and masks."""
+    from sxlab import _peaks_kernels as k
+
+    r = (rng.random(50_000) * 700).astype(dtype)
+    good = rng.random(r.size) < 0.8
+    r[~good & (rng.random(r.size) < 0.5)] = np.nan  # unusable pixels may have any radius
+    n_used, n_ann = k.annulus_extent(r, good)
+    assert n_used == good.sum()
+    assert n_ann == int(np.floor(r[good].max())) + 1
+    ann = np.empty(r.size, np.int16)
+    k.fill_annuli(r, good, n_ann, ann)
+    np.testing.assert_array_equal(ann, np.where(good, np.floor(np.where(good, r, 0)), n_ann))
+    assert k.annulus_extent(r, np.zeros(r.size, bool)) == (0, 0)
