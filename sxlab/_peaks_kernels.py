@@ -34,6 +34,8 @@ __all__ = [
     "fallback_candidates",
     "fill_annuli",
     "high_candidates",
+    "hist_and_high_pass",
+    "hist_annulus_stats",
     "measure_peaks",
     "sample_annulus_stats",
     "stats_and_high_pass",
@@ -354,6 +356,148 @@ def stats_and_high_pass(img, bad, bad_words, has_bad, ann, sentinel, bound, bin0
 
 
 @njit(cache=True, nogil=True)
+def hist_and_high_pass(img, bad, bad_words, has_bad, ann, sentinel, n_bins, hist, n_bad,
+                       hi_idx, hi_val, hi_ann):
+    """One pass over an integer frame: counts of the small values, list of the others.
+
+    A used, good pixel of annulus ``a`` whose value ``v`` is a whole number in
+    ``[0, n_bins)`` is counted in ``hist[a * n_bins + v]``; any other value is *high*:
+    its index, value and annulus are appended to ``hi_idx``, ``hi_val`` and ``hi_ann`` in
+    increasing index order. Bad pixels are counted per annulus in ``n_bad``. ``hist`` and
+    ``n_bad`` have a row for the sentinel, which receives the unused and bad pixels.
+    One counter per pixel (instead of sums, squares and maxima) is what makes this pass
+    faster than :func:`stats_and_high_pass`; the statistics follow exactly from the counts
+    (:func:`hist_annulus_stats`).
+
+    Returns
+    -------
+    int
+        Number of high pixels; when larger than ``hi_idx.size`` the lists are incomplete
+        and the pass must be repeated with larger buffers.
+    """
+    n = img.size
+    cap = hi_idx.size
+    hist[:] = 0
+    n_bad[:] = 0
+    m = 0
+    n_full = n - n % CHUNK
+    for c0 in range(0, n_full, CHUNK):
+        any_bad = False
+        if has_bad:
+            w = np.uint64(0)
+            for j in range(c0 // 8, c0 // 8 + CHUNK // 8):
+                w |= bad_words[j]
+            any_bad = w != 0
+        if any_bad:
+            for i in range(c0, c0 + CHUNK):
+                a = ann[i]
+                if bad[i]:
+                    n_bad[a] += 1
+                    a = sentinel
+                v = img[i]
+                if v >= 0 and v < n_bins:
+                    hist[a * n_bins + v] += 1
+                elif a != sentinel:
+                    if m < cap:
+                        hi_idx[m] = i
+                        hi_val[m] = v
+                        hi_ann[m] = a
+                    m += 1
+        else:
+            for i in range(c0, c0 + CHUNK):
+                a = ann[i]
+                v = img[i]
+                if v >= 0 and v < n_bins:
+                    hist[a * n_bins + v] += 1
+                elif a != sentinel:
+                    if m < cap:
+                        hi_idx[m] = i
+                        hi_val[m] = v
+                        hi_ann[m] = a
+                    m += 1
+    for i in range(n_full, n):
+        a = ann[i]
+        if has_bad and bad[i]:
+            n_bad[a] += 1
+            a = sentinel
+        v = img[i]
+        if v >= 0 and v < n_bins:
+            hist[a * n_bins + v] += 1
+        elif a != sentinel:
+            if m < cap:
+                hi_idx[m] = i
+                hi_val[m] = v
+                hi_ann[m] = a
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def hist_annulus_stats(hist, n_bins, hi_val, hi_ann, m, min_snr, n_iter, mean, sigma, count):
+    """Clipped statistics of every annulus from :func:`hist_and_high_pass`, exactly.
+
+    Iteration ``k`` takes the values below the threshold of iteration ``k - 1`` (all in
+    the first), as :func:`clip_stats` does over all of an annulus' pixels: the counted
+    values ``v < t`` from ``hist`` and the high values below ``t`` one by one. Fills
+    ``mean``, ``sigma`` and ``count``.
+    """
+    n_ann = mean.size
+    vals, h_off = _group_by_annulus(hi_val, hi_ann, m, n_ann)
+    for a in range(n_ann):
+        h0 = h_off[a]
+        h1 = h_off[a + 1]
+        row = a * n_bins
+        top = 0  # one past the largest counted value
+        for v in range(n_bins):
+            if hist[row + v]:
+                top = v + 1
+        thr = np.inf
+        mu = 0.0
+        sd = 0.0
+        c_prev = 0
+        for _ in range(n_iter):
+            c, s, s2 = _sums_below(vals, h0, h1, thr)
+            n_hist = 0
+            s_hist = 0
+            s2_hist = 0
+            for v in range(top):
+                if not v < thr:
+                    break
+                k = np.int64(hist[row + v])
+                n_hist += k
+                s_hist += v * k
+                s2_hist += v * v * k
+            c += n_hist
+            s += s_hist
+            s2 += s2_hist
+            if c == 0 or c == c_prev:
+                break
+            mu, sd = _mean_sigma(s, s2, c)
+            c_prev = c
+            thr = mu + min_snr * sd
+        mean[a] = mu
+        sigma[a] = sd
+        count[a] = c_prev
+
+
+@njit(cache=True, nogil=True)
+def _group_by_annulus(hi_val, hi_ann, m, n_ann):
+    """High values grouped by annulus (stable) and the offsets of the groups."""
+    h_off = np.zeros(n_ann + 1, np.int64)
+    for j in range(m):
+        h_off[hi_ann[j] + 1] += 1
+    for a in range(n_ann):
+        h_off[a + 1] += h_off[a]
+    pos = h_off[:n_ann].copy()
+    hv = np.empty(m, np.float64)
+    for j in range(m):
+        a = hi_ann[j]
+        hv[pos[a]] = hi_val[j]
+        pos[a] += 1
+    return hv, h_off
+
+
+@njit(cache=True, nogil=True)
 def exact_annulus_stats(img, bad, has_bad, acc, bin0, hist, n_good, hi_val, hi_ann, m, a_off,
                         order, min_snr, n_iter, adc_threshold, vals, mean, sigma, count,
                         fallback):
@@ -371,17 +515,7 @@ def exact_annulus_stats(img, bad, has_bad, acc, bin0, hist, n_good, hi_val, hi_a
     """
     n_ann = n_good.size
     # High pixels grouped by annulus (stable: increasing index within an annulus).
-    h_off = np.zeros(n_ann + 1, np.int64)
-    for j in range(m):
-        h_off[hi_ann[j] + 1] += 1
-    for a in range(n_ann):
-        h_off[a + 1] += h_off[a]
-    pos = h_off[:n_ann].copy()
-    hv = np.empty(m, np.float64)
-    for j in range(m):
-        a = hi_ann[j]
-        hv[pos[a]] = hi_val[j]
-        pos[a] += 1
+    hv, h_off = _group_by_annulus(hi_val, hi_ann, m, n_ann)
     for a in range(n_ann):
         h0 = h_off[a]
         h1 = h_off[a + 1]

@@ -40,6 +40,10 @@ _METHODS = ("peakfinder8", "dispersion")
 _BOUND_FRACTION = 0.75
 # Whole-number values counted per annulus in the full statistics pass (see _exact_stats).
 _N_BINS = 8
+# Integer frames: values 0 .. n - 1 counted per annulus (n = floor(adc_threshold) + 1, at
+# most this), the others listed, when at most this fraction of the sample is listed.
+_MAX_COUNT_BINS = 64
+_MAX_LISTED_FRACTION = 1 / 16
 _INT_ACC_DTYPES = ("uint16",)
 # Parameters the preparation depends on; the others are read per frame.
 _PREPARED_FIELDS = ("method", "min_res", "max_res", "d_min_A", "d_max_A", "fast",
@@ -368,6 +372,7 @@ class PeakFinder:
             self._fallback = np.zeros(n_ann, np.bool_)
             self._n_bad = np.zeros(n_ann + 1, np.int64)
             self._hist = np.zeros((n_ann + 1, _N_BINS), np.int64)
+            self._counts = np.zeros(0, np.int32)
             self._acc = {"float": np.zeros((n_ann + 1, 4, 3)),
                          "int": np.zeros((n_ann + 1, 4, 3), np.int64)}
             cap = max(1 << 16, self._n // 256)
@@ -423,8 +428,52 @@ class PeakFinder:
         self._cthr[has] = np.maximum(p.adc_threshold,
                                      self._mean[has] + p.min_snr * self._sigma[has])
 
+    def _count_bins(self, img) -> int:
+        """Values counted per annulus by the integer pass (0: take the general pass).
+
+        Values up to ``adc_threshold`` are never candidates, so counting them loses
+        nothing; the pass pays when the fixed sample shows that most pixels are counted.
+        """
+        threshold = self.params.adc_threshold
+        if img.dtype.kind not in "ui" or not threshold >= 0:
+            return 0
+        n_bins = int(min(math.floor(threshold) + 1, _MAX_COUNT_BINS))
+        v = self._s_vals  # this frame's sample, NaN for bad pixels
+        listed = np.count_nonzero((v >= n_bins) | (v < 0))
+        return n_bins if listed <= _MAX_LISTED_FRACTION * v.size else 0
+
+    def _counted_stats(self, img, bad, has_bad, n_bins: int) -> None:
+        """Exact clipped statistics of an integer frame from per-annulus value counts."""
+        p = self.params
+        size = (self.n_annuli + 1) * n_bins
+        if self._counts.size != size:
+            self._counts = np.zeros(size, np.int32)
+        n_words = bad.size // 8 if has_bad else 0
+        while True:
+            m = _k.hist_and_high_pass(img, bad, bad[:8 * n_words].view(np.uint64), has_bad,
+                                      self._ann, self._sentinel, n_bins, self._counts,
+                                      self._n_bad, self._hi_idx, self._hi_val, self._hi_ann)
+            if m <= self._hi_idx.size:
+                break
+            self._grow_high(m)
+        self._n_high = m
+        _k.hist_annulus_stats(self._counts, n_bins, self._hi_val, self._hi_ann, m,
+                              p.min_snr, p.n_sigma_iterations, self._mean, self._sigma,
+                              self._count)
+        self._fallback[:] = False
+        self._n_good = self._static_count - self._n_bad[:-1]
+
+    def _grow_high(self, m: int) -> None:
+        self._hi_idx = np.empty(int(m * 1.25) + 1, np.int64)
+        self._hi_val = np.empty(self._hi_idx.size, np.float64)
+        self._hi_ann = np.empty(self._hi_idx.size, np.int32)
+
     def _exact_stats(self, img, bad, has_bad) -> None:
         p = self.params
+        n_bins = self._count_bins(img)
+        if n_bins:
+            self._counted_stats(img, bad, has_bad, n_bins)
+            return
         has = self._count > 0
         mean = self._mean[has]
         low = np.maximum(mean + _BOUND_FRACTION * p.min_snr * self._sigma[has],
@@ -459,9 +508,7 @@ class PeakFinder:
                                        self._hi_val, self._hi_ann)
             if m <= self._hi_idx.size:
                 break
-            self._hi_idx = np.empty(int(m * 1.25) + 1, np.int64)
-            self._hi_val = np.empty(self._hi_idx.size, np.float64)
-            self._hi_ann = np.empty(self._hi_idx.size, np.int32)
+            self._grow_high(m)
         self._n_high = m
         n_good = self._static_count - self._n_bad[:-1]
         _k.exact_annulus_stats(img, bad, has_bad, acc, bin0, self._hist, n_good, self._hi_val,

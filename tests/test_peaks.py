@@ -151,6 +151,45 @@ def test_annulus_stats_match_reference(geometry, kind, fast, rng):
     assert np.isinf(stats["threshold"].to_numpy()[~has]).all()
 
 
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32"])
+def test_counted_statistics_of_integer_frames_match_reference(geometry, dtype, rng):
+    """Integer frames whose background lies below adc_threshold take the counting pass
+    (values counted per annulus, the rest listed); statistics and peaks equal the
+    reference's. int32 frames carry negative values (a subtracted pedestal), listed."""
+    det = GEOMETRIES[geometry]()
+    image, good, bad = random_frame(det, rng, "int")
+    image = image.astype(dtype)
+    if dtype == "int32":
+        image -= 2
+    params = dict(REF_PARAMS, adc_threshold=60.0)
+    finder = PeakFinder(det, mask=good, **params)
+    stats = finder.annulus_stats(image, bad)
+    assert finder._count_bins(image.reshape(-1)) == 61  # the counting pass was taken
+    annulus = ref.annuli(det, finder.good)
+    mean, sigma, count = ref.annulus_stats(image, finder.good, bad, annulus, finder.n_annuli,
+                                           4.0, 5)
+    np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
+    np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
+    assert_same_peaks(finder(image, bad), ref.peakfinder8(image, finder.good, bad, det,
+                                                          **params))
+
+
+def test_counting_pass_only_where_it_pays(rng):
+    """Float frames, a negative adc_threshold or a background mostly above the counted
+    values take the general pass."""
+    det = single_panel()
+    image, good, bad = random_frame(det, rng, "int")
+    finder = PeakFinder(det, mask=good, **dict(REF_PARAMS, adc_threshold=30.0))
+    finder.annulus_stats(image, bad)
+    flat = image.reshape(-1)
+    assert finder._count_bins(flat) == 31
+    assert finder._count_bins(flat.astype(np.float32)) == 0
+    assert finder.with_params(adc_threshold=-1.0)._count_bins(flat) == 0
+    assert finder.with_params(adc_threshold=3.0)._count_bins(flat) == 0  # background 5-25
+
+
 def test_full_statistics_exact_where_bounds_fail(rng):
     """Annuli whose clipping falls below the pass's bound are recomputed exactly."""
     det = single_panel()
