@@ -206,6 +206,9 @@ class PeakFinder:
         resolution limits combined.
     n_annuli : int
         Number of annuli (one per pixel of radius from the beam).
+    stats_pass : str or None
+        How the last frame's annulus statistics were made (peakfinder8): ``"sample"``
+        (fast mode), ``"counted"`` or ``"general"`` (see the notes).
 
     Notes
     -----
@@ -220,6 +223,13 @@ class PeakFinder:
     annulus, drawn once with ``numpy.random.default_rng(seed)``. A good pixel is a
     candidate if its value is above ``max(adc_threshold, mean + min_snr * sigma)`` of its
     annulus (an annulus without statistics has no candidates).
+
+    Outside fast mode the statistics are exact, from one pass over the frame. Integer
+    frames whose pixels lie mostly at or below ``adc_threshold`` (values that can never
+    be candidates) take a counting pass: each such value is counted per annulus, the
+    others are listed, and every clipping iteration follows from the counts and the list
+    (:attr:`stats_pass` ``"counted"``). Other frames take the general pass, which sums the
+    pixels below a bound from the sample and lists the rest (``"general"``).
 
     **dispersion.** A good pixel is a candidate ("signal") if, over the good pixels of its
     panel in the ``(2 kernel_size + 1)²`` box around it (itself included), with ``n``
@@ -316,6 +326,7 @@ class PeakFinder:
         self._panel = np.ascontiguousarray(maps.panel.reshape(-1))
         self._flag = np.zeros(self._n, dtype=np.uint8)
         self._no_bad = np.zeros(1, dtype=np.bool_)
+        self.stats_pass = None
 
         cap = max(1 << 16, self._n // 256)
         self._cand_idx = np.empty(cap, np.int64)
@@ -373,6 +384,8 @@ class PeakFinder:
             self._n_bad = np.zeros(n_ann + 1, np.int64)
             self._hist = np.zeros((n_ann + 1, _N_BINS), np.int64)
             self._counts = np.zeros(0, np.int32)
+            self._counting_pays = False
+            self._n_used = n_used
             self._acc = {"float": np.zeros((n_ann + 1, 4, 3)),
                          "int": np.zeros((n_ann + 1, 4, 3), np.int64)}
             cap = max(1 << 16, self._n // 256)
@@ -416,31 +429,46 @@ class PeakFinder:
         return frame_arrays(image, bad, self.shape, -1, self._no_bad)
 
     def _peakfinder8_stats(self, img, bad, has_bad) -> None:
-        """Fill the annulus statistics and candidate thresholds for one frame."""
+        """Fill the annulus statistics and candidate thresholds for one frame.
+
+        Fast mode: from the fixed sample. Otherwise exact, by the counting pass of integer
+        frames where it pays (known from the previous frame, or else from this frame's
+        sample) or the general pass (bounded by the sample's statistics).
+        """
         p = self.params
-        _k.sample_annulus_stats(img, bad, has_bad, self._g_idx, self._g_pos, self._s_off,
-                                p.min_snr, p.n_sigma_iterations, self._s_vals, self._mean,
-                                self._sigma, self._count, self._integral)
-        if not p.fast:
-            self._exact_stats(img, bad, has_bad)
+        n_bins = 0 if p.fast else self._count_bins(img)
+        if n_bins and self._counting_pays:
+            self._counted_stats(img, bad, has_bad, n_bins)
+        else:
+            _k.sample_annulus_stats(img, bad, has_bad, self._g_idx, self._g_pos,
+                                    self._s_off, p.min_snr, p.n_sigma_iterations,
+                                    self._s_vals, self._mean, self._sigma, self._count,
+                                    self._integral)
+            self.stats_pass = "sample"
+            if n_bins and self._sample_listed(n_bins) <= _MAX_LISTED_FRACTION:
+                self._counted_stats(img, bad, has_bad, n_bins)
+            elif not p.fast:
+                self._exact_stats(img, bad, has_bad)
         has = self._count > 0
         self._cthr[:] = np.inf
         self._cthr[has] = np.maximum(p.adc_threshold,
                                      self._mean[has] + p.min_snr * self._sigma[has])
 
     def _count_bins(self, img) -> int:
-        """Values counted per annulus by the integer pass (0: take the general pass).
+        """Values the counting pass would count per annulus (0: integer frames only).
 
-        Values up to ``adc_threshold`` are never candidates, so counting them loses
-        nothing; the pass pays when the fixed sample shows that most pixels are counted.
+        Values up to ``adc_threshold`` are never candidates, so counting them instead of
+        listing them loses nothing.
         """
         threshold = self.params.adc_threshold
         if img.dtype.kind not in "ui" or not threshold >= 0:
             return 0
-        n_bins = int(min(math.floor(threshold) + 1, _MAX_COUNT_BINS))
-        v = self._s_vals  # this frame's sample, NaN for bad pixels
-        listed = np.count_nonzero((v >= n_bins) | (v < 0))
-        return n_bins if listed <= _MAX_LISTED_FRACTION * v.size else 0
+        return int(min(math.floor(threshold) + 1, _MAX_COUNT_BINS))
+
+    def _sample_listed(self, n_bins: int) -> float:
+        """Fraction of this frame's sample that the counting pass would list."""
+        v = self._s_vals  # NaN for bad pixels
+        return np.count_nonzero((v >= n_bins) | (v < 0)) / max(v.size, 1)
 
     def _counted_stats(self, img, bad, has_bad, n_bins: int) -> None:
         """Exact clipped statistics of an integer frame from per-annulus value counts."""
@@ -462,6 +490,9 @@ class PeakFinder:
                               self._count)
         self._fallback[:] = False
         self._n_good = self._static_count - self._n_bad[:-1]
+        # the next frame skips the sample while this pass keeps listing few pixels
+        self._counting_pays = m <= _MAX_LISTED_FRACTION * self._n_used
+        self.stats_pass = "counted"
 
     def _grow_high(self, m: int) -> None:
         self._hi_idx = np.empty(int(m * 1.25) + 1, np.int64)
@@ -470,10 +501,7 @@ class PeakFinder:
 
     def _exact_stats(self, img, bad, has_bad) -> None:
         p = self.params
-        n_bins = self._count_bins(img)
-        if n_bins:
-            self._counted_stats(img, bad, has_bad, n_bins)
-            return
+        self.stats_pass = "general"
         has = self._count > 0
         mean = self._mean[has]
         low = np.maximum(mean + _BOUND_FRACTION * p.min_snr * self._sigma[has],

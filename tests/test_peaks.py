@@ -165,29 +165,37 @@ def test_counted_statistics_of_integer_frames_match_reference(geometry, dtype, r
     params = dict(REF_PARAMS, adc_threshold=60.0)
     finder = PeakFinder(det, mask=good, **params)
     stats = finder.annulus_stats(image, bad)
-    assert finder._count_bins(image.reshape(-1)) == 61  # the counting pass was taken
+    assert finder.stats_pass == "counted"
     annulus = ref.annuli(det, finder.good)
     mean, sigma, count = ref.annulus_stats(image, finder.good, bad, annulus, finder.n_annuli,
                                            4.0, 5)
     np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
     np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
-    assert_same_peaks(finder(image, bad), ref.peakfinder8(image, finder.good, bad, det,
-                                                          **params))
+    expected = ref.peakfinder8(image, finder.good, bad, det, **params)
+    assert_same_peaks(finder(image, bad), expected)
+    assert finder.stats_pass == "counted"  # the second frame without a sample
+    image[rng.random(image.shape) < 0.125] = 61  # an eighth of the pixels listed
+    expected = ref.peakfinder8(image, finder.good, bad, det, **params)
+    for how in ("counted", "general"):  # exact, then the sample says: general pass
+        assert_same_peaks(finder(image, bad), expected)
+        assert finder.stats_pass == how
 
 
 def test_counting_pass_only_where_it_pays(rng):
     """Float frames, a negative adc_threshold or a background mostly above the counted
-    values take the general pass."""
+    values take the general pass; fast mode the sample."""
     det = single_panel()
     image, good, bad = random_frame(det, rng, "int")
     finder = PeakFinder(det, mask=good, **dict(REF_PARAMS, adc_threshold=30.0))
-    finder.annulus_stats(image, bad)
-    flat = image.reshape(-1)
-    assert finder._count_bins(flat) == 31
-    assert finder._count_bins(flat.astype(np.float32)) == 0
-    assert finder.with_params(adc_threshold=-1.0)._count_bins(flat) == 0
-    assert finder.with_params(adc_threshold=3.0)._count_bins(flat) == 0  # background 5-25
+    for frame, params, how in ((image, {}, "counted"),
+                               (image.astype(np.float32), {}, "general"),
+                               (image, {"adc_threshold": -1.0}, "general"),
+                               (image, {"adc_threshold": 3.0}, "general"),  # background 5-25
+                               (image, {"fast": True}, "sample")):
+        f = finder.with_params(**params)
+        f.annulus_stats(frame, bad)
+        assert f.stats_pass == how, params
 
 
 def test_full_statistics_exact_where_bounds_fail(rng):
