@@ -109,3 +109,20 @@ def accumulate_stats(stack, bad, has_bad, static_bad, count, mean, m2, vmax, nba
             count[i] = n
             if n_a == 0 or mx[k] > vmax[i]:
                 vmax[i] = mx[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def band_mean(flat, idx, bad, has_bad):
+    """Mean (float64) of ``flat[idx]`` over finite values not flagged in ``bad``; NaN if none.
+
+    ``bad`` (bool, like ``flat``) is read only when ``has_bad``.
+    """
+    s = 0.0
+    n = 0
+    for j in range(idx.size):
+        i = idx[j]
+        v = np.float64(flat[i])
+        if abs(v) < np.inf and not (has_bad and bad[i]):
+            s += v
+            n += 1
+    return s / n if n else np.nan

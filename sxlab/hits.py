@@ -506,6 +506,7 @@ def radial_profile(image, geometry: Detector, mask: Mask | None = None, *, axis:
 # ========================================================================= solvent
 #: Pixels per block of the solvent-band search (bounds its temporaries).
 _BAND_BLOCK = 1 << 20
+_NO_BAD = np.zeros(1, dtype=bool)  # placeholder when a frame has no bad pixels
 
 
 class SolventRatio:
@@ -594,14 +595,10 @@ class SolventRatio:
                 raise TypeError(f"bad must be a boolean array, got dtype {b.dtype}")
             check_shape(b.shape, self._shape, "bad")
             bflat = b.reshape(-1)
-        out = []
-        for idx in (self._high, self._low):
-            v = flat[idx].astype(np.float64)
-            keep = np.isfinite(v)
-            if bflat is not None:
-                keep &= ~bflat[idx]
-            out.append(float(v[keep].mean()) if keep.any() else math.nan)
-        return out[0], out[1]
+        has_bad = bflat is not None
+        bflat = bflat if has_bad else _NO_BAD
+        return (float(_k.band_mean(flat, self._high, bflat, has_bad)),
+                float(_k.band_mean(flat, self._low, bflat, has_bad)))
 
     def __call__(self, image, bad=None) -> float:
         """``I_high / I_low``; NaN when a band has no good pixel or I_low is 0."""

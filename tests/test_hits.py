@@ -409,3 +409,21 @@ def test_virtual_powder_stacked(rng):
     np.testing.assert_array_equal(vp["histogram"].values, counts)
     with pytest.raises(ValueError, match="panel"):
         virtual_powder(peaks.drop(columns="panel"), det)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int32])
+def test_band_mean_kernel_matches_numpy(dtype, rng):
+    from sxlab import _hits_kernels
+
+    flat = (rng.random(20_000) * 50).astype(dtype)
+    if flat.dtype.kind == "f":
+        flat[rng.random(flat.size) < 0.01] = np.nan
+        flat[rng.random(flat.size) < 0.01] = np.inf
+    idx = rng.choice(flat.size, 3_000, replace=False)
+    bad = rng.random(flat.size) < 0.1
+    for has_bad in (False, True):
+        v = flat[idx].astype(np.float64)
+        keep = np.isfinite(v) & ~(bad[idx] if has_bad else False)
+        got = _hits_kernels.band_mean(flat, idx, bad, has_bad)
+        assert got == pytest.approx(v[keep].mean(), rel=1e-12)
+    assert np.isnan(_hits_kernels.band_mean(flat, idx[:0], bad, True))
