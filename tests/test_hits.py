@@ -423,7 +423,9 @@ def test_band_mean_kernel_matches_numpy(dtype, rng):
     bad = rng.random(flat.size) < 0.1
     for has_bad in (False, True):
         v = flat[idx].astype(np.float64)
-        keep = np.isfinite(v) & ~(bad[idx] if has_bad else False)
+        keep = np.isfinite(v)
+        if has_bad:
+            keep &= ~bad[idx]
         got = _hits_kernels.band_mean(flat, idx, bad, has_bad)
         assert got == pytest.approx(v[keep].mean(), rel=1e-12)
     assert np.isnan(_hits_kernels.band_mean(flat, idx[:0], bad, True))
