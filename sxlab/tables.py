@@ -283,8 +283,8 @@ class Schema:
 
     def cast(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with its declared columns converted to their dtypes (others kept)."""
-        dtypes = {c: t for c, t in self.dtypes.items()
-                  if c in df.columns and str(df[c].dtype) != t}
+        current = dict(zip(df.columns, map(str, df.dtypes), strict=True))
+        dtypes = {c: t for c, t in self.dtypes.items() if current.get(c, t) != t}
         return df.astype(dtypes) if dtypes else df
 
     def problems(self, df: pd.DataFrame, *, extra: bool = False) -> list[str]:
