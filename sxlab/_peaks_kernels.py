@@ -877,7 +877,7 @@ def measure_peaks(img, bad, has_bad, ann, sentinel, panel, flag, c_idx, c_val, c
         Candidate pixel indices (strictly increasing) and values.
     flag : uint8 array (pixels,)
         All zero on entry; used as the candidate map and left all zero on return.
-    panel : int16 array (pixels,)
+    panel : int8 or int16 array (pixels,)
         Panel index per pixel.
     min_pix, max_pix : int
         Accepted component sizes (pixels), inclusive.

@@ -323,7 +323,8 @@ class PeakFinder:
         ann = np.empty(self._n, dtype=ann_dtype)
         _k.fill_annuli(flat_r, flat_good, n_ann, ann)
         self._ann = ann
-        self._panel = np.ascontiguousarray(maps.panel.reshape(-1))
+        small = geometry.n_panels <= np.iinfo(np.int8).max  # one byte per pixel will do
+        self._panel = maps.panel.reshape(-1).astype(np.int8 if small else np.int16)
         self._flag = np.zeros(self._n, dtype=np.uint8)
         self._no_bad = np.zeros(1, dtype=np.bool_)
         self.stats_pass = None
@@ -378,7 +379,8 @@ class PeakFinder:
             self._chunk_level = _k.chunk_levels(self._chunk_lo, self._chunk_hi)
             self._chunk_thr = np.empty(self._chunk_lo.size)
         else:
-            self._order, self._a_off = order, offsets
+            # pixels by annulus: only the general pass needs them (made again there)
+            self._order, self._a_off = None, offsets
             self._vals = np.empty(max(int(counts.max()) if n_ann else 1, 1))
             self._fallback = np.zeros(n_ann, np.bool_)
             self._n_bad = np.zeros(n_ann + 1, np.int64)
@@ -453,6 +455,14 @@ class PeakFinder:
         self._cthr[:] = np.inf
         self._cthr[has] = np.maximum(p.adc_threshold,
                                      self._mean[has] + p.min_snr * self._sigma[has])
+
+    def _annulus_pixels(self) -> np.ndarray:
+        """Used pixel indices grouped by annulus (``self._a_off``), made on first use."""
+        if self._order is None:
+            dtype = np.int32 if self._n < np.iinfo(np.int32).max else np.int64
+            self._order = np.empty(int(self._a_off[-1]), dtype=dtype)
+            _k.annulus_order(self._ann, self.n_annuli, self._order)
+        return self._order
 
     def _count_bins(self, img) -> int:
         """Values the counting pass would count per annulus (0: integer frames only).
@@ -540,7 +550,8 @@ class PeakFinder:
         self._n_high = m
         n_good = self._static_count - self._n_bad[:-1]
         _k.exact_annulus_stats(img, bad, has_bad, acc, bin0, self._hist, n_good, self._hi_val,
-                               self._hi_ann, m, self._a_off, self._order, p.min_snr,
+                               self._hi_ann, m, self._a_off, self._annulus_pixels(),
+                               p.min_snr,
                                p.n_sigma_iterations, p.adc_threshold, self._vals, self._mean,
                                self._sigma, self._count, self._fallback)
         self._n_good = n_good
@@ -564,7 +575,7 @@ class PeakFinder:
         fallback = np.flatnonzero(self._fallback)
         if fallback.size:
             idx, val = _k.fallback_candidates(img, bad, has_bad, fallback, self._a_off,
-                                              self._order, self._cthr, idx, val)
+                                              self._annulus_pixels(), self._cthr, idx, val)
         return idx, val
 
     def _grow(self, kernel):
