@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .executors import system_arrow_allocator
+
 #: Exit status of a user error (bad input, file or flag), as argparse uses for usage errors.
 EXIT_USAGE = 2
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -514,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    system_arrow_allocator()
     try:
         return int(args.func(args) or 0)
     except (KeyboardInterrupt, Interrupted) as exc:

@@ -46,7 +46,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["EXECUTORS", "die_with_parent", "map_unordered", "mp_start_method"]
+__all__ = ["EXECUTORS", "die_with_parent", "map_unordered", "mp_start_method",
+           "system_arrow_allocator"]
 
 #: Executor names; a ``dask.distributed.Client`` is accepted too.
 EXECUTORS = ("serial", "local", "threads")
@@ -76,6 +77,26 @@ def mp_start_method() -> str:
     if env:
         return env
     return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def system_arrow_allocator() -> None:
+    """Let Arrow (pandas strings, Parquet I/O) allocate with the C library's ``malloc``.
+
+    Arrow's own pool keeps about 15-20 MB per process once a run's tables are written,
+    which a worker process (``sxlab process``, a live worker) does better without. The
+    command line calls this at start, before pandas is imported and before any pool is
+    forked (worker processes inherit it); a ``ARROW_DEFAULT_MEMORY_POOL`` already set is
+    kept.
+
+    Examples
+    --------
+    >>> system_arrow_allocator()
+    """
+    if os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system") != "system":
+        return
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:  # already loaded: its default pool exists, switch from now on
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
 def _noop(n: int) -> None:

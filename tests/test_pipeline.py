@@ -217,3 +217,23 @@ def test_killed_run_resumes_with_every_frame_once(tmp_path):
     assert not res.peaks.duplicated(["frame", "panel", "fs", "ss"]).any()
     reference = process_run(run, PARAMS, executor="serial", progress=False)
     _assert_same(reference, res)
+
+
+@pytest.mark.parametrize("preset, import_first, expected", [
+    (None, False, "system"),       # the command line: before pandas is imported
+    (None, True, "system"),        # pyarrow already loaded: switched from then on
+    ("jemalloc", False, "jemalloc"),  # a user's choice is kept
+])
+def test_command_line_processes_allocate_arrow_memory_with_malloc(preset, import_first,
+                                                                  expected):
+    code = ("import pyarrow\n" if import_first else "") + (
+        "from sxlab.executors import system_arrow_allocator\n"
+        "system_arrow_allocator()\n"
+        "import pandas, pyarrow\n"
+        "print(pyarrow.default_memory_pool().backend_name)\n")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == expected
