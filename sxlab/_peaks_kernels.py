@@ -37,6 +37,7 @@ __all__ = [
     "hist_and_high_pass",
     "hist_annulus_stats",
     "measure_peaks",
+    "sample_members",
     "sample_annulus_stats",
     "stats_and_high_pass",
     "threshold_candidates",
@@ -65,10 +66,36 @@ def annulus_extent(r, good):
 
 
 @njit(cache=True, nogil=True)
-def fill_annuli(r, good, sentinel, ann):
-    """``ann[i] = floor(r[i])`` for good pixels, ``sentinel`` for the others."""
+def fill_annuli(r, good, sentinel, ann, counts):
+    """``ann[i] = floor(r[i])`` for good pixels, ``sentinel`` for the others.
+
+    ``counts`` (``sentinel + 1``, zero on entry) receives the pixels of each annulus and,
+    last, the unused ones.
+    """
     for i in range(r.size):
-        ann[i] = int(math.floor(r[i])) if good[i] else sentinel
+        a = int(math.floor(r[i])) if good[i] else sentinel
+        ann[i] = a
+        counts[a] += 1
+
+
+@njit(cache=True, nogil=True)
+def sample_members(ann, n_ann, ranks, r_off, out):
+    """The pixels of given ranks within their annuli, in one pass over the frame.
+
+    For annulus ``a`` and ``r_off[a] <= j < r_off[a + 1]``, ``out[j]`` is the index of the
+    ``ranks[j]``-th pixel of annulus ``a`` (counted from 0 in increasing index order);
+    ``ranks`` increase within each annulus.
+    """
+    seen = np.zeros(n_ann, np.int64)
+    nxt = r_off[:-1].copy()
+    for i in range(ann.size):
+        a = ann[i]
+        if a >= 0 and a < n_ann:
+            j = nxt[a]
+            if j < r_off[a + 1] and ranks[j] == seen[a]:
+                out[j] = i
+                nxt[a] = j + 1
+            seen[a] += 1
 
 
 @njit(cache=True, nogil=True)

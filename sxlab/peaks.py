@@ -321,8 +321,10 @@ class PeakFinder:
         self._sentinel = n_ann
         ann_dtype = np.int16 if n_ann < np.iinfo(np.int16).max else np.int32
         ann = np.empty(self._n, dtype=ann_dtype)
-        _k.fill_annuli(flat_r, flat_good, n_ann, ann)
+        counts = np.zeros(n_ann + 1, np.int64)
+        _k.fill_annuli(flat_r, flat_good, n_ann, ann, counts)
         self._ann = ann
+        self._static_count = counts[:n_ann]  # pixels per annulus
         small = geometry.n_panels <= np.iinfo(np.int8).max  # one byte per pixel will do
         self._panel = maps.panel.reshape(-1).astype(np.int8 if small else np.int16)
         self._flag = np.zeros(self._n, dtype=np.uint8)
@@ -333,9 +335,8 @@ class PeakFinder:
         self._cand_idx = np.empty(cap, np.int64)
         self._cand_val = np.empty(cap, np.float64)
         if p.method == "peakfinder8":
-            self._prepare_annuli(n_ann, n_used)  # also counts the pixels per annulus
+            self._prepare_annuli(n_ann, n_used)
         else:
-            self._static_count = np.bincount(ann, minlength=n_ann + 1)[:n_ann]
             self._rects = self._panel_rects()
 
     @property
@@ -347,21 +348,21 @@ class PeakFinder:
     def _prepare_annuli(self, n_ann: int, n_used: int) -> None:
         p = self.params
         idx_dtype = np.int32 if self._n < np.iinfo(np.int32).max else np.int64
-        order = np.empty(n_used, dtype=idx_dtype)
-        offsets = _k.annulus_order(self._ann, n_ann, order)
-        counts = np.diff(offsets)
-        self._static_count = counts
+        counts = self._static_count
+        offsets = np.zeros(n_ann + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # The sample: every pixel of an annulus of at most fast_n_pixels, otherwise
+        # fast_n_pixels of its pixels (ranks in index order) drawn without replacement.
         rng = np.random.default_rng(p.seed)
         take = np.minimum(counts, p.fast_n_pixels)
         s_off = np.zeros(n_ann + 1, np.int64)
         np.cumsum(take, out=s_off[1:])
-        s_idx = np.empty(int(s_off[-1]), dtype=idx_dtype)
-        for a in range(n_ann):
-            members = order[offsets[a]:offsets[a + 1]]
-            if counts[a] > p.fast_n_pixels:
-                members = np.sort(members[rng.choice(counts[a], p.fast_n_pixels,
-                                                     replace=False)])
-            s_idx[s_off[a]:s_off[a + 1]] = members
+        ranks = np.arange(int(s_off[-1])) - np.repeat(s_off[:-1], take)
+        for a in np.flatnonzero(counts > p.fast_n_pixels):
+            ranks[s_off[a]:s_off[a + 1]] = np.sort(rng.choice(counts[a], p.fast_n_pixels,
+                                                              replace=False))
+        s_idx = np.empty(ranks.size, dtype=idx_dtype)
+        _k.sample_members(self._ann, n_ann, ranks, s_off, s_idx)
         self._s_off, self._s_idx = s_off, s_idx
         self._s_ann = np.repeat(np.arange(n_ann), take)
         # The sample is read in pixel order (fewer cache misses) into per-annulus slots.
