@@ -110,6 +110,18 @@ def assert_same_peaks(got: pd.DataFrame, expected: dict):
         np.testing.assert_allclose(got[col].to_numpy(), expected[col], rtol=1e-4, atol=1e-9)
 
 
+def assert_stats_match_reference(stats, image, finder, bad, sample=None):
+    """An annulus statistics table against the reference's; returns its mean, sigma, count."""
+    annulus = ref.annuli(finder.geometry, finder.good)
+    p = finder.params
+    mean, sigma, count = ref.annulus_stats(image, finder.good, bad, annulus, finder.n_annuli,
+                                           p.min_snr, p.n_sigma_iterations, sample)
+    np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
+    np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
+    return mean, sigma, count
+
+
 def fast_sample(finder: PeakFinder) -> list[np.ndarray]:
     off, idx = finder._s_off, finder._s_idx.astype(np.int64)
     return [idx[off[a]:off[a + 1]] for a in range(finder.n_annuli)]
@@ -138,13 +150,8 @@ def test_annulus_stats_match_reference(geometry, kind, fast, rng):
     finder = PeakFinder(det, mask=good, fast=fast, fast_n_pixels=30, **REF_PARAMS)
     stats = finder.annulus_stats(image, bad)
     ANNULI.validate(stats)
-    annulus = ref.annuli(det, finder.good)
-    mean, sigma, count = ref.annulus_stats(
-        image, finder.good, bad, annulus, finder.n_annuli, REF_PARAMS["min_snr"],
-        REF_PARAMS["n_sigma_iterations"], fast_sample(finder) if fast else None)
-    np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
-    np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
+    mean, sigma, count = assert_stats_match_reference(
+        stats, image, finder, bad, fast_sample(finder) if fast else None)
     has = count > 0
     np.testing.assert_allclose(stats["threshold"].to_numpy()[has],
                                np.maximum(0.0, mean + 4.0 * sigma)[has], rtol=1e-9)
@@ -166,12 +173,7 @@ def test_counted_statistics_of_integer_frames_match_reference(geometry, dtype, r
     finder = PeakFinder(det, mask=good, **params)
     stats = finder.annulus_stats(image, bad)
     assert finder.stats_pass == "counted"
-    annulus = ref.annuli(det, finder.good)
-    mean, sigma, count = ref.annulus_stats(image, finder.good, bad, annulus, finder.n_annuli,
-                                           4.0, 5)
-    np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
-    np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
+    assert_stats_match_reference(stats, image, finder, bad)
     expected = ref.peakfinder8(image, finder.good, bad, det, **params)
     assert_same_peaks(finder(image, bad), expected)
     assert finder.stats_pass == "counted"  # the second frame without a sample
@@ -206,12 +208,7 @@ def test_full_statistics_exact_where_bounds_fail(rng):
     finder = PeakFinder(det, mask=good, fast_n_pixels=3, **REF_PARAMS)
     stats = finder.annulus_stats(image, bad)
     assert finder._fallback.any() and not finder._fallback.all()
-    annulus = ref.annuli(det, finder.good)
-    mean, sigma, count = ref.annulus_stats(image, finder.good, bad, annulus, finder.n_annuli,
-                                           4.0, 5)
-    np.testing.assert_array_equal(stats["n_used"].to_numpy(), count)
-    np.testing.assert_allclose(stats["mean"].to_numpy(), mean, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(stats["sigma"].to_numpy(), sigma, rtol=1e-9, atol=1e-9)
+    assert_stats_match_reference(stats, image, finder, bad)
     expected = ref.peakfinder8(image, finder.good, bad, det, **REF_PARAMS)
     assert_same_peaks(finder(image, bad), expected)
 
