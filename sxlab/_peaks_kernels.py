@@ -408,6 +408,8 @@ def hist_and_high_pass(img, bad, bad_words, has_bad, ann, sentinel, n_bins, hist
     n_bad[:] = 0
     m = 0
     n_full = n - n % CHUNK
+    # Written out three times as in stats_and_high_pass: one loop testing a per-block
+    # flag for bad pixels measured 40 % slower.
     for c0 in range(0, n_full, CHUNK):
         any_bad = False
         if has_bad:
