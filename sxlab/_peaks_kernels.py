@@ -51,18 +51,15 @@ CHUNK = 64
 # ---------------------------------------------------------------------------- set-up
 @njit(cache=True, nogil=True)
 def annulus_extent(r, good):
-    """Number of good pixels and of annuli (``floor(r) + 1`` of the largest good ``r``).
+    """Number of annuli: ``floor(r) + 1`` of the largest good ``r`` (0 without one).
 
     ``r`` (n,) is each pixel's radius in pixels, ``good`` (n,) bool.
     """
-    n_used = 0
-    top = r.dtype.type(-np.inf)
+    top = -1.0
     for i in range(r.size):
-        g = good[i]
-        n_used += g
-        if g and r[i] > top:
+        if good[i] and r[i] > top:
             top = r[i]
-    return n_used, (int(math.floor(top)) + 1 if n_used else 0)
+    return int(math.floor(top)) + 1 if top >= 0 else 0
 
 
 @njit(cache=True, nogil=True)

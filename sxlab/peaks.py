@@ -180,6 +180,11 @@ class PeakFinderParams(FrozenParams):
 
 
 # ============================================================================== finder
+def _bad_words(bad: np.ndarray, has_bad: bool) -> np.ndarray:
+    """The whole 8-pixel words of a flat bool ``bad`` as uint64 (none without bad pixels)."""
+    return bad[:8 * (bad.size // 8 if has_bad else 0)].view(np.uint64)
+
+
 class PeakFinder:
     """A peak search prepared for one detector geometry, mask and parameter set.
 
@@ -316,7 +321,7 @@ class PeakFinder:
             if p.d_max_A is not None:
                 good &= d <= p.d_max_A
         flat_r, flat_good = r.reshape(-1), good.reshape(-1)
-        n_used, n_ann = _k.annulus_extent(flat_r, flat_good)
+        n_ann = _k.annulus_extent(flat_r, flat_good)
         self.n_annuli = n_ann
         self._sentinel = n_ann
         ann_dtype = np.int16 if n_ann < np.iinfo(np.int16).max else np.int32
@@ -335,7 +340,7 @@ class PeakFinder:
         self._cand_idx = np.empty(cap, np.int64)
         self._cand_val = np.empty(cap, np.float64)
         if p.method == "peakfinder8":
-            self._prepare_annuli(n_ann, n_used)
+            self._prepare_annuli(n_ann)
         else:
             self._rects = self._panel_rects()
 
@@ -345,9 +350,12 @@ class PeakFinder:
         return (self._ann != self._sentinel).reshape(self.shape)
 
     # ----------------------------------------------------------------- set-up
-    def _prepare_annuli(self, n_ann: int, n_used: int) -> None:
+    def _index_dtype(self):
+        """The smallest integer type that holds a pixel index of this detector."""
+        return np.int32 if self._n < np.iinfo(np.int32).max else np.int64
+
+    def _prepare_annuli(self, n_ann: int) -> None:
         p = self.params
-        idx_dtype = np.int32 if self._n < np.iinfo(np.int32).max else np.int64
         counts = self._static_count
         offsets = np.zeros(n_ann + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
@@ -361,7 +369,7 @@ class PeakFinder:
         for a in np.flatnonzero(counts > p.fast_n_pixels):
             ranks[s_off[a]:s_off[a + 1]] = np.sort(rng.choice(counts[a], p.fast_n_pixels,
                                                               replace=False))
-        s_idx = np.empty(ranks.size, dtype=idx_dtype)
+        s_idx = np.empty(ranks.size, dtype=self._index_dtype())
         _k.sample_members(self._ann, n_ann, ranks, s_off, s_idx)
         self._s_off, self._s_idx = s_off, s_idx
         self._s_ann = np.repeat(np.arange(n_ann), take)
@@ -388,7 +396,8 @@ class PeakFinder:
             self._hist = np.zeros((n_ann + 1, _N_BINS), np.int64)
             self._counts = np.zeros(0, np.int32)
             self._counting_pays = False
-            self._n_used = n_used
+            # the counting pass pays while it lists at most this many pixels
+            self._max_listed = _MAX_LISTED_FRACTION * int(counts.sum())
             self._acc = {"float": np.zeros((n_ann + 1, 4, 3)),
                          "int": np.zeros((n_ann + 1, 4, 3), np.int64)}
             cap = max(1 << 16, self._n // 256)
@@ -460,8 +469,7 @@ class PeakFinder:
     def _annulus_pixels(self) -> np.ndarray:
         """Used pixel indices grouped by annulus (``self._a_off``), made on first use."""
         if self._order is None:
-            dtype = np.int32 if self._n < np.iinfo(np.int32).max else np.int64
-            self._order = np.empty(int(self._a_off[-1]), dtype=dtype)
+            self._order = np.empty(int(self._a_off[-1]), dtype=self._index_dtype())
             _k.annulus_order(self._ann, self.n_annuli, self._order)
         return self._order
 
@@ -487,9 +495,8 @@ class PeakFinder:
         size = (self.n_annuli + 1) * n_bins
         if self._counts.size != size:
             self._counts = np.zeros(size, np.int32)
-        n_words = bad.size // 8 if has_bad else 0
         while True:
-            m = _k.hist_and_high_pass(img, bad, bad[:8 * n_words].view(np.uint64), has_bad,
+            m = _k.hist_and_high_pass(img, bad, _bad_words(bad, has_bad), has_bad,
                                       self._ann, self._sentinel, n_bins, self._counts,
                                       self._n_bad, self._hi_idx, self._hi_val, self._hi_ann)
             if m <= self._hi_idx.size:
@@ -502,7 +509,7 @@ class PeakFinder:
         self._fallback[:] = False
         self._n_good = self._static_count - self._n_bad[:-1]
         # the next frame skips the sample while this pass keeps listing few pixels
-        self._counting_pays = m <= _MAX_LISTED_FRACTION * self._n_used
+        self._counting_pays = m <= self._max_listed
         self.stats_pass = "counted"
 
     def _grow_high(self, m: int) -> None:
@@ -538,8 +545,7 @@ class PeakFinder:
             acc = self._acc["float"]
         one = acc.dtype.type(1)
         lowest = acc.dtype.type(-(2**62) if acc.dtype.kind == "i" else -np.inf)
-        n_words = bad.size // 8 if has_bad else 0
-        bad_words = bad[:8 * n_words].view(np.uint64)
+        bad_words = _bad_words(bad, has_bad)
         while True:
             m = _k.stats_and_high_pass(img, bad, bad_words, has_bad, self._ann,
                                        self._sentinel, bound, bin0, bound_hi, one, lowest,

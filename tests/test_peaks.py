@@ -270,6 +270,8 @@ def test_kernels_without_jit():
         "test_non_finite_pixels_count_as_bad",
         "test_dispersion_matches_reference[int-multi]",
         "test_masked_pixels_and_panel_edges_never_produce_peaks",
+        "test_counted_statistics_of_integer_frames_match_reference[int32-multi]",
+        "test_annulus_kernels_match_numpy[float32]",
     )]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:xdist", *tests], cwd=Path(__file__).parent, env=env,
@@ -565,15 +567,14 @@ def test_annulus_kernels_match_numpy(dtype, rng):
     r = (rng.random(50_000) * 700).astype(dtype)
     good = rng.random(r.size) < 0.8
     r[~good & (rng.random(r.size) < 0.5)] = np.nan  # unusable pixels may have any radius
-    n_used, n_ann = k.annulus_extent(r, good)
-    assert n_used == good.sum()
+    n_ann = k.annulus_extent(r, good)
     assert n_ann == int(np.floor(r[good].max())) + 1
     ann = np.empty(r.size, np.int16)
     counts = np.zeros(n_ann + 1, np.int64)
     k.fill_annuli(r, good, n_ann, ann, counts)
     np.testing.assert_array_equal(ann, np.where(good, np.floor(np.where(good, r, 0)), n_ann))
     np.testing.assert_array_equal(counts, np.bincount(ann, minlength=n_ann + 1))
-    assert k.annulus_extent(r, np.zeros(r.size, bool)) == (0, 0)
+    assert k.annulus_extent(r, np.zeros(r.size, bool)) == 0
     # pixels of chosen ranks within their annulus (ranks increasing per annulus)
     take = np.minimum(counts[:n_ann], 7)
     r_off = np.concatenate([[0], np.cumsum(take)])
